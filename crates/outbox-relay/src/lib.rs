@@ -1,0 +1,1 @@
+//! outbox-relay (placeholder until its issue lands).

@@ -1,0 +1,186 @@
+//! Transactional outbox writer.
+//!
+//! A service that changes its database and must announce the change calls
+//! [`Outbox::enqueue`] inside the same sqlx transaction: the event row commits with the business
+//! rows or not at all. The outbox-relay then reads the committed row from PostgreSQL's
+//! write-ahead log and publishes it.
+//!
+//! The table has the columns of the system we replace, so a Debezium outbox-router
+//! configuration works against it unchanged:
+//!
+//! ```sql
+//! CREATE TABLE orders.outbox_event (
+//!     id             uuid PRIMARY KEY,
+//!     aggregate_type varchar(255) NOT NULL,
+//!     aggregate_id   varchar(255) NOT NULL,
+//!     type           varchar(255) NOT NULL,
+//!     payload        jsonb NOT NULL,
+//!     "timestamp"    timestamptz NOT NULL
+//! );
+//! ```
+//!
+//! With [`Outbox::delete_after_insert`] the row is deleted in the same transaction right after
+//! it is inserted: the insert is still in the WAL for the relay, and the table stays empty, so
+//! nothing needs to clean it up.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use events::{OrderEvent, OrderLineUpdated, LineStatus};
+//! use outbox::Outbox;
+//!
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let outbox = Outbox::new("orders.outbox_event")?;
+//! let mut tx = pool.begin().await?;
+//! // ... update the business rows with `&mut *tx` ...
+//! let event = OrderEvent::OrderLineUpdated(OrderLineUpdated {
+//!     order_id: uuid::Uuid::new_v4(),
+//!     order_line_id: uuid::Uuid::new_v4(),
+//!     new_status: LineStatus::Cancelled,
+//!     old_status: LineStatus::Entered,
+//! });
+//! let event_id = outbox.enqueue(&mut tx, &event).await?;
+//! tx.commit().await?;
+//! # let _ = event_id;
+//! # Ok(())
+//! # }
+//! ```
+
+use events::DomainEvent;
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+/// Why an event could not be written to the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(
+        "invalid outbox table name {0:?}: expected [schema.]table made of letters, digits and underscores"
+    )]
+    InvalidTableName(String),
+    #[error("could not serialize the {event_type} event: {source}")]
+    Serialize {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("could not write the event to the outbox table: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Writes events to one outbox table. Cheap to clone; build it once at start-up.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    quoted_table: String,
+    insert_sql: String,
+    delete_sql: Option<String>,
+}
+
+impl Outbox {
+    /// An outbox writing to `table` (`schema.table` or `table`). The name is checked here, once,
+    /// because it is spliced into SQL (identifiers cannot be bound as parameters).
+    pub fn new(table: &str) -> Result<Self, OutboxError> {
+        let valid_part = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+        };
+        let parts: Vec<&str> = table.split('.').collect();
+        if parts.len() > 2 || !parts.iter().all(|part| valid_part(part)) {
+            return Err(OutboxError::InvalidTableName(table.to_owned()));
+        }
+        let quoted = parts
+            .iter()
+            .map(|part| format!("\"{part}\""))
+            .collect::<Vec<_>>()
+            .join(".");
+        Ok(Self {
+            insert_sql: format!(
+                "INSERT INTO {quoted} (id, aggregate_type, aggregate_id, type, payload, \"timestamp\") \
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
+            ),
+            delete_sql: None,
+            quoted_table: quoted,
+        })
+    }
+
+    /// Deletes each row in the same transaction right after inserting it. The relay still sees
+    /// the insert in the WAL; the table never grows.
+    pub fn delete_after_insert(mut self, delete: bool) -> Self {
+        self.delete_sql =
+            delete.then(|| format!("DELETE FROM {} WHERE id = $1", self.quoted_table));
+        self
+    }
+
+    /// Writes `event` inside `tx` and returns the new event id (a time-ordered UUIDv7). The event
+    /// becomes visible to the relay only when `tx` commits.
+    pub async fn enqueue<E: DomainEvent>(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &E,
+    ) -> Result<Uuid, OutboxError> {
+        self.enqueue_on(tx, event).await
+    }
+
+    /// Like [`Outbox::enqueue`], on a connection the caller has already put in a transaction.
+    pub async fn enqueue_on<E: DomainEvent>(
+        &self,
+        conn: &mut PgConnection,
+        event: &E,
+    ) -> Result<Uuid, OutboxError> {
+        let payload = serde_json::to_value(event).map_err(|source| OutboxError::Serialize {
+            event_type: event.event_type().to_owned(),
+            source,
+        })?;
+        let id = Uuid::now_v7();
+        sqlx::query(&self.insert_sql)
+            .bind(id)
+            .bind(event.aggregate_type())
+            .bind(event.aggregate_id())
+            .bind(event.event_type())
+            .bind(payload)
+            .execute(&mut *conn)
+            .await?;
+        if let Some(delete_sql) = &self.delete_sql {
+            sqlx::query(delete_sql).bind(id).execute(&mut *conn).await?;
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_checked() {
+        assert!(Outbox::new("orders.outbox_event").is_ok());
+        assert!(Outbox::new("outbox_event").is_ok());
+        for bad in [
+            "",
+            "a.b.c",
+            "orders.outbox; drop table x",
+            "orders.",
+            "1abc",
+            "a\"b",
+        ] {
+            assert!(
+                matches!(Outbox::new(bad), Err(OutboxError::InvalidTableName(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_after_insert_targets_the_same_table() {
+        let outbox = Outbox::new("orders.outbox_event")
+            .unwrap()
+            .delete_after_insert(true);
+        assert_eq!(
+            outbox.delete_sql.as_deref(),
+            Some("DELETE FROM \"orders\".\"outbox_event\" WHERE id = $1")
+        );
+        let plain = Outbox::new("orders.outbox_event").unwrap();
+        assert!(plain.delete_sql.is_none());
+    }
+}

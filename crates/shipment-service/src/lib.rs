@@ -1,0 +1,1 @@
+//! shipment-service (placeholder until its issue lands).
