@@ -1,1 +1,27 @@
-fn main() {}
+//! The order-service binary: configuration from the environment → build → serve until SIGTERM
+//! or SIGINT.
+
+use anyhow::Context;
+use order_service::{Application, Config, shutdown_signal, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid configuration")?;
+    telemetry::init_tracing(&config.log_filter, config.database.debug)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        database = %config.database.describe(),
+        schema = %config.database.schema,
+        outbox_delete_after_insert = config.outbox_delete_after_insert,
+        "starting order-service"
+    );
+    let application = Application::build(config)
+        .await
+        .context("order-service cannot start")?;
+    application
+        .run_until_stopped(shutdown_signal())
+        .await
+        .context("order-service failed while serving")
+}

@@ -1,0 +1,227 @@
+//! The order tables: every SQL statement of the service, each state change together with its
+//! outbox event in one transaction.
+//!
+//! Table names are unqualified: the pool's connections have `search_path` set to `DB_SCHEMA`.
+//! All values are bound as parameters.
+
+use chrono::{DateTime, Utc};
+use events::{LineStatus, OrderEvent, OrderLineUpdated};
+use outbox::Outbox;
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, Order, OrderLine};
+use crate::error::ApiError;
+
+/// Reads and writes orders, publishing each change through the outbox.
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    pool: PgPool,
+    outbox: Outbox,
+}
+
+/// The outcome of a committed change: the order as it now is, and the event written with it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub order: Order,
+    pub event_type: &'static str,
+}
+
+impl OrderStore {
+    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+        Self { pool, outbox }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Inserts the order, its lines (status `ENTERED`) and its `OrderCreated` event in one
+    /// transaction.
+    pub async fn create(&self, new_order: &NewOrder) -> Result<Committed, ApiError> {
+        let order = Order {
+            id: Uuid::now_v7(),
+            customer_id: new_order.customer_id.value(),
+            // PostgreSQL keeps microseconds: answer what a later GET will read.
+            order_date: truncate_to_micros(new_order.order_date),
+            line_items: new_order
+                .line_items
+                .iter()
+                .map(|line| OrderLine {
+                    // Time-ordered ids: reading lines by id returns them in request order.
+                    id: Uuid::now_v7(),
+                    item: line.item.as_str().to_owned(),
+                    quantity: line.quantity.value(),
+                    total_price: line.total_price.value(),
+                    status: LineStatus::Entered,
+                })
+                .collect(),
+        };
+        let event = order.created_event();
+
+        let mut tx = self.pool.begin().await?;
+        insert_order(&mut tx, &order).await?;
+        self.outbox.enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(Committed {
+            order,
+            event_type: event.event_type(),
+        })
+    }
+
+    /// The order with its lines, or `None`.
+    pub async fn find(&self, order_id: Uuid) -> Result<Option<Order>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        find_order(&mut conn, order_id).await
+    }
+
+    /// Moves one line to `new_status` and writes `OrderLineUpdated`, in one transaction.
+    ///
+    /// The line row is locked (`FOR UPDATE`) before its status is checked, so of two
+    /// concurrent changes of an `ENTERED` line the second sees the first one's result and is
+    /// refused: never two successes, never an event for a change that did not happen.
+    pub async fn change_line_status(
+        &self,
+        order_id: Uuid,
+        line_id: Uuid,
+        new_status: LineStatus,
+    ) -> Result<Committed, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<(String,)> = sqlx::query_as(
+            "SELECT status FROM order_line WHERE id = $1 AND order_id = $2 FOR UPDATE",
+        )
+        .bind(line_id)
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((current,)) = current else {
+            let order_exists: Option<(i32,)> =
+                sqlx::query_as("SELECT 1 FROM purchase_order WHERE id = $1")
+                    .bind(order_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match order_exists {
+                Some(_) => ApiError::LineNotFound { order_id, line_id },
+                None => ApiError::OrderNotFound(order_id),
+            });
+        };
+        let current = parse_status(&current)?;
+        if !current.can_become(new_status) {
+            return Err(ApiError::StatusConflict {
+                line_id,
+                current,
+                requested: new_status,
+            });
+        }
+        sqlx::query("UPDATE order_line SET status = $1 WHERE id = $2")
+            .bind(new_status.as_str())
+            .bind(line_id)
+            .execute(&mut *tx)
+            .await?;
+        let event = OrderEvent::OrderLineUpdated(OrderLineUpdated {
+            order_id,
+            order_line_id: line_id,
+            new_status,
+            old_status: current,
+        });
+        self.outbox.enqueue(&mut tx, &event).await?;
+        let order = find_order(&mut tx, order_id)
+            .await?
+            .ok_or(ApiError::OrderNotFound(order_id))?;
+        tx.commit().await?;
+        Ok(Committed {
+            order,
+            event_type: event.event_type(),
+        })
+    }
+}
+
+/// Inserts the order row and all its lines (one statement for the lines, however many).
+pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO purchase_order (id, customer_id, order_date) VALUES ($1, $2, $3)")
+        .bind(order.id)
+        .bind(order.customer_id)
+        .bind(order.order_date)
+        .execute(&mut *conn)
+        .await?;
+    let count = order.line_items.len();
+    let mut ids = Vec::with_capacity(count);
+    let mut items = Vec::with_capacity(count);
+    let mut quantities = Vec::with_capacity(count);
+    let mut prices = Vec::with_capacity(count);
+    let mut statuses = Vec::with_capacity(count);
+    for line in &order.line_items {
+        ids.push(line.id);
+        items.push(line.item.as_str());
+        quantities.push(line.quantity);
+        prices.push(line.total_price);
+        statuses.push(line.status.as_str());
+    }
+    sqlx::query(
+        "INSERT INTO order_line (id, order_id, item, quantity, total_price, status) \
+         SELECT line.id, $1, line.item, line.quantity, line.total_price, line.status \
+         FROM UNNEST($2::uuid[], $3::text[], $4::int4[], $5::numeric[], $6::text[]) \
+              AS line(id, item, quantity, total_price, status)",
+    )
+    .bind(order.id)
+    .bind(&ids)
+    .bind(&items)
+    .bind(&quantities)
+    .bind(&prices)
+    .bind(&statuses)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads an order and its lines (in creation order).
+pub async fn find_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Order>, ApiError> {
+    let header: Option<(Uuid, i32, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, customer_id, order_date FROM purchase_order WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((id, customer_id, order_date)) = header else {
+        return Ok(None);
+    };
+    let rows: Vec<(Uuid, String, i32, Decimal, String)> = sqlx::query_as(
+        "SELECT id, item, quantity, total_price, status FROM order_line \
+         WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let line_items = rows
+        .into_iter()
+        .map(|(id, item, quantity, total_price, status)| {
+            Ok(OrderLine {
+                id,
+                item,
+                quantity,
+                total_price,
+                status: parse_status(&status)?,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Some(Order {
+        id,
+        customer_id,
+        order_date,
+        line_items,
+    }))
+}
+
+fn parse_status(text: &str) -> Result<LineStatus, ApiError> {
+    // The table's CHECK constraint allows only the three statuses: anything else is a bug.
+    text.parse()
+        .map_err(|err| ApiError::Internal(anyhow::Error::new(err).context("order_line.status")))
+}
+
+fn truncate_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = time.timestamp_subsec_nanos();
+    time - chrono::Duration::nanoseconds(i64::from(nanos % 1000))
+}

@@ -1,0 +1,158 @@
+//! `GET /health` and `GET /metrics`, and how the service answers while the database is gone.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_error, ids, sample_create_request, spawn_app};
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| label_text.contains(&format!("{key}=\"{value}\""))))
+            .then(|| value.parse().ok())?
+        })
+        .next()
+}
+
+#[tokio::test]
+async fn health_reports_the_database_up() {
+    let app = spawn_app().await;
+
+    let response = app.get("/health").await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"status": "UP", "database": "UP"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_events_by_type() {
+    let app = spawn_app().await;
+    let (order_id, line_ids) = ids(&app.create_sample_order().await);
+    app.create_sample_order().await;
+    assert_eq!(app.get_order(&order_id).await.status(), StatusCode::OK);
+    let cancel = json!({"newStatus": "CANCELLED"});
+    assert_eq!(
+        app.put_line(&order_id, &line_ids[0], &cancel)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.put_line(&order_id, &line_ids[0], &cancel)
+            .await
+            .status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        app.post_order(&json!({})).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/no/such/route").await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let response = app.get("/metrics").await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    let requests = |method, route, status| {
+        metric_value(
+            &text,
+            "http_requests_total",
+            &[("method", method), ("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("POST", "/orders", "201"), Some(2.0), "{text}");
+    assert_eq!(requests("POST", "/orders", "400"), Some(1.0), "{text}");
+    assert_eq!(
+        requests("GET", "/orders/{orderId}", "200"),
+        Some(1.0),
+        "{text}"
+    );
+    let line_route = "/orders/{orderId}/lines/{orderLineId}";
+    assert_eq!(requests("PUT", line_route, "200"), Some(1.0), "{text}");
+    assert_eq!(requests("PUT", line_route, "409"), Some(1.0), "{text}");
+    assert_eq!(requests("GET", "unmatched", "404"), Some(1.0), "{text}");
+    assert!(!text.contains(&order_id), "raw ids never become labels");
+
+    let events = |event_type| {
+        metric_value(
+            &text,
+            "outbox_events_written_total",
+            &[("event_type", event_type)],
+        )
+    };
+    assert_eq!(events("OrderCreated"), Some(2.0), "{text}");
+    assert_eq!(events("OrderLineUpdated"), Some(1.0), "{text}");
+
+    let histogram_count = metric_value(
+        &text,
+        "http_request_duration_seconds_count",
+        &[("method", "POST"), ("route", "/orders")],
+    );
+    assert_eq!(histogram_count, Some(3.0), "{text}");
+    assert!(
+        metric_value(
+            &text,
+            "http_request_duration_seconds_bucket",
+            &[("route", "/orders"), ("le", "+Inf")]
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(metric_value(&text, "db_pool_connections", &[]).is_some_and(|n| n >= 1.0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_its_database_the_service_answers_503_and_writes_nothing() {
+    let app = spawn_app().await;
+    let (order_id, _) = ids(&app.create_sample_order().await);
+    let before = app.counts().await;
+
+    app.app_pool.close().await;
+
+    let response = app.get("/health").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "DOWN");
+    assert_eq!(body["database"], "DOWN");
+
+    let response = app.post_order(&sample_create_request()).await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        None,
+    )
+    .await;
+    let response = app.get_order(&order_id).await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        None,
+    )
+    .await;
+    assert_eq!(app.counts().await, before);
+    app.stop().await;
+}

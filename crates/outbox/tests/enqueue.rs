@@ -1,0 +1,230 @@
+//! `Outbox::enqueue` against the real PostgreSQL: the event commits with the business rows or
+//! not at all, `delete_after_insert` leaves the table empty while the WAL keeps the insert, and
+//! any service's own event type can be written.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use events::{DomainEvent, LineStatus, OrderEvent, OrderLineUpdated};
+use outbox::{Outbox, OutboxError};
+use serde::Serialize;
+use sqlx::PgPool;
+use test_support::TestDatabase;
+use uuid::Uuid;
+
+/// The outbox table as order-service creates it, plus a stand-in business table.
+async fn database_with_outbox() -> TestDatabase {
+    let db = TestDatabase::create("outbox").await.unwrap();
+    for statement in [
+        "CREATE SCHEMA orders",
+        "CREATE TABLE orders.outbox_event (
+            id uuid PRIMARY KEY,
+            aggregate_type varchar(255) NOT NULL,
+            aggregate_id varchar(255) NOT NULL,
+            type varchar(255) NOT NULL,
+            payload jsonb NOT NULL,
+            \"timestamp\" timestamptz NOT NULL)",
+        "CREATE TABLE orders.business_row (id uuid PRIMARY KEY)",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    db
+}
+
+fn line_updated() -> OrderEvent {
+    OrderEvent::OrderLineUpdated(OrderLineUpdated {
+        order_id: Uuid::new_v4(),
+        order_line_id: Uuid::new_v4(),
+        new_status: LineStatus::Cancelled,
+        old_status: LineStatus::Entered,
+    })
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM orders.{table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_event_commits_with_the_business_rows() {
+    let db = database_with_outbox().await;
+    let outbox = Outbox::new("orders.outbox_event").unwrap();
+    let event = line_updated();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
+        .bind(Uuid::new_v4())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let event_id = outbox.enqueue(&mut tx, &event).await.unwrap();
+    // Not visible to others before the commit.
+    assert_eq!(count(&db.pool, "outbox_event").await, 0);
+    tx.commit().await.unwrap();
+
+    assert_eq!(count(&db.pool, "business_row").await, 1);
+    let (id, aggregate_type, aggregate_id, event_type, payload): (
+        Uuid,
+        String,
+        String,
+        String,
+        serde_json::Value,
+    ) = sqlx::query_as(
+        "SELECT id, aggregate_type, aggregate_id, type, payload FROM orders.outbox_event \
+         WHERE \"timestamp\" IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(id, event_id);
+    assert_eq!(id.get_version_num(), 7);
+    assert_eq!(aggregate_type, "order");
+    assert_eq!(aggregate_id, event.order_id().to_string());
+    assert_eq!(event_type, "OrderLineUpdated");
+    assert_eq!(payload, serde_json::to_value(&event).unwrap());
+    assert_eq!(payload["eventType"], "OrderLineUpdated");
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_no_row() {
+    let db = database_with_outbox().await;
+    let outbox = Outbox::new("orders.outbox_event").unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
+        .bind(Uuid::new_v4())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    // A transaction dropped without commit rolls back too.
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
+    drop(tx);
+
+    assert_eq!(count(&db.pool, "business_row").await, 0);
+    assert_eq!(count(&db.pool, "outbox_event").await, 0);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_after_insert_leaves_the_table_empty_and_the_insert_in_the_wal() {
+    let db = database_with_outbox().await;
+    let slot = format!("t_outbox_{}", test_support::unique_suffix());
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')")
+        .bind(&slot)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let outbox = Outbox::new("orders.outbox_event")
+        .unwrap()
+        .delete_after_insert(true);
+
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
+        .bind(Uuid::new_v4())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let event_id = outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(count(&db.pool, "business_row").await, 1);
+    assert_eq!(count(&db.pool, "outbox_event").await, 0);
+    let changes: Vec<String> =
+        sqlx::query_scalar("SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL)")
+            .bind(&slot)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let insert = changes
+        .iter()
+        .position(|c| {
+            c.starts_with("table orders.outbox_event: INSERT:")
+                && c.contains(&format!("id[uuid]:'{event_id}'"))
+        })
+        .unwrap_or_else(|| panic!("no insert in {changes:#?}"));
+    let delete = changes
+        .iter()
+        .position(|c| c.starts_with("table orders.outbox_event: DELETE:"))
+        .unwrap_or_else(|| panic!("no delete in {changes:#?}"));
+    assert!(insert < delete);
+    db.drop_database().await.unwrap();
+}
+
+/// Another service's event: the outbox needs only `DomainEvent`.
+#[derive(Debug, Serialize)]
+struct ParcelWeighed {
+    parcel: u32,
+    grams: u32,
+}
+
+impl DomainEvent for ParcelWeighed {
+    fn aggregate_type(&self) -> &str {
+        "parcel"
+    }
+    fn aggregate_id(&self) -> String {
+        self.parcel.to_string()
+    }
+    fn event_type(&self) -> &str {
+        "ParcelWeighed"
+    }
+}
+
+#[tokio::test]
+async fn any_domain_event_and_an_unqualified_table_name_work() {
+    let db = database_with_outbox().await;
+    let outbox = Outbox::new("outbox_event").unwrap();
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET search_path TO orders")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    outbox
+        .enqueue(
+            &mut tx,
+            &ParcelWeighed {
+                parcel: 7,
+                grams: 1200,
+            },
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+
+    let (aggregate_type, aggregate_id, payload): (String, String, serde_json::Value) =
+        sqlx::query_as("SELECT aggregate_type, aggregate_id, payload FROM orders.outbox_event")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(aggregate_type, "parcel");
+    assert_eq!(aggregate_id, "7");
+    assert_eq!(payload, serde_json::json!({"parcel": 7, "grams": 1200}));
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_table_is_a_database_error_and_the_caller_rolls_back() {
+    let db = database_with_outbox().await;
+    let outbox = Outbox::new("orders.no_such_table").unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
+        .bind(Uuid::new_v4())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let error = outbox.enqueue(&mut tx, &line_updated()).await.unwrap_err();
+    assert!(matches!(error, OutboxError::Database(_)), "{error:?}");
+    assert!(error.to_string().contains("no_such_table"), "{error}");
+    // The failed statement aborted the transaction: committing it cannot keep the business row.
+    let _ = tx.commit().await;
+    assert_eq!(count(&db.pool, "business_row").await, 0);
+    db.drop_database().await.unwrap();
+}
