@@ -1,1 +1,28 @@
-//! shipment-service (placeholder until its issue lands).
+//! shipment-service: consumes order events from RabbitMQ and applies each exactly once to its
+//! own database, with an HTTP API over the shipments.
+//!
+//! # Layout
+//! - [`config`]: environment variables ([`ENV_VARS`]), validated at start.
+//! - [`db`]: creates database and schema, runs the embedded migrations, opens the pool.
+//! - [`broker`]: RabbitMQ connection, topology, dead-letter publishing.
+//! - [`event`]: one AMQP message → a typed event, or the reason it is poison.
+//! - [`apply`]: the effect of each event, exactly once; the event id is recorded in the same
+//!   transaction (one per event, or one per batch of already-delivered events).
+//! - [`consumer`]: the consume loop (sequential, manual acks, retries, reconnects).
+//! - [`queries`] and [`http`]: the read API, `/health`, `/metrics`.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`startup`]: [`Application::build`] and [`Application::run_until_stopped`].
+
+pub mod apply;
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod event;
+pub mod http;
+pub mod metrics;
+pub mod queries;
+pub mod startup;
+
+pub use config::{Config, ConfigError, ENV_VARS};
+pub use startup::{Application, BuildError};

@@ -1,0 +1,95 @@
+//! Prometheus metrics: names, the process-global recorder, and the text served at `/metrics`.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `shipment_messages_consumed_total` | `event_type`, `outcome` | messages handled: applied, unchanged, parked, duplicate, dead_lettered |
+//! | `shipment_duplicates_total` | | redelivered or duplicated events that changed nothing |
+//! | `shipment_dead_lettered_total` | `reason` | messages published to the dead-letter queue |
+//! | `shipment_handler_retries_total` | | failed attempts that were retried |
+//! | `shipment_processing_seconds` | `event_type` | from delivery to ack |
+//! | `shipment_event_delay_seconds` | | from the event's AMQP timestamp (whole seconds) to its commit here |
+//! | `shipment_orphaned_line_updates_total` | | parked updates that did not fit their order |
+//! | `shipment_broker_connected` / `shipment_database_up` | | 1 when reachable |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const MESSAGES_CONSUMED: &str = "shipment_messages_consumed_total";
+pub const DUPLICATES: &str = "shipment_duplicates_total";
+pub const DEAD_LETTERED: &str = "shipment_dead_lettered_total";
+pub const HANDLER_RETRIES: &str = "shipment_handler_retries_total";
+pub const PROCESSING_SECONDS: &str = "shipment_processing_seconds";
+pub const EVENT_DELAY_SECONDS: &str = "shipment_event_delay_seconds";
+pub const ORPHANED_UPDATES: &str = "shipment_orphaned_line_updates_total";
+pub const BROKER_CONNECTED: &str = "shipment_broker_connected";
+pub const DATABASE_UP: &str = "shipment_database_up";
+
+const PROCESSING_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const DELAY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-global recorder once; later calls (several apps in one test process)
+/// reuse it. `None` if another recorder was installed by someone else.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(PROCESSING_SECONDS.to_owned()),
+                    PROCESSING_BUCKETS,
+                )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(EVENT_DELAY_SECONDS.to_owned()),
+                        DELAY_BUCKETS,
+                    )
+                });
+            match builder.and_then(|builder| builder.install_recorder()) {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed; /metrics stays empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Declares every metric so that `/metrics` lists it from the start (alerts need the series).
+pub fn describe() {
+    metrics::describe_counter!(
+        MESSAGES_CONSUMED,
+        "Messages handled, by event type and outcome"
+    );
+    metrics::describe_counter!(DUPLICATES, "Events delivered again that changed nothing");
+    metrics::describe_counter!(
+        DEAD_LETTERED,
+        "Messages published to the dead-letter queue, by reason"
+    );
+    metrics::describe_counter!(HANDLER_RETRIES, "Failed attempts that were retried");
+    metrics::describe_histogram!(
+        PROCESSING_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from delivery to ack"
+    );
+    metrics::describe_histogram!(
+        EVENT_DELAY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from the event's AMQP timestamp to its commit here"
+    );
+    metrics::describe_counter!(
+        ORPHANED_UPDATES,
+        "Parked line updates that did not match a line of their order"
+    );
+    metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
+    metrics::describe_gauge!(DATABASE_UP, "1 while PostgreSQL answers");
+    metrics::counter!(DUPLICATES).increment(0);
+    metrics::counter!(HANDLER_RETRIES).increment(0);
+    metrics::counter!(ORPHANED_UPDATES).increment(0);
+}
