@@ -5,7 +5,13 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down test infra infra-down lint fmt clean-test-resources
+.PHONY: up up-detached down test infra infra-down lint fmt clean-test-resources create-order \
+	cancel-order-line order-service-logs shipment-service-logs relay-logs order-db-cli shipment-db-cli \
+	bench
+
+ORDER_SERVICE_URL ?= http://localhost:3000
+LOG_DIR := .local/logs
+PSQL := PGPASSWORD=$${DB_PASSWORD:-postgres} psql -h $${DB_HOST:-127.0.0.1} -p $${DB_PORT:-5432} -U $${DB_USER:-postgres}
 
 infra:
 	scripts/infra.sh up
@@ -17,11 +23,41 @@ infra-down:
 up:
 	scripts/up.sh
 
+## Same, in the background (logs in .local/logs); `make down` stops it.
+up-detached:
+	scripts/up.sh detach
+
 down:
 	scripts/up.sh down
 
+## The flows of the original system.
+create-order:
+	curl -sS -X POST -H "Content-Type: application/json" --data @./resources/data/create-order-request.json $(ORDER_SERVICE_URL)/orders
+	@echo
+
+cancel-order-line:
+	@[ -n "$(ORDER_ID)" ] && [ -n "$(ORDER_LINE_ID)" ] || { echo "usage: make cancel-order-line ORDER_ID=<uuid> ORDER_LINE_ID=<uuid>" >&2; exit 2; }
+	curl -sS -X PUT -H "Content-Type: application/json" --data @./resources/data/cancel-order-line-request.json $(ORDER_SERVICE_URL)/orders/$(ORDER_ID)/lines/$(ORDER_LINE_ID)
+	@echo
+
+order-service-logs:
+	tail -n 100 -F $(LOG_DIR)/order-service.log
+
+shipment-service-logs:
+	tail -n 100 -F $(LOG_DIR)/shipment-service.log
+
+relay-logs:
+	tail -n 100 -F $(LOG_DIR)/outbox-relay.log
+
+order-db-cli:
+	$(PSQL) -d orderdb
+
+shipment-db-cli:
+	$(PSQL) -d shipmentdb
+
 ## Run every test against the real servers.
 test: infra
+	$(CARGO) build --workspace --bins
 	$(CARGO) run --quiet -p test-support --bin cleanup-test-resources
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -34,3 +70,11 @@ fmt:
 
 clean-test-resources: infra
 	$(CARGO) run --quiet -p test-support --bin cleanup-test-resources
+
+## Measure the pipeline against its ceilings and Debezium (issue 7): prints a table, writes
+## target/bench/report.json. About 15 minutes; `make bench BENCH_ARGS=--quick` for a smoke run,
+## `BENCH_ARGS=--help` for the options.
+BENCH_ARGS ?=
+bench: infra
+	$(CARGO) build --release -p outbox-relay -p bench
+	$(CARGO) run --release --quiet -p bench -- $(BENCH_ARGS)

@@ -1,1 +1,222 @@
-//! outbox-relay (placeholder until its issue lands).
+//! outbox-relay: change-data-capture from PostgreSQL's WAL to RabbitMQ, losing nothing.
+//!
+//! The relay streams the outbox table(s) out of the write-ahead log by logical replication
+//! (built-in `pgoutput` plugin), routes each inserted row with Debezium's outbox event router
+//! semantics, and publishes it to RabbitMQ with publisher confirms. It reports a position to
+//! PostgreSQL only after the broker confirmed every event at or below it, so a crash of the
+//! relay, the broker or the database loses nothing (events may come twice, with the same
+//! `message_id`).
+//!
+//! # Layout
+//! - [`config`]: flags, environment variables and the Debezium properties file → [`Config`].
+//! - [`source`]: start checks, publication and slot; the replication session.
+//! - [`router`]: outbox row → exchange, routing key, message id, headers, payload.
+//! - [`sink`]: RabbitMQ publisher with confirms, `mandatory`, exchange declaration.
+//! - [`window`]: in-flight events and the flush position derived from their confirms.
+//! - `pipeline`: the task tying them together, with retries, reconnects and shutdown.
+//! - [`http`] and [`telemetry`]: `/health`, `/metrics`, logs.
+//!
+//! # Entry points
+//! [`run`] runs a relay until a shutdown future resolves (the binary passes SIGTERM/SIGINT);
+//! [`Relay::start`] starts one in the background and returns a [`RunningRelay`] handle with
+//! its HTTP address and status, for tests and the benchmark.
+//!
+//! # High availability
+//! Two or more relays may run with the same slot. PostgreSQL lets one session hold a slot:
+//! the first relay streams; the others find the slot "active", report `standby: true` in
+//! `/health` (503, not ready) and try again every second. When the active relay dies its
+//! connection closes, PostgreSQL releases the slot, and a standby takes it within about a
+//! second, resuming from the slot's confirmed position. Events the dead relay published but
+//! had not yet confirmed to PostgreSQL are published again (same `message_id`).
+
+pub mod config;
+pub mod http;
+mod pipeline;
+pub mod router;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
+pub mod window;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError, ENV_VARS};
+pub use telemetry::{HealthReport, RelayStatus};
+
+use crate::pipeline::Pipeline;
+use crate::sink::{AmqpSink, SinkError};
+use crate::source::StartError;
+
+/// Why the relay could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Broker(SinkError),
+    #[error("cannot listen for HTTP on {address}: {source}")]
+    Http {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("relay task failed: {0}")]
+    Task(String),
+}
+
+/// Starts relays.
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Checks the servers, prepares publication and slot, connects to the broker, binds the
+    /// HTTP listener, and starts streaming in the background.
+    pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
+        let config = Arc::new(config);
+        let status = Arc::new(RelayStatus::default());
+        let _ = telemetry::prometheus_handle();
+
+        let mut connection = source::connect(&config.postgres, config.connect_timeout).await?;
+        let start = source::prepare(
+            &mut connection,
+            &config.postgres,
+            &config.router.tables,
+            &config.publication,
+            &config.slot,
+        )
+        .await?;
+        drop(connection);
+        tracing::info!(
+            database = %config.postgres.display(),
+            slot = %config.slot,
+            publication = %config.publication,
+            confirmed = %start,
+            "PostgreSQL ready"
+        );
+
+        let sink = connect_broker(&config).await?;
+        tracing::info!(broker = %config.amqp.display, "RabbitMQ connected");
+
+        let address = format!("{}:{}", config.http_host, config.http_port);
+        let listener = http::bind(&config.http_host, config.http_port)
+            .await
+            .map_err(|source| RelayError::Http {
+                address: address.clone(),
+                source,
+            })?;
+        let http_addr = http::local_addr(&listener).map_err(|source| RelayError::Http {
+            address: address.clone(),
+            source,
+        })?;
+        tracing::info!(%http_addr, "serving /health and /metrics");
+
+        let stop_pipeline = CancellationToken::new();
+        let stop_http = CancellationToken::new();
+        let http_task = {
+            let status = Arc::clone(&status);
+            let stop = stop_http.clone();
+            tokio::spawn(async move {
+                if let Err(error) =
+                    http::serve(listener, status, async move { stop.cancelled().await }).await
+                {
+                    tracing::error!(%error, "HTTP server failed");
+                }
+            })
+        };
+        let pipeline = Pipeline::new(Arc::clone(&config), Arc::clone(&status), sink, start);
+        let pipeline_task = {
+            let stop = stop_pipeline.clone();
+            tokio::spawn(async move { pipeline.run(async move { stop.cancelled().await }).await })
+        };
+        Ok(RunningRelay {
+            http_addr,
+            status,
+            stop_pipeline,
+            stop_http,
+            pipeline_task,
+            http_task,
+        })
+    }
+}
+
+async fn connect_broker(config: &Config) -> Result<AmqpSink, RelayError> {
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            AmqpSink::connect(&config.amqp, config.exchange_type),
+        )
+        .await;
+        let error = match attempt {
+            Ok(Ok(sink)) => return Ok(sink),
+            Ok(Err(error)) => error,
+            Err(_) => SinkError::Timeout {
+                address: config.amqp.display.clone(),
+            },
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RelayError::Broker(error));
+        }
+        tracing::warn!(%error, "RabbitMQ not reachable yet; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A relay running in the background.
+#[derive(Debug)]
+pub struct RunningRelay {
+    http_addr: SocketAddr,
+    status: Arc<RelayStatus>,
+    stop_pipeline: CancellationToken,
+    stop_http: CancellationToken,
+    pipeline_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    /// Where `/health` and `/metrics` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The HTTP port (useful with port 0).
+    pub fn http_port(&self) -> u16 {
+        self.http_addr.port()
+    }
+
+    /// The live status (what `/health` reports).
+    pub fn status(&self) -> &Arc<RelayStatus> {
+        &self.status
+    }
+
+    /// Graceful shutdown: stop reading, wait for in-flight confirms, report the final
+    /// position, close connections.
+    pub async fn shutdown(self) -> Result<(), RelayError> {
+        self.stop_pipeline.cancel();
+        let result = self.pipeline_task.await;
+        self.stop_http.cancel();
+        let _ = self.http_task.await;
+        result.map_err(|error| RelayError::Task(error.to_string()))
+    }
+
+    /// Stops at once, like a crash: nothing is drained or reported.
+    pub fn abort(self) {
+        self.pipeline_task.abort();
+        self.http_task.abort();
+    }
+}
+
+/// Runs a relay until `shutdown` resolves, then shuts it down gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+    let relay = Relay::start(config).await?;
+    shutdown.await;
+    relay.shutdown().await
+}

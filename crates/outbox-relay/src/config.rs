@@ -1,0 +1,1171 @@
+//! Settings of the relay: command-line flags and environment variables (clap), optionally a
+//! Debezium Server `application.properties` file, merged and validated into [`Config`].
+//!
+//! Precedence: a flag or environment variable wins over the properties file, which wins over
+//! the built-in default. Every invalid value fails at start with a [`ConfigError`] naming the
+//! setting (its environment variable, or the properties key it came from).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use wire_format::WireFormat;
+
+use crate::router::{ExchangeType, Placement, RouterConfig, RoutingKeySource, TableName};
+
+/// Every environment variable the binary reads (the docker-compose contract test checks it).
+pub const ENV_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+    "AMQP_URL",
+    "RABBITMQ_HOST",
+    "RABBITMQ_PORT",
+    "RABBITMQ_USER",
+    "RABBITMQ_PASSWORD",
+    "RABBITMQ_VHOST",
+    "RELAY_SLOT",
+    "RELAY_PUBLICATION",
+    "RELAY_TABLES",
+    "RELAY_WIRE_FORMAT",
+    "RELAY_ROUTING_KEY",
+    "RELAY_ROUTE_BY_FIELD",
+    "RELAY_ROUTE_TOPIC_REPLACEMENT",
+    "RELAY_FIELD_EVENT_ID",
+    "RELAY_FIELD_EVENT_KEY",
+    "RELAY_FIELD_EVENT_TYPE",
+    "RELAY_FIELD_EVENT_PAYLOAD",
+    "RELAY_FIELDS_ADDITIONAL_PLACEMENT",
+    "RELAY_EXCHANGE_TYPE",
+    "RELAY_DEAD_LETTER_EXCHANGE",
+    "RELAY_WINDOW_EVENTS",
+    "RELAY_WINDOW_BYTES",
+    "RELAY_DEBEZIUM_PROPERTIES",
+    "RELAY_HTTP_HOST",
+    "RELAY_HTTP_PORT",
+    "RELAY_CONNECT_TIMEOUT_SECS",
+    "RELAY_SHUTDOWN_TIMEOUT_SECS",
+    "RELAY_STATUS_INTERVAL_MS",
+    "RELAY_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// A value that must never be printed (passwords, URLs with passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (the connection).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An invalid setting, named as the user wrote it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+    #[error("cannot read the Debezium properties file {path}: {source}")]
+    PropertiesFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Command-line flags; each also reads the environment variable named after it.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Streams outbox rows from PostgreSQL's WAL (pgoutput) to RabbitMQ with publisher confirms"
+)]
+pub struct Cli {
+    /// PostgreSQL connection URL; replaces the DB_* settings.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL host [default: 127.0.0.1].
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    /// PostgreSQL port [default: 5432].
+    #[arg(long, env = "DB_PORT")]
+    pub db_port: Option<String>,
+    /// PostgreSQL user; needs the REPLICATION attribute [default: postgres].
+    #[arg(long, env = "DB_USER")]
+    pub db_user: Option<String>,
+    /// PostgreSQL password [default: postgres].
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub db_password: Option<String>,
+    /// Database holding the outbox table [default: orderdb].
+    #[arg(long, env = "DB_NAME")]
+    pub db_name: Option<String>,
+
+    /// AMQP URL (amqp://user:password@host:port/vhost); replaces the RABBITMQ_* settings.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// RabbitMQ host [default: 127.0.0.1].
+    #[arg(long, env = "RABBITMQ_HOST")]
+    pub rabbitmq_host: Option<String>,
+    /// RabbitMQ port [default: 5672].
+    #[arg(long, env = "RABBITMQ_PORT")]
+    pub rabbitmq_port: Option<String>,
+    /// RabbitMQ user [default: guest].
+    #[arg(long, env = "RABBITMQ_USER")]
+    pub rabbitmq_user: Option<String>,
+    /// RabbitMQ password [default: guest].
+    #[arg(long, env = "RABBITMQ_PASSWORD", hide_env_values = true)]
+    pub rabbitmq_password: Option<String>,
+    /// RabbitMQ virtual host [default: /].
+    #[arg(long, env = "RABBITMQ_VHOST")]
+    pub rabbitmq_vhost: Option<String>,
+
+    /// Logical replication slot [default: outbox_relay].
+    #[arg(long, env = "RELAY_SLOT")]
+    pub slot: Option<String>,
+    /// Publication covering the outbox table(s) [default: outbox_publication].
+    #[arg(long, env = "RELAY_PUBLICATION")]
+    pub publication: Option<String>,
+    /// Outbox tables, comma separated [default: orders.outbox_event].
+    #[arg(long, env = "RELAY_TABLES")]
+    pub tables: Option<String>,
+    /// Message format on the broker: plain | debezium [default: plain, or debezium with a
+    /// Debezium properties file].
+    #[arg(long, env = "RELAY_WIRE_FORMAT")]
+    pub wire_format: Option<String>,
+    /// Routing key: empty | key | type [default: empty].
+    #[arg(long, env = "RELAY_ROUTING_KEY")]
+    pub routing_key: Option<String>,
+    /// Column whose value names the destination (route.by.field) [default: aggregate_type].
+    #[arg(long, env = "RELAY_ROUTE_BY_FIELD")]
+    pub route_by_field: Option<String>,
+    /// Exchange name template (route.topic.replacement) [default: ${routedByValue}.events].
+    #[arg(long, env = "RELAY_ROUTE_TOPIC_REPLACEMENT")]
+    pub route_topic_replacement: Option<String>,
+    /// Event id column (table.field.event.id) [default: id].
+    #[arg(long, env = "RELAY_FIELD_EVENT_ID")]
+    pub field_event_id: Option<String>,
+    /// Event key column (table.field.event.key) [default: aggregate_id].
+    #[arg(long, env = "RELAY_FIELD_EVENT_KEY")]
+    pub field_event_key: Option<String>,
+    /// Event type column (table.field.event.type) [default: type].
+    #[arg(long, env = "RELAY_FIELD_EVENT_TYPE")]
+    pub field_event_type: Option<String>,
+    /// Payload column (table.field.event.payload) [default: payload].
+    #[arg(long, env = "RELAY_FIELD_EVENT_PAYLOAD")]
+    pub field_event_payload: Option<String>,
+    /// Extra columns as headers, `column:header:name[,...]`
+    /// (table.fields.additional.placement) [default: type:header:eventType].
+    #[arg(long, env = "RELAY_FIELDS_ADDITIONAL_PLACEMENT")]
+    pub fields_additional_placement: Option<String>,
+    /// Type of the exchanges the relay declares: fanout | direct | topic | headers
+    /// [default: fanout].
+    #[arg(long, env = "RELAY_EXCHANGE_TYPE")]
+    pub exchange_type: Option<String>,
+    /// Exchange for outbox rows that cannot be routed (missing or null column); without it
+    /// the relay stalls on such a row.
+    #[arg(long, env = "RELAY_DEAD_LETTER_EXCHANGE")]
+    pub dead_letter_exchange: Option<String>,
+    /// Most events in flight (published, not yet confirmed) [default: 4096].
+    #[arg(long, env = "RELAY_WINDOW_EVENTS")]
+    pub window_events: Option<String>,
+    /// Most message bytes in flight [default: 16777216].
+    #[arg(long, env = "RELAY_WINDOW_BYTES")]
+    pub window_bytes: Option<String>,
+    /// Debezium Server application.properties to read database.* and transforms.outbox.* from.
+    #[arg(long, env = "RELAY_DEBEZIUM_PROPERTIES")]
+    pub debezium_properties: Option<PathBuf>,
+    /// Address of /health and /metrics [default: 127.0.0.1].
+    #[arg(long, env = "RELAY_HTTP_HOST")]
+    pub http_host: Option<String>,
+    /// Port of /health and /metrics; 0 picks a free one [default: 8080].
+    #[arg(long, env = "RELAY_HTTP_PORT")]
+    pub http_port: Option<String>,
+    /// How long to keep trying to reach each server at start before failing [default: 10].
+    #[arg(long, env = "RELAY_CONNECT_TIMEOUT_SECS")]
+    pub connect_timeout_secs: Option<String>,
+    /// How long a graceful shutdown waits for in-flight confirms [default: 30].
+    #[arg(long, env = "RELAY_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<String>,
+    /// Most time between a confirmed position and its status update to PostgreSQL
+    /// [default: 1000].
+    #[arg(long, env = "RELAY_STATUS_INTERVAL_MS")]
+    pub status_interval_ms: Option<String>,
+    /// Log format: text | json [default: text].
+    #[arg(long, env = "RELAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Where PostgreSQL is and who the relay is there.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+}
+
+impl PostgresSettings {
+    /// `user@host:port/database`, safe to log.
+    pub fn display(&self) -> String {
+        format!(
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
+    }
+}
+
+/// Where RabbitMQ is.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// The full URL, with the password.
+    pub url: Secret,
+    /// The URL without its password, safe to log.
+    pub display: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The validated settings of one relay.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub postgres: PostgresSettings,
+    pub amqp: AmqpSettings,
+    pub slot: String,
+    pub publication: String,
+    pub router: RouterConfig,
+    pub wire_format: WireFormat,
+    pub exchange_type: ExchangeType,
+    pub dead_letter_exchange: Option<String>,
+    pub window_events: usize,
+    pub window_bytes: usize,
+    pub http_host: String,
+    pub http_port: u16,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub status_interval: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Parses the process's flags and environment.
+    pub fn from_env_and_args() -> Result<Self, ConfigError> {
+        Self::from_cli(Cli::parse())
+    }
+
+    /// Merges flags/env with the Debezium properties file (if any) and the defaults.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let properties = match &cli.debezium_properties {
+            Some(path) => Some(DebeziumProperties::read(path)?),
+            None => None,
+        };
+        build(cli, properties.as_ref())
+    }
+}
+
+/// The subset of a Debezium Server `application.properties` the relay understands.
+#[derive(Debug, Clone, Default)]
+pub struct DebeziumProperties {
+    entries: HashMap<String, String>,
+    /// Prefix of the outbox EventRouter transform's keys, e.g. `debezium.transforms.outbox.`.
+    outbox_prefix: Option<String>,
+}
+
+impl DebeziumProperties {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::PropertiesFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses the Java properties format (`key=value`, `key: value`, `#`/`!` comments,
+    /// backslash line continuations and escapes).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut entries = HashMap::new();
+        let mut logical = String::new();
+        for raw_line in text.lines() {
+            let line = raw_line.trim_start();
+            if logical.is_empty() && (line.is_empty() || line.starts_with(['#', '!'])) {
+                continue;
+            }
+            // An odd number of trailing backslashes continues the line.
+            let trailing = line.chars().rev().take_while(|c| *c == '\\').count();
+            if trailing % 2 == 1 {
+                logical.push_str(&line[..line.len() - 1]);
+                continue;
+            }
+            logical.push_str(line);
+            let (key, value) = split_property(&logical);
+            entries.insert(unescape(&key), unescape(value.trim_start()));
+            logical.clear();
+        }
+        if !logical.is_empty() {
+            let (key, value) = split_property(&logical);
+            entries.insert(unescape(&key), unescape(value.trim_start()));
+        }
+        let mut properties = Self {
+            entries,
+            outbox_prefix: None,
+        };
+        properties.outbox_prefix = properties.find_outbox_transform()?;
+        Ok(properties)
+    }
+
+    /// A raw value by its full key.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A value of the outbox EventRouter transform, by its key below the transform
+    /// (e.g. `route.by.field`); returns the full key for error messages too.
+    fn outbox(&self, suffix: &str) -> Option<(String, &str)> {
+        let prefix = self.outbox_prefix.as_deref()?;
+        let key = format!("{prefix}{suffix}");
+        self.get(&key).map(|value| (key, value))
+    }
+
+    fn source(&self, suffix: &str) -> Option<(String, &str)> {
+        let key = format!("debezium.source.{suffix}");
+        self.get(&key).map(|value| (key, value))
+    }
+
+    fn sink(&self, suffix: &str) -> Option<(String, &str)> {
+        let key = format!("debezium.sink.rabbitmq.{suffix}");
+        self.get(&key).map(|value| (key, value))
+    }
+
+    /// Finds the transform of type EventRouter among `debezium.transforms`.
+    fn find_outbox_transform(&self) -> Result<Option<String>, ConfigError> {
+        let Some(list) = self.get("debezium.transforms") else {
+            return Ok(None);
+        };
+        let mut found = None;
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let type_key = format!("debezium.transforms.{name}.type");
+            if self.get(&type_key) == Some("io.debezium.transforms.outbox.EventRouter") {
+                if found.is_some() {
+                    return Err(invalid(
+                        "debezium.transforms",
+                        "more than one io.debezium.transforms.outbox.EventRouter transform",
+                    ));
+                }
+                found = Some(format!("debezium.transforms.{name}."));
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn split_property(line: &str) -> (String, &str) {
+    let mut key = String::new();
+    let mut chars = line.char_indices();
+    while let Some((index, c)) = chars.next() {
+        match c {
+            '\\' => {
+                key.push('\\');
+                if let Some((_, escaped)) = chars.next() {
+                    key.push(escaped);
+                }
+            }
+            '=' | ':' => return (key.trim_end().to_owned(), &line[index + 1..]),
+            c if c.is_whitespace() => {
+                let rest = line[index..].trim_start();
+                let rest = rest
+                    .strip_prefix(['=', ':'])
+                    .map_or(rest, |after| after.trim_start());
+                return (key, rest);
+            }
+            c => key.push(c),
+        }
+    }
+    (key, "")
+}
+
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// A setting's value and the name to blame if it is invalid.
+struct Setting {
+    value: String,
+    name: String,
+}
+
+/// The flag/env value, else the properties-file value, else the default.
+fn pick(
+    cli: Option<&String>,
+    env_name: &str,
+    file: Option<(String, &str)>,
+    default: &str,
+) -> Setting {
+    if let Some(value) = cli {
+        return Setting {
+            value: value.clone(),
+            name: env_name.to_owned(),
+        };
+    }
+    if let Some((key, value)) = file {
+        return Setting {
+            value: value.to_owned(),
+            name: key,
+        };
+    }
+    Setting {
+        value: default.to_owned(),
+        name: env_name.to_owned(),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(setting: &Setting, what: &str) -> Result<T, ConfigError> {
+    setting
+        .value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(&setting.name, format!("{:?} is not {what}", setting.value)))
+}
+
+fn non_empty(setting: Setting) -> Result<String, ConfigError> {
+    let value = setting.value.trim();
+    if value.is_empty() {
+        return Err(invalid(&setting.name, "must not be empty"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Identifiers spliced into SQL and replication commands: letters, digits, underscores.
+fn identifier(setting: Setting) -> Result<String, ConfigError> {
+    let value = non_empty(setting.clone_name())?;
+    let valid = value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !value.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Err(invalid(
+            &setting.name,
+            format!(
+                "{value:?} must be 1-63 lowercase letters, digits or underscores, not starting with a digit"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+impl Setting {
+    fn clone_name(&self) -> Setting {
+        Setting {
+            value: self.value.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigError> {
+    let file_source = |suffix: &str| file.and_then(|f| f.source(suffix));
+    let file_outbox = |suffix: &str| file.and_then(|f| f.outbox(suffix));
+    let file_sink = |suffix: &str| file.and_then(|f| f.sink(suffix));
+
+    if let Some((key, plugin)) = file_source("plugin.name")
+        && plugin != "pgoutput"
+    {
+        return Err(invalid(
+            &key,
+            format!("{plugin:?}: the relay reads only the built-in pgoutput plugin"),
+        ));
+    }
+
+    let postgres = match &cli.database_url {
+        Some(url) => parse_postgres_url(url)?,
+        None => {
+            let port = pick(
+                cli.db_port.as_ref(),
+                "DB_PORT",
+                file_source("database.port"),
+                "5432",
+            );
+            PostgresSettings {
+                host: non_empty(pick(
+                    cli.db_host.as_ref(),
+                    "DB_HOST",
+                    file_source("database.hostname"),
+                    "127.0.0.1",
+                ))?,
+                port: parse_number(&port, "a port number")?,
+                user: non_empty(pick(
+                    cli.db_user.as_ref(),
+                    "DB_USER",
+                    file_source("database.user"),
+                    "postgres",
+                ))?,
+                password: Secret::new(
+                    pick(
+                        cli.db_password.as_ref(),
+                        "DB_PASSWORD",
+                        file_source("database.password"),
+                        "postgres",
+                    )
+                    .value,
+                ),
+                database: non_empty(pick(
+                    cli.db_name.as_ref(),
+                    "DB_NAME",
+                    file_source("database.dbname"),
+                    "orderdb",
+                ))?,
+            }
+        }
+    };
+
+    let amqp = match &cli.amqp_url {
+        Some(url) => {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(invalid("AMQP_URL", "must start with amqp:// or amqps://"));
+            }
+            AmqpSettings {
+                url: Secret::new(url.clone()),
+                display: redact_url_password(url),
+            }
+        }
+        None => {
+            let host = non_empty(pick(
+                cli.rabbitmq_host.as_ref(),
+                "RABBITMQ_HOST",
+                file_sink("connection.host"),
+                "127.0.0.1",
+            ))?;
+            let port_setting = pick(
+                cli.rabbitmq_port.as_ref(),
+                "RABBITMQ_PORT",
+                file_sink("connection.port"),
+                "5672",
+            );
+            let port: u16 = parse_number(&port_setting, "a port number")?;
+            let user = pick(
+                cli.rabbitmq_user.as_ref(),
+                "RABBITMQ_USER",
+                file_sink("connection.username"),
+                "guest",
+            )
+            .value;
+            let password = pick(
+                cli.rabbitmq_password.as_ref(),
+                "RABBITMQ_PASSWORD",
+                file_sink("connection.password"),
+                "guest",
+            )
+            .value;
+            let vhost = pick(
+                cli.rabbitmq_vhost.as_ref(),
+                "RABBITMQ_VHOST",
+                file_sink("connection.virtual.host"),
+                "/",
+            )
+            .value;
+            let user = percent_encode(&user);
+            let vhost = percent_encode(&vhost);
+            AmqpSettings {
+                url: Secret::new(format!(
+                    "amqp://{user}:{}@{host}:{port}/{vhost}",
+                    percent_encode(&password)
+                )),
+                display: format!("amqp://{user}:***@{host}:{port}/{vhost}"),
+            }
+        }
+    };
+
+    let slot = identifier(pick(
+        cli.slot.as_ref(),
+        "RELAY_SLOT",
+        file_source("slot.name"),
+        "outbox_relay",
+    ))?;
+    let publication = identifier(pick(
+        cli.publication.as_ref(),
+        "RELAY_PUBLICATION",
+        file_source("publication.name"),
+        "outbox_publication",
+    ))?;
+    let tables_setting = pick(
+        cli.tables.as_ref(),
+        "RELAY_TABLES",
+        file_source("table.include.list"),
+        "orders.outbox_event",
+    );
+    let mut tables = Vec::new();
+    for part in tables_setting
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        tables
+            .push(TableName::parse(part).map_err(|reason| invalid(&tables_setting.name, reason))?);
+    }
+    if tables.is_empty() {
+        return Err(invalid(&tables_setting.name, "names no table"));
+    }
+
+    let wire_default = if file.is_some() { "debezium" } else { "plain" };
+    let wire_setting = pick(
+        cli.wire_format.as_ref(),
+        "RELAY_WIRE_FORMAT",
+        None,
+        wire_default,
+    );
+    let wire_format: WireFormat = wire_setting
+        .value
+        .trim()
+        .parse()
+        .map_err(|error| invalid(&wire_setting.name, format!("{error}")))?;
+
+    let routing_setting = pick(cli.routing_key.as_ref(), "RELAY_ROUTING_KEY", None, "empty");
+    let routing_key = RoutingKeySource::parse(&routing_setting.value)
+        .map_err(|reason| invalid(&routing_setting.name, reason))?;
+
+    let column = |cli_value: Option<&String>, env: &str, suffix: &str, default: &str| {
+        non_empty(pick(cli_value, env, file_outbox(suffix), default))
+    };
+    let route_by_field = column(
+        cli.route_by_field.as_ref(),
+        "RELAY_ROUTE_BY_FIELD",
+        "route.by.field",
+        "aggregate_type",
+    )?;
+    let replacement_setting = pick(
+        cli.route_topic_replacement.as_ref(),
+        "RELAY_ROUTE_TOPIC_REPLACEMENT",
+        file_outbox("route.topic.replacement"),
+        "${routedByValue}.events",
+    );
+    let route_topic_replacement = non_empty(replacement_setting.clone_name())?;
+    if !route_topic_replacement.contains("${routedByValue}") {
+        tracing::warn!(
+            setting = %replacement_setting.name,
+            "route.topic.replacement has no ${{routedByValue}}: every event goes to one exchange"
+        );
+    }
+    let field_event_id = column(
+        cli.field_event_id.as_ref(),
+        "RELAY_FIELD_EVENT_ID",
+        "table.field.event.id",
+        "id",
+    )?;
+    let field_event_key = column(
+        cli.field_event_key.as_ref(),
+        "RELAY_FIELD_EVENT_KEY",
+        "table.field.event.key",
+        "aggregate_id",
+    )?;
+    let field_event_type = column(
+        cli.field_event_type.as_ref(),
+        "RELAY_FIELD_EVENT_TYPE",
+        "table.field.event.type",
+        "type",
+    )?;
+    let field_event_payload = column(
+        cli.field_event_payload.as_ref(),
+        "RELAY_FIELD_EVENT_PAYLOAD",
+        "table.field.event.payload",
+        "payload",
+    )?;
+    let placement_setting = pick(
+        cli.fields_additional_placement.as_ref(),
+        "RELAY_FIELDS_ADDITIONAL_PLACEMENT",
+        file_outbox("table.fields.additional.placement"),
+        "type:header:eventType",
+    );
+    let additional_placement = Placement::parse_list(&placement_setting.value)
+        .map_err(|reason| invalid(&placement_setting.name, reason))?;
+
+    let exchange_setting = pick(
+        cli.exchange_type.as_ref(),
+        "RELAY_EXCHANGE_TYPE",
+        None,
+        "fanout",
+    );
+    let exchange_type = ExchangeType::parse(&exchange_setting.value)
+        .map_err(|reason| invalid(&exchange_setting.name, reason))?;
+
+    let dead_letter_exchange = match &cli.dead_letter_exchange {
+        Some(name) if name.trim().is_empty() => None,
+        Some(name) => Some(name.trim().to_owned()),
+        None => None,
+    };
+
+    let number = |value: Option<&String>, env: &str, default: &str| pick(value, env, None, default);
+    let window_events: usize = parse_number(
+        &number(cli.window_events.as_ref(), "RELAY_WINDOW_EVENTS", "4096"),
+        "a number of events",
+    )?;
+    if window_events == 0 {
+        return Err(invalid("RELAY_WINDOW_EVENTS", "must be at least 1"));
+    }
+    let window_bytes: usize = parse_number(
+        &number(cli.window_bytes.as_ref(), "RELAY_WINDOW_BYTES", "16777216"),
+        "a number of bytes",
+    )?;
+    if window_bytes < 1024 {
+        return Err(invalid("RELAY_WINDOW_BYTES", "must be at least 1024"));
+    }
+    let http_host = non_empty(number(
+        cli.http_host.as_ref(),
+        "RELAY_HTTP_HOST",
+        "127.0.0.1",
+    ))?;
+    let http_port: u16 = parse_number(
+        &number(cli.http_port.as_ref(), "RELAY_HTTP_PORT", "8080"),
+        "a port number",
+    )?;
+    let connect_timeout_secs: u64 = parse_number(
+        &number(
+            cli.connect_timeout_secs.as_ref(),
+            "RELAY_CONNECT_TIMEOUT_SECS",
+            "10",
+        ),
+        "a number of seconds",
+    )?;
+    let shutdown_timeout_secs: u64 = parse_number(
+        &number(
+            cli.shutdown_timeout_secs.as_ref(),
+            "RELAY_SHUTDOWN_TIMEOUT_SECS",
+            "30",
+        ),
+        "a number of seconds",
+    )?;
+    let status_interval_ms: u64 = parse_number(
+        &number(
+            cli.status_interval_ms.as_ref(),
+            "RELAY_STATUS_INTERVAL_MS",
+            "1000",
+        ),
+        "a number of milliseconds",
+    )?;
+    if !(10..=10_000).contains(&status_interval_ms) {
+        return Err(invalid(
+            "RELAY_STATUS_INTERVAL_MS",
+            "must be between 10 and 10000 (PostgreSQL expects a status at least every 10 s)",
+        ));
+    }
+    let log_format = match number(cli.log_format.as_ref(), "RELAY_LOG_FORMAT", "text")
+        .value
+        .trim()
+    {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "RELAY_LOG_FORMAT",
+                format!("{other:?}: expected text or json"),
+            ));
+        }
+    };
+
+    Ok(Config {
+        postgres,
+        amqp,
+        slot,
+        publication,
+        router: RouterConfig {
+            tables,
+            route_by_field,
+            route_topic_replacement,
+            field_event_id,
+            field_event_key,
+            field_event_type,
+            field_event_payload,
+            additional_placement,
+            routing_key,
+        },
+        wire_format,
+        exchange_type,
+        dead_letter_exchange,
+        window_events,
+        window_bytes,
+        http_host,
+        http_port,
+        connect_timeout: Duration::from_secs(connect_timeout_secs),
+        shutdown_timeout: Duration::from_secs(shutdown_timeout_secs),
+        status_interval: Duration::from_millis(status_interval_ms),
+        log_format,
+    })
+}
+
+/// Parses `postgres[ql]://[user[:password]@]host[:port][/database][?options]`.
+fn parse_postgres_url(url: &str) -> Result<PostgresSettings, ConfigError> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| {
+            invalid(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            )
+        })?;
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => (Some(userinfo), hostport),
+        None => (None, authority),
+    };
+    let (user, password) = match userinfo {
+        Some(info) => match info.split_once(':') {
+            Some((user, password)) => (percent_decode(user)?, percent_decode(password)?),
+            None => (percent_decode(info)?, String::new()),
+        },
+        None => ("postgres".to_owned(), String::new()),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            let port = port.parse().map_err(|_| {
+                invalid(
+                    "DATABASE_URL",
+                    format!("port {port:?} is not a port number"),
+                )
+            })?;
+            (host, port)
+        }
+        _ => (hostport, 5432),
+    };
+    if host.is_empty() {
+        return Err(invalid("DATABASE_URL", "has no host"));
+    }
+    let database = percent_decode(database)?;
+    Ok(PostgresSettings {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+        user,
+        password: Secret::new(password),
+        database: if database.is_empty() {
+            "orderdb".to_owned()
+        } else {
+            database
+        },
+    })
+}
+
+fn percent_decode(text: &str) -> Result<String, ConfigError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = text
+                .get(index + 1..index + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| invalid("DATABASE_URL", "has an invalid %-escape"))?;
+            out.push(hex);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid("DATABASE_URL", "is not UTF-8 once decoded"))
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `scheme://user:***@host...` for a URL with a password; unchanged otherwise.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cli() -> Cli {
+        Cli::default()
+    }
+
+    #[test]
+    fn defaults_follow_the_original_system() {
+        let config = Config::from_cli(cli()).unwrap();
+        assert_eq!(config.postgres.database, "orderdb");
+        assert_eq!(config.slot, "outbox_relay");
+        assert_eq!(config.publication, "outbox_publication");
+        assert_eq!(config.router.tables[0].to_string(), "orders.outbox_event");
+        assert_eq!(config.wire_format, WireFormat::Plain);
+        assert_eq!(config.http_port, 8080);
+        assert_eq!(config.amqp.display, "amqp://guest:***@127.0.0.1:5672/%2F");
+    }
+
+    #[test]
+    fn database_url_replaces_the_parts() {
+        let config = Config::from_cli(Cli {
+            database_url: Some(
+                "postgres://relay:p%40ss@db.example:6543/shop?sslmode=disable".into(),
+            ),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.postgres.host, "db.example");
+        assert_eq!(config.postgres.port, 6543);
+        assert_eq!(config.postgres.user, "relay");
+        assert_eq!(config.postgres.password.expose(), "p@ss");
+        assert_eq!(config.postgres.database, "shop");
+        assert!(!format!("{config:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let error = Config::from_cli(Cli {
+            db_port: Some("fifty".into()),
+            ..cli()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("DB_PORT"), "{error}");
+        let error = Config::from_cli(Cli {
+            slot: Some("Bad-Slot".into()),
+            ..cli()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("RELAY_SLOT"), "{error}");
+        let error = Config::from_cli(Cli {
+            wire_format: Some("xml".into()),
+            ..cli()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("RELAY_WIRE_FORMAT"), "{error}");
+        let error = Config::from_cli(Cli {
+            routing_key: Some("random".into()),
+            ..cli()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("RELAY_ROUTING_KEY"), "{error}");
+        let error = Config::from_cli(Cli {
+            amqp_url: Some("http://x".into()),
+            ..cli()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("AMQP_URL"), "{error}");
+    }
+
+    #[test]
+    fn amqp_url_password_is_redacted() {
+        assert_eq!(
+            redact_url_password("amqp://u:secret@h:5672/v"),
+            "amqp://u:***@h:5672/v"
+        );
+        assert_eq!(redact_url_password("amqp://h:5672"), "amqp://h:5672");
+        let config = Config::from_cli(Cli {
+            rabbitmq_password: Some("s3cr:t".into()),
+            rabbitmq_vhost: Some("my vhost".into()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(
+            config.amqp.url.expose(),
+            "amqp://guest:s3cr%3At@127.0.0.1:5672/my%20vhost"
+        );
+        assert!(!config.amqp.display.contains("s3cr"));
+    }
+
+    #[test]
+    fn properties_parser_handles_java_syntax() {
+        let properties = DebeziumProperties::parse(
+            "# comment\n! other comment\n a.b = 1\nc:2\nd 3\nlong=x,\\\n   y\nesc=\\${v}\\:z\nempty=\n",
+        )
+        .unwrap();
+        assert_eq!(properties.get("a.b"), Some("1"));
+        assert_eq!(properties.get("c"), Some("2"));
+        assert_eq!(properties.get("d"), Some("3"));
+        assert_eq!(properties.get("long"), Some("x,y"));
+        assert_eq!(properties.get("esc"), Some("${v}:z"));
+        assert_eq!(properties.get("empty"), None);
+    }
+
+    fn original_properties() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../resources/debezium/application.properties")
+    }
+
+    #[test]
+    fn the_original_systems_properties_file_configures_the_relay() {
+        let config = Config::from_cli(Cli {
+            debezium_properties: Some(original_properties()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.postgres.host, "127.0.0.1");
+        assert_eq!(config.postgres.port, 5432);
+        assert_eq!(config.postgres.user, "postgres");
+        assert_eq!(config.postgres.database, "orderdb");
+        assert_eq!(config.slot, "outbox_relay");
+        assert_eq!(config.publication, "outbox_publication");
+        assert_eq!(config.router, RouterConfig::default());
+        assert_eq!(config.wire_format, WireFormat::Debezium);
+        assert_eq!(config.amqp.display, "amqp://guest:***@127.0.0.1:5672/%2F");
+    }
+
+    #[test]
+    fn flags_and_env_override_the_properties_file() {
+        let config = Config::from_cli(Cli {
+            debezium_properties: Some(original_properties()),
+            db_name: Some("otherdb".into()),
+            route_by_field: Some("type".into()),
+            wire_format: Some("plain".into()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.postgres.database, "otherdb");
+        assert_eq!(config.router.route_by_field, "type");
+        assert_eq!(config.wire_format, WireFormat::Plain);
+    }
+
+    #[test]
+    fn every_outbox_key_of_a_properties_file_is_read() {
+        let properties = DebeziumProperties::parse(
+            "debezium.transforms=unwrap,router\n\
+             debezium.transforms.unwrap.type=io.debezium.transforms.ExtractNewRecordState\n\
+             debezium.transforms.router.type=io.debezium.transforms.outbox.EventRouter\n\
+             debezium.transforms.router.route.by.field=topic\n\
+             debezium.transforms.router.route.topic.replacement=out.${routedByValue}\n\
+             debezium.transforms.router.table.field.event.id=event_id\n\
+             debezium.transforms.router.table.field.event.key=message_key\n\
+             debezium.transforms.router.table.field.event.type=event_type\n\
+             debezium.transforms.router.table.field.event.payload=body\n\
+             debezium.transforms.router.table.fields.additional.placement=event_type:header:ce_type,id:header\n\
+             debezium.source.table.include.list=public.outbox,app.events\n",
+        )
+        .unwrap();
+        let config = build(cli(), Some(&properties)).unwrap();
+        let router = &config.router;
+        assert_eq!(router.route_by_field, "topic");
+        assert_eq!(router.route_topic_replacement, "out.${routedByValue}");
+        assert_eq!(router.field_event_id, "event_id");
+        assert_eq!(router.field_event_key, "message_key");
+        assert_eq!(router.field_event_type, "event_type");
+        assert_eq!(router.field_event_payload, "body");
+        assert_eq!(
+            router.additional_placement,
+            vec![
+                Placement {
+                    column: "event_type".into(),
+                    header: "ce_type".into()
+                },
+                Placement {
+                    column: "id".into(),
+                    header: "id".into()
+                }
+            ]
+        );
+        assert_eq!(
+            router
+                .tables
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["public.outbox", "app.events"]
+        );
+    }
+
+    #[test]
+    fn a_bad_properties_value_names_its_key() {
+        let properties =
+            DebeziumProperties::parse("debezium.source.plugin.name=decoderbufs\n").unwrap();
+        let error = build(cli(), Some(&properties)).unwrap_err().to_string();
+        assert!(error.contains("debezium.source.plugin.name"), "{error}");
+        let properties = DebeziumProperties::parse(
+            "debezium.transforms=outbox\n\
+             debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n\
+             debezium.transforms.outbox.table.fields.additional.placement=type:envelope:t\n",
+        )
+        .unwrap();
+        let error = build(cli(), Some(&properties)).unwrap_err().to_string();
+        assert!(
+            error.contains("debezium.transforms.outbox.table.fields.additional.placement"),
+            "{error}"
+        );
+        let error = Config::from_cli(Cli {
+            debezium_properties: Some(PathBuf::from("/nonexistent/application.properties")),
+            ..cli()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("/nonexistent/application.properties"),
+            "{error}"
+        );
+    }
+}

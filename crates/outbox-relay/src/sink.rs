@@ -1,0 +1,252 @@
+//! The RabbitMQ sink: one connection, one channel in publisher-confirm mode.
+//!
+//! Delivery contract: a message counts as delivered only when the broker acked it AND did
+//! not return it. Every publish is `mandatory`, so a message no queue would receive comes
+//! back as a `basic.return` (lapin: `Confirmation::Ack(Some(returned))`); that and a nack
+//! are reported as [`Outcome::Returned`] / [`Outcome::Nacked`], never as delivered. The
+//! pipeline is at-least-once: after a failure it publishes again, with the same
+//! `message_id`, so consumers must tolerate duplicates.
+//!
+//! Before the first publish to an exchange on a connection, the sink declares it (durable,
+//! of the configured type), idempotently, so a publish never hits a missing exchange.
+//! Binding queues is not the relay's business.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use crate::config::AmqpSettings;
+use crate::router::ExchangeType;
+
+/// A message ready to publish; kept in the window until confirmed.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    /// Seconds since the Unix epoch (the transaction's commit time).
+    pub timestamp: u64,
+}
+
+impl OutgoingMessage {
+    /// Approximate memory held by the message, for the window's byte budget.
+    pub fn size(&self) -> usize {
+        self.exchange.len()
+            + self.routing_key.len()
+            + self.message_id.len()
+            + self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+            + 128
+    }
+}
+
+/// Errors of the broker connection.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot connect to RabbitMQ at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("connecting to RabbitMQ at {address} timed out")]
+    Timeout { address: String },
+    #[error("cannot declare exchange {exchange:?} (type {kind}): {source}")]
+    Declare {
+        exchange: String,
+        kind: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("publishing to exchange {exchange:?} failed: {source}")]
+    Publish {
+        exchange: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ channel setup failed: {0}")]
+    Channel(#[source] lapin::Error),
+}
+
+/// What the broker said about one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acked and routed to at least one queue.
+    Delivered,
+    /// Returned as unroutable (basic.return), e.g. no queue bound.
+    Returned { reply_code: u16, reply_text: String },
+    /// Negatively acknowledged by the broker.
+    Nacked,
+    /// The channel or connection failed before the confirm arrived.
+    Failed(String),
+}
+
+/// The confirm of one publish, resolving to its [`Outcome`].
+#[derive(Debug)]
+pub struct PendingConfirm {
+    inner: lapin::PublisherConfirm,
+}
+
+impl Future for PendingConfirm {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.inner)
+            .poll(cx)
+            .map(|result| match result {
+                Ok(Confirmation::Ack(None)) => Outcome::Delivered,
+                Ok(Confirmation::Ack(Some(returned))) => Outcome::Returned {
+                    reply_code: returned.reply_code,
+                    reply_text: returned.reply_text.to_string(),
+                },
+                Ok(Confirmation::Nack(_)) => Outcome::Nacked,
+                Ok(Confirmation::NotRequested) => {
+                    Outcome::Failed("channel is not in confirm mode".into())
+                }
+                Err(error) => Outcome::Failed(error.to_string()),
+            })
+    }
+}
+
+/// A connected publisher.
+pub struct AmqpSink {
+    connection: Connection,
+    channel: Channel,
+    declared: HashSet<String>,
+    exchange_type: ExchangeType,
+}
+
+impl std::fmt::Debug for AmqpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSink")
+            .field("declared", &self.declared)
+            .finish_non_exhaustive()
+    }
+}
+
+fn exchange_kind(kind: ExchangeType) -> (lapin::ExchangeKind, &'static str) {
+    match kind {
+        ExchangeType::Fanout => (lapin::ExchangeKind::Fanout, "fanout"),
+        ExchangeType::Direct => (lapin::ExchangeKind::Direct, "direct"),
+        ExchangeType::Topic => (lapin::ExchangeKind::Topic, "topic"),
+        ExchangeType::Headers => (lapin::ExchangeKind::Headers, "headers"),
+    }
+}
+
+impl AmqpSink {
+    /// Connects and opens a channel in confirm mode.
+    pub async fn connect(
+        settings: &AmqpSettings,
+        exchange_type: ExchangeType,
+    ) -> Result<Self, SinkError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("outbox-relay".into());
+        let connection = Connection::connect(settings.url.expose(), properties)
+            .await
+            .map_err(|source| SinkError::Connect {
+                address: settings.display.clone(),
+                source,
+            })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(SinkError::Channel)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(SinkError::Channel)?;
+        Ok(Self {
+            connection,
+            channel,
+            declared: HashSet::new(),
+            exchange_type,
+        })
+    }
+
+    /// Whether connection and channel are usable.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Declares `exchange` unless already done on this connection.
+    pub async fn ensure_exchange(&mut self, exchange: &str) -> Result<(), SinkError> {
+        if exchange.is_empty() || self.declared.contains(exchange) {
+            return Ok(());
+        }
+        let (kind, kind_name) = exchange_kind(self.exchange_type);
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SinkError::Declare {
+                exchange: exchange.to_owned(),
+                kind: kind_name,
+                source,
+            })?;
+        self.declared.insert(exchange.to_owned());
+        Ok(())
+    }
+
+    /// Publishes one message (persistent, mandatory) and returns its pending confirm.
+    pub async fn publish(
+        &mut self,
+        message: &OutgoingMessage,
+    ) -> Result<PendingConfirm, SinkError> {
+        self.ensure_exchange(&message.exchange).await?;
+        let mut headers = FieldTable::default();
+        for (name, value) in &message.headers {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(LongString::from(value.as_bytes())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(message.message_id.as_str().into())
+            .with_timestamp(message.timestamp)
+            .with_headers(headers);
+        let inner = self
+            .channel
+            .basic_publish(
+                message.exchange.as_str().into(),
+                message.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &message.body,
+                properties,
+            )
+            .await
+            .map_err(|source| SinkError::Publish {
+                exchange: message.exchange.clone(),
+                source,
+            })?;
+        Ok(PendingConfirm { inner })
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "relay stopping".into()).await;
+        let _ = self.connection.close(200, "relay stopping".into()).await;
+    }
+}

@@ -1,0 +1,222 @@
+//! What the relay tells operators: the live [`RelayStatus`] behind `/health`, the Prometheus
+//! metrics behind `/metrics`, and log set-up.
+//!
+//! Metrics (all prefixed `outbox_relay_`):
+//! - `events_received_total{exchange}`, `events_published_total{exchange}`,
+//!   `events_confirmed_total{exchange}`: counters along the pipeline;
+//! - `publish_confirm_seconds`: histogram of publish-to-confirm latency;
+//! - `confirmed_lsn`: the flush position (as a number), `lag_bytes`: server WAL end minus it;
+//! - `oldest_unconfirmed_event_age_seconds`, `in_flight_events`;
+//! - `reconnects_total{server}` (`postgresql` | `rabbitmq`);
+//! - `unroutable_total{reason}` (`returned` | `nacked` | `row`), `stalled` (0/1),
+//!   `standby` (0/1).
+//!
+//! The Prometheus recorder is process-global: [`prometheus_handle`] installs it once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics::{Counter, counter};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+use crate::config::LogFormat;
+
+pub const EVENTS_RECEIVED: &str = "outbox_relay_events_received_total";
+pub const EVENTS_PUBLISHED: &str = "outbox_relay_events_published_total";
+pub const EVENTS_CONFIRMED: &str = "outbox_relay_events_confirmed_total";
+pub const PUBLISH_CONFIRM_SECONDS: &str = "outbox_relay_publish_confirm_seconds";
+pub const CONFIRMED_LSN: &str = "outbox_relay_confirmed_lsn";
+pub const LAG_BYTES: &str = "outbox_relay_lag_bytes";
+pub const OLDEST_UNCONFIRMED_AGE: &str = "outbox_relay_oldest_unconfirmed_event_age_seconds";
+pub const IN_FLIGHT: &str = "outbox_relay_in_flight_events";
+pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
+pub const UNROUTABLE: &str = "outbox_relay_unroutable_total";
+pub const STALLED: &str = "outbox_relay_stalled";
+pub const STANDBY: &str = "outbox_relay_standby";
+
+/// The process-wide Prometheus handle, installing the recorder on first use. `None` if
+/// another recorder was installed first (then `/metrics` says so).
+pub fn prometheus_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(PUBLISH_CONFIRM_SECONDS.into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ],
+                )
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install the Prometheus recorder");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Per-exchange counters, looked up once per exchange rather than per event.
+#[derive(Debug, Clone)]
+pub struct ExchangeCounters {
+    pub received: Counter,
+    pub published: Counter,
+    pub confirmed: Counter,
+}
+
+/// Cache of [`ExchangeCounters`] by exchange name.
+#[derive(Debug, Default)]
+pub struct ExchangeMetrics {
+    by_exchange: HashMap<String, Arc<ExchangeCounters>>,
+}
+
+impl ExchangeMetrics {
+    pub fn get(&mut self, exchange: &str) -> Arc<ExchangeCounters> {
+        if let Some(counters) = self.by_exchange.get(exchange) {
+            return Arc::clone(counters);
+        }
+        let label = exchange.to_owned();
+        let counters = Arc::new(ExchangeCounters {
+            received: counter!(EVENTS_RECEIVED, "exchange" => label.clone()),
+            published: counter!(EVENTS_PUBLISHED, "exchange" => label.clone()),
+            confirmed: counter!(EVENTS_CONFIRMED, "exchange" => label.clone()),
+        });
+        self.by_exchange.insert(label, Arc::clone(&counters));
+        counters
+    }
+}
+
+/// The live state of one relay, shared by the pipeline and the HTTP server.
+#[derive(Debug, Default)]
+pub struct RelayStatus {
+    streaming: AtomicBool,
+    standby: AtomicBool,
+    broker_connected: AtomicBool,
+    confirmed_lsn: AtomicU64,
+    server_wal_end: AtomicU64,
+    in_flight: AtomicU64,
+    published: AtomicU64,
+    confirmed: AtomicU64,
+    unroutable: AtomicU64,
+    stalled: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The `/health` body.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Streaming and broker connected and not stalled.
+    pub ready: bool,
+    pub streaming: bool,
+    pub standby: bool,
+    pub broker_connected: bool,
+    /// Why the relay does not advance (an unroutable event or row), if it does not.
+    pub stalled: Option<String>,
+    pub last_confirmed_lsn: String,
+    pub lag_bytes: u64,
+    pub in_flight_events: u64,
+    pub events_published: u64,
+    pub events_confirmed: u64,
+    pub unroutable_events: u64,
+    pub last_error: Option<String>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RelayStatus {
+    pub fn set_streaming(&self, streaming: bool) {
+        self.streaming.store(streaming, Ordering::Relaxed);
+    }
+
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+        metrics::gauge!(STANDBY).set(if standby { 1.0 } else { 0.0 });
+    }
+
+    pub fn set_broker_connected(&self, connected: bool) {
+        self.broker_connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub fn set_confirmed_lsn(&self, lsn: u64) {
+        self.confirmed_lsn.store(lsn, Ordering::Relaxed);
+        metrics::gauge!(CONFIRMED_LSN).set(lsn as f64);
+    }
+
+    pub fn set_server_wal_end(&self, lsn: u64) {
+        self.server_wal_end.fetch_max(lsn, Ordering::Relaxed);
+    }
+
+    pub fn set_in_flight(&self, events: u64) {
+        self.in_flight.store(events, Ordering::Relaxed);
+    }
+
+    pub fn add_published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_confirmed(&self) {
+        self.confirmed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_unroutable(&self) {
+        self.unroutable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_stalled(&self, reason: Option<String>) {
+        metrics::gauge!(STALLED).set(if reason.is_some() { 1.0 } else { 0.0 });
+        *lock(&self.stalled) = reason;
+    }
+
+    pub fn set_last_error(&self, error: Option<String>) {
+        *lock(&self.last_error) = error;
+    }
+
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_wal_end
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.confirmed_lsn.load(Ordering::Relaxed))
+    }
+
+    /// A snapshot for `/health`.
+    pub fn report(&self) -> HealthReport {
+        let streaming = self.streaming.load(Ordering::Relaxed);
+        let broker_connected = self.broker_connected.load(Ordering::Relaxed);
+        let stalled = lock(&self.stalled).clone();
+        HealthReport {
+            ready: streaming && broker_connected && stalled.is_none(),
+            streaming,
+            standby: self.standby.load(Ordering::Relaxed),
+            broker_connected,
+            stalled,
+            last_confirmed_lsn: pgoutput::Lsn(self.confirmed_lsn.load(Ordering::Relaxed))
+                .to_string(),
+            lag_bytes: self.lag_bytes(),
+            in_flight_events: self.in_flight.load(Ordering::Relaxed),
+            events_published: self.published.load(Ordering::Relaxed),
+            events_confirmed: self.confirmed.load(Ordering::Relaxed),
+            unroutable_events: self.unroutable.load(Ordering::Relaxed),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` filter, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,297 @@
+//! The in-flight window: events published but not yet confirmed, in commit order, and the
+//! flush position derived from them.
+//!
+//! Entries are events and commit markers in stream order. An event leaves the window only
+//! when the broker confirmed it and every earlier event; a commit marker leaves when all
+//! events before it have left, and then its end LSN becomes the flush position. So the
+//! flush position is the end of the newest transaction whose events, and all earlier ones,
+//! are confirmed. It only moves forward.
+//!
+//! The window is bounded by a number of entries and a byte budget; the pipeline reads from
+//! the replication stream only while [`InFlightWindow::has_room`]. A 100,000-row transaction
+//! therefore streams through: its first events are confirmed and leave before its last ones
+//! are read.
+//!
+//! After a broker failure (return, nack, lost connection) [`InFlightWindow::replay_all`]
+//! marks every entry unpublished, so the failed event and every later one are published
+//! again in order.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use pgoutput::Lsn;
+
+/// An event in the window.
+#[derive(Debug)]
+pub struct InFlight<M> {
+    pub message: M,
+    pub size: usize,
+    /// When the event was read from the replication stream.
+    pub received_at: Instant,
+    /// When it was last published.
+    pub published_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Entry<M> {
+    Event(InFlight<M>),
+    Commit(Lsn),
+}
+
+/// Bounded, ordered window of unconfirmed events with commit markers.
+#[derive(Debug)]
+pub struct InFlightWindow<M> {
+    entries: VecDeque<Entry<M>>,
+    /// Index in `entries` of the first entry not yet published.
+    next_unpublished: usize,
+    /// Published events whose confirm is outstanding.
+    published: usize,
+    events: usize,
+    bytes: usize,
+    max_events: usize,
+    max_bytes: usize,
+    flushed: Lsn,
+}
+
+impl<M> InFlightWindow<M> {
+    pub fn new(max_events: usize, max_bytes: usize, flushed: Lsn) -> Self {
+        Self {
+            entries: VecDeque::with_capacity(max_events.min(65_536)),
+            next_unpublished: 0,
+            published: 0,
+            events: 0,
+            bytes: 0,
+            max_events: max_events.max(1),
+            max_bytes: max_bytes.max(1),
+            flushed,
+        }
+    }
+
+    /// Whether another event may be read in.
+    pub fn has_room(&self) -> bool {
+        self.entries.len() < self.max_events && self.bytes < self.max_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Events in the window.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Events published whose confirm is outstanding.
+    pub fn published(&self) -> usize {
+        self.published
+    }
+
+    /// The flush position: every event at or below it is confirmed.
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// When the oldest event still in the window was read.
+    pub fn oldest_received_at(&self) -> Option<Instant> {
+        self.entries.iter().find_map(|entry| match entry {
+            Entry::Event(event) => Some(event.received_at),
+            Entry::Commit(_) => None,
+        })
+    }
+
+    /// The oldest event still in the window.
+    pub fn oldest(&self) -> Option<&M> {
+        match self.entries.front() {
+            Some(Entry::Event(event)) => Some(&event.message),
+            _ => None,
+        }
+    }
+
+    /// When the oldest outstanding publish was sent.
+    pub fn oldest_published_at(&self) -> Option<Instant> {
+        match self.entries.front() {
+            Some(Entry::Event(event)) => event.published_at,
+            _ => None,
+        }
+    }
+
+    pub fn push_event(&mut self, message: M, size: usize, received_at: Instant) {
+        self.events += 1;
+        self.bytes += size;
+        self.entries.push_back(Entry::Event(InFlight {
+            message,
+            size,
+            received_at,
+            published_at: None,
+        }));
+    }
+
+    /// Records a transaction's end. Returns the new flush position if it moved (when nothing
+    /// before the commit is outstanding).
+    pub fn push_commit(&mut self, end_lsn: Lsn) -> Option<Lsn> {
+        if self.entries.is_empty() {
+            return self.advance(end_lsn);
+        }
+        self.entries.push_back(Entry::Commit(end_lsn));
+        None
+    }
+
+    /// Advances the flush position to a server position while nothing is in flight (a quiet
+    /// outbox must not pin WAL). Returns the new position if it moved.
+    pub fn advance_idle(&mut self, lsn: Lsn) -> Option<Lsn> {
+        if self.entries.is_empty() {
+            self.advance(lsn)
+        } else {
+            None
+        }
+    }
+
+    fn advance(&mut self, lsn: Lsn) -> Option<Lsn> {
+        (lsn > self.flushed).then(|| {
+            self.flushed = lsn;
+            lsn
+        })
+    }
+
+    /// The next event to publish, marked published; `None` when all are.
+    pub fn next_to_publish(&mut self, now: Instant) -> Option<&M> {
+        let index = (self.next_unpublished..self.entries.len())
+            .find(|&i| matches!(self.entries[i], Entry::Event(_)));
+        let Some(index) = index else {
+            self.next_unpublished = self.entries.len();
+            return None;
+        };
+        self.next_unpublished = index + 1;
+        self.published += 1;
+        match &mut self.entries[index] {
+            Entry::Event(event) => {
+                event.published_at = Some(now);
+                Some(&event.message)
+            }
+            Entry::Commit(_) => None,
+        }
+    }
+
+    /// Whether some event waits to be published.
+    pub fn has_unpublished(&self) -> bool {
+        self.entries
+            .range(self.next_unpublished.min(self.entries.len())..)
+            .any(|entry| matches!(entry, Entry::Event(_)))
+    }
+
+    /// The oldest event was confirmed: removes it and the commit markers after it. Returns
+    /// the event and the new flush position if it moved.
+    pub fn confirm_oldest(&mut self) -> Option<(InFlight<M>, Option<Lsn>)> {
+        let Some(Entry::Event(event)) = self.entries.pop_front() else {
+            return None;
+        };
+        self.next_unpublished = self.next_unpublished.saturating_sub(1);
+        self.published = self.published.saturating_sub(1);
+        self.events -= 1;
+        self.bytes -= event.size;
+        let mut moved = None;
+        while let Some(Entry::Commit(lsn)) = self.entries.front() {
+            let lsn = *lsn;
+            self.entries.pop_front();
+            self.next_unpublished = self.next_unpublished.saturating_sub(1);
+            if let Some(lsn) = self.advance(lsn) {
+                moved = Some(lsn);
+            }
+        }
+        Some((event, moved))
+    }
+
+    /// Marks every entry unpublished: all are published again, in order.
+    pub fn replay_all(&mut self) {
+        self.next_unpublished = 0;
+        self.published = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn lsn(value: u64) -> Lsn {
+        Lsn(value)
+    }
+
+    #[test]
+    fn flush_moves_only_after_whole_transactions_are_confirmed() {
+        let now = Instant::now();
+        let mut window = InFlightWindow::new(10, 1 << 20, lsn(100));
+        window.push_event("a1", 10, now);
+        window.push_event("a2", 10, now);
+        assert_eq!(window.push_commit(lsn(200)), None);
+        window.push_event("b1", 10, now);
+        assert_eq!(window.push_commit(lsn(300)), None);
+        assert_eq!(window.next_to_publish(now), Some(&"a1"));
+        assert_eq!(window.next_to_publish(now), Some(&"a2"));
+        assert_eq!(window.next_to_publish(now), Some(&"b1"));
+        assert_eq!(window.next_to_publish(now), None);
+        assert_eq!(window.published(), 3);
+
+        let (event, moved) = window.confirm_oldest().unwrap();
+        assert_eq!((event.message, moved), ("a1", None));
+        assert_eq!(window.flushed(), lsn(100));
+        let (event, moved) = window.confirm_oldest().unwrap();
+        assert_eq!((event.message, moved), ("a2", Some(lsn(200))));
+        let (_, moved) = window.confirm_oldest().unwrap();
+        assert_eq!(moved, Some(lsn(300)));
+        assert!(window.is_empty());
+        assert_eq!(window.push_commit(lsn(400)), Some(lsn(400)));
+        assert_eq!(window.advance_idle(lsn(350)), None, "never backwards");
+        assert_eq!(window.advance_idle(lsn(500)), Some(lsn(500)));
+    }
+
+    #[test]
+    fn idle_advance_waits_for_an_empty_window() {
+        let now = Instant::now();
+        let mut window = InFlightWindow::new(10, 1 << 20, lsn(0));
+        window.push_event("x", 1, now);
+        assert_eq!(window.advance_idle(lsn(900)), None);
+        window.next_to_publish(now);
+        window.confirm_oldest().unwrap();
+        assert_eq!(window.advance_idle(lsn(900)), Some(lsn(900)));
+    }
+
+    #[test]
+    fn replay_publishes_everything_again_in_order() {
+        let now = Instant::now();
+        let mut window = InFlightWindow::new(10, 1 << 20, lsn(0));
+        window.push_event(1, 1, now);
+        window.push_commit(lsn(10));
+        window.push_event(2, 1, now);
+        window.push_event(3, 1, now);
+        window.next_to_publish(now);
+        window.next_to_publish(now);
+        window.replay_all();
+        assert!(window.has_unpublished());
+        let order: Vec<i32> = std::iter::from_fn(|| window.next_to_publish(now).copied()).collect();
+        assert_eq!(order, vec![1, 2, 3]);
+        // Partially confirmed, then replayed: only the rest comes again.
+        window.confirm_oldest().unwrap();
+        window.replay_all();
+        let order: Vec<i32> = std::iter::from_fn(|| window.next_to_publish(now).copied()).collect();
+        assert_eq!(order, vec![2, 3]);
+        assert_eq!(window.flushed(), lsn(10));
+    }
+
+    #[test]
+    fn room_is_bounded_by_count_and_bytes() {
+        let now = Instant::now();
+        let mut window = InFlightWindow::new(2, 100, lsn(0));
+        window.push_event((), 10, now);
+        assert!(window.has_room());
+        window.push_event((), 10, now);
+        assert!(!window.has_room());
+        let mut by_bytes = InFlightWindow::new(100, 100, lsn(0));
+        by_bytes.push_event((), 100, now);
+        assert!(!by_bytes.has_room());
+        by_bytes.next_to_publish(now);
+        by_bytes.confirm_oldest().unwrap();
+        assert!(by_bytes.has_room());
+        assert_eq!(by_bytes.events(), 0);
+    }
+}

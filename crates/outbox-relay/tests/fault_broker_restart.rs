@@ -1,0 +1,139 @@
+//! A broker restart mid-stream, on a private RabbitMQ node (the shared one is left alone):
+//! the relay reconnects, publishes its unconfirmed events again, and nothing is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Collector, Fixture, RelayProcess, bind_queue, free_port, insert_series};
+use test_support::{EVENTUALLY, unique_suffix, wait_until};
+
+const EVENTS: usize = 10_000;
+
+/// A private RabbitMQ node started with `scripts/infra.sh`; stopped when dropped.
+struct PrivateNode {
+    dir: PathBuf,
+    port: u16,
+    management_port: u16,
+}
+
+impl PrivateNode {
+    fn script() -> PathBuf {
+        common::manifest_dir().join("../../scripts/infra.sh")
+    }
+
+    fn run(&self, command: &str) {
+        let status = Command::new("bash")
+            .arg(Self::script())
+            .arg(command)
+            .env("OUTBOX_LOCAL_DIR", &self.dir)
+            .env("RABBITMQ_PORT", self.port.to_string())
+            .env("RABBITMQ_MANAGEMENT_PORT", self.management_port.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "infra.sh {command} failed");
+    }
+
+    fn start() -> Self {
+        // A port in 5600-5699 nobody listens on (its distribution port is port + 20000).
+        let port = (5600..5700)
+            .cycle()
+            .skip(std::process::id() as usize % 100)
+            .take(100)
+            .find(|port| {
+                [*port, port + 10_000, port + 20_000]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            })
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("relay-rabbit-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = Self {
+            dir,
+            port,
+            management_port: port + 10_000,
+        };
+        node.run("rabbitmq-up");
+        node
+    }
+
+    fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2F", self.port)
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        self.run("rabbitmq-down");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    let node = PrivateNode::start();
+    let fixture = Fixture::new("relay_broker").await;
+    let queue = bind_queue(&node.amqp_url(), "order.events").await;
+    let mut env = fixture.env(free_port());
+    env.insert("AMQP_URL".into(), node.amqp_url());
+    let mut relay = RelayProcess::spawn(&env);
+    relay.wait_streaming().await;
+
+    let pool = fixture.db.pool.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in 0..10 {
+            insert_series(&pool, chunk * EVENTS / 10, EVENTS / 10, 20).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    wait_until(
+        "events confirmed before the restart",
+        EVENTUALLY,
+        || async {
+            relay
+                .health()
+                .await
+                .filter(|(_, body)| body["events_confirmed"].as_u64().unwrap_or(0) >= 1000)
+        },
+    )
+    .await
+    .unwrap();
+    let queue_name = queue.queue.clone();
+    queue.close().await;
+
+    node.run("rabbitmq-down");
+    wait_until("relay notices the broker is gone", EVENTUALLY, || async {
+        relay
+            .health()
+            .await
+            .filter(|(code, body)| *code == 503 && body["broker_connected"] == false)
+    })
+    .await
+    .unwrap();
+    node.run("rabbitmq-up");
+    writer.await.unwrap();
+
+    wait_until("relay reconnected", Duration::from_secs(60), || async {
+        relay
+            .health()
+            .await
+            .filter(|(_, body)| body["broker_connected"] == true)
+    })
+    .await
+    .unwrap();
+    let queue = common::open_queue(&node.amqp_url(), &queue_name).await;
+    let collector = Collector::start(&queue).await;
+    collector.wait_all(EVENTS, Duration::from_secs(120)).await;
+    eprintln!(
+        "broker restart: {EVENTS} events, 1 broker restart, {} messages received",
+        collector.received()
+    );
+    collector.stop();
+    assert!(relay.terminate().await.success());
+    queue.close().await;
+    fixture.cleanup().await;
+    drop(node);
+}

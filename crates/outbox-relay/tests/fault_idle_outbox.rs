@@ -1,0 +1,43 @@
+//! An idle outbox in a busy database: writes to other tables move the slot forward, so the
+//! relay does not pin WAL (no heartbeat table needed).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Fixture, RelayProcess, current_wal_lsn, free_port, slot_confirmed};
+use test_support::{EVENTUALLY, wait_until};
+
+#[tokio::test]
+async fn slot_advances_while_only_other_tables_change() {
+    let fixture = Fixture::new("relay_idle").await;
+    let mut relay = RelayProcess::spawn(&fixture.env(free_port()));
+    relay.wait_streaming().await;
+    let before = slot_confirmed(&fixture.db.pool, &fixture.slot)
+        .await
+        .unwrap();
+
+    for round in 0..200 {
+        sqlx::query("INSERT INTO orders.other_table (note) VALUES ($1)")
+            .bind(format!("busy {round} {}", "x".repeat(200)))
+            .execute(&fixture.db.pool)
+            .await
+            .unwrap();
+    }
+    let written = current_wal_lsn(&fixture.db.pool).await;
+    assert!(written > before);
+
+    let confirmed = wait_until(
+        "slot advances past the other table's writes",
+        EVENTUALLY,
+        || async {
+            slot_confirmed(&fixture.db.pool, &fixture.slot)
+                .await
+                .filter(|lsn| *lsn >= written)
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("idle outbox: slot advanced {} bytes", confirmed - before);
+    assert!(relay.terminate().await.success());
+    fixture.cleanup().await;
+}
