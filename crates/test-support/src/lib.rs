@@ -148,19 +148,6 @@ pub async fn drop_database_and_slots(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Drops every test database (`t_%`) and its slots, left behind by interrupted runs.
-pub async fn drop_leftover_test_databases() -> Result<usize> {
-    let mut admin = PgConnection::connect(&pg_admin_url()).await?;
-    let names: Vec<(String,)> =
-        sqlx::query_as("SELECT datname::text FROM pg_database WHERE datname LIKE 't\\_%'")
-            .fetch_all(&mut admin)
-            .await?;
-    for (name,) in &names {
-        drop_database_and_slots(name).await?;
-    }
-    Ok(names.len())
-}
-
 fn replace_database(url: &str, database: &str) -> String {
     match url.rsplit_once('/') {
         Some((base, rest)) => {
@@ -237,31 +224,6 @@ impl TestVhost {
             .await?;
         Ok(response.json().await?)
     }
-}
-
-/// Deletes every test vhost (`t_%`) left behind by interrupted runs.
-pub async fn delete_leftover_test_vhosts() -> Result<usize> {
-    let api = ManagementApi::from_env()?;
-    let client = reqwest::Client::new();
-    let vhosts: serde_json::Value = client
-        .get(format!("{}/api/vhosts", api.base))
-        .basic_auth(&api.user, Some(&api.password))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let mut deleted = 0;
-    for vhost in vhosts.as_array().into_iter().flatten() {
-        if let Some(name) = vhost["name"].as_str().filter(|name| name.starts_with("t_")) {
-            client
-                .delete(format!("{}/api/vhosts/{name}", api.base))
-                .basic_auth(&api.user, Some(&api.password))
-                .send()
-                .await?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
 }
 
 struct ManagementApi {
