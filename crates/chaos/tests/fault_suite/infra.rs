@@ -1,0 +1,440 @@
+//! A private PostgreSQL cluster and RabbitMQ node for one run, started by `scripts/infra.sh` in
+//! a folder of their own on ports of their own, so the suite can stop and restart them without
+//! disturbing the shared servers the other tests use.
+//!
+//! PostgreSQL is stopped by signalling its postmaster (found through `postmaster.pid` in our
+//! folder) rather than by `infra.sh pg-down`: that command also stops the cluster in the
+//! repository's fallback folder under /var/tmp, which may be the shared one.
+//!
+//! A run that dies without cleaning up leaves its folder behind with the id of its process;
+//! the next run stops the servers and services of folders whose owner is gone and deletes them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+/// Prefix of the run folders, under /var/tmp (reachable by the `postgres` user).
+const FOLDER_PREFIX: &str = "outbox-chaos-";
+/// How long one `infra.sh` command may take (RabbitMQ alone can take 20 s on a busy machine).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a stopping server may take to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How to stop PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgStop {
+    /// SIGINT: roll back open transactions, checkpoint, exit.
+    Fast,
+    /// SIGQUIT: exit at once, like a crash; the restart runs crash recovery.
+    Immediate,
+}
+
+impl PgStop {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PgStop::Fast => "fast shutdown",
+            PgStop::Immediate => "immediate shutdown (crash recovery)",
+        }
+    }
+}
+
+/// How to restart RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RabbitMqRestart {
+    /// `rabbitmqctl stop_app` / `start_app`: the broker closes every connection, stops its
+    /// queues and recovers them from disk, in a few seconds; the Erlang VM stays up.
+    Application,
+    /// `infra.sh rabbitmq-down` / `rabbitmq-up`: the whole node stops and boots again (20 s
+    /// to over a minute on a busy machine).
+    Node,
+}
+
+impl RabbitMqRestart {
+    pub fn describe(self) -> &'static str {
+        match self {
+            RabbitMqRestart::Application => "application restart (stop_app/start_app)",
+            RabbitMqRestart::Node => "node restart (rabbitmq-down/rabbitmq-up)",
+        }
+    }
+}
+
+/// The private servers of one run.
+#[derive(Debug)]
+pub struct PrivateInfra {
+    pub dir: PathBuf,
+    pub pg_port: u16,
+    pub rabbitmq_port: u16,
+    pub management_port: u16,
+    stopped: bool,
+}
+
+impl PrivateInfra {
+    /// Creates the run folder, picks free ports and starts both servers.
+    pub async fn start() -> Result<Self> {
+        remove_abandoned_runs();
+        let dir = runs_base().join(format!("{FOLDER_PREFIX}{}", test_support::unique_suffix()));
+        std::fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        set_mode_755(&dir)?;
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
+        let rabbitmq_port = free_rabbitmq_port()?;
+        let infra = Self {
+            pg_port: free_port()?,
+            management_port: free_port()?,
+            rabbitmq_port,
+            dir,
+            stopped: false,
+        };
+        // On failure the guard's drop stops whatever did start.
+        infra.script(&["up"]).await?;
+        if !infra.postmaster_pid_file().is_file() {
+            bail!(
+                "the private PostgreSQL did not start in {} (infra.sh may have used another folder)",
+                infra.dir.display()
+            );
+        }
+        Ok(infra)
+    }
+
+    /// Admin connection string of the private cluster for `database`.
+    pub fn pg_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:postgres@127.0.0.1:{}/{database}",
+            self.pg_port
+        )
+    }
+
+    /// AMQP URL of the private node (default vhost).
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}", self.rabbitmq_port)
+    }
+
+    /// Base URL of the private node's management API (credentials go separately).
+    pub fn management_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.management_port)
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// Stops PostgreSQL (`mode`), waits for it to exit, starts it again.
+    pub async fn restart_postgres(&self, mode: PgStop) -> Result<()> {
+        self.stop_postgres(mode).await?;
+        self.script(&["pg-up"]).await
+    }
+
+    /// Restarts RabbitMQ (`mode`). Returns how long stopping and starting took.
+    pub async fn restart_rabbitmq(&self, mode: RabbitMqRestart) -> Result<(Duration, Duration)> {
+        let started = Instant::now();
+        match mode {
+            RabbitMqRestart::Node => self.stop_rabbitmq().await?,
+            RabbitMqRestart::Application => {
+                self.script(&["rabbitmqctl", "stop_app"]).await?;
+                wait_port_closed(self.rabbitmq_port, "RabbitMQ").await?;
+            }
+        }
+        let stopped = started.elapsed();
+        match mode {
+            RabbitMqRestart::Node => self.script(&["rabbitmq-up"]).await?,
+            RabbitMqRestart::Application => {
+                self.script(&["rabbitmqctl", "start_app"]).await?;
+                wait_port_open(self.rabbitmq_port, "RabbitMQ").await?;
+            }
+        }
+        Ok((stopped, started.elapsed() - stopped))
+    }
+
+    /// Stops both servers and deletes the run folder.
+    pub async fn stop(mut self) -> Result<()> {
+        let rabbitmq = self.stop_rabbitmq().await;
+        let postgres = self.stop_postgres(PgStop::Fast).await;
+        if rabbitmq.is_err() || postgres.is_err() {
+            stop_servers_blocking(&self.dir);
+        }
+        self.stopped = true;
+        let removed = std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("deleting {}", self.dir.display()));
+        rabbitmq.context("stopping the private RabbitMQ")?;
+        postgres.context("stopping the private PostgreSQL")?;
+        removed
+    }
+
+    async fn stop_postgres(&self, mode: PgStop) -> Result<()> {
+        let Some(pid) = server_pid(&self.postmaster_pid_file(), &self.dir) else {
+            return Ok(());
+        };
+        let signal = match mode {
+            PgStop::Fast => "-INT",
+            PgStop::Immediate => "-QUIT",
+        };
+        send_signal(signal, pid)?;
+        wait_for_exit(pid, "PostgreSQL").await?;
+        wait_port_closed(self.pg_port, "PostgreSQL").await
+    }
+
+    async fn stop_rabbitmq(&self) -> Result<()> {
+        let pid = server_pid(&self.rabbitmq_pid_file(), &self.dir);
+        if pid.is_none() {
+            return Ok(());
+        }
+        self.script(&["rabbitmq-down"]).await?;
+        if let Some(pid) = pid {
+            wait_for_exit(pid, "RabbitMQ").await?;
+        }
+        wait_port_closed(self.rabbitmq_port, "RabbitMQ").await
+    }
+
+    fn postmaster_pid_file(&self) -> PathBuf {
+        self.dir.join("pg/data/postmaster.pid")
+    }
+
+    fn rabbitmq_pid_file(&self) -> PathBuf {
+        self.dir.join("rabbitmq/rabbitmq.pid")
+    }
+
+    /// Runs `scripts/infra.sh <arguments>` against this run's folder and ports.
+    async fn script(&self, arguments: &[&str]) -> Result<()> {
+        let command = arguments.join(" ");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/infra.sh");
+        let log_path = self.log_dir().join("infra.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .args(arguments)
+            .env("OUTBOX_LOCAL_DIR", &self.dir)
+            .env("PG_PORT", self.pg_port.to_string())
+            .env("RABBITMQ_PORT", self.rabbitmq_port.to_string())
+            .env("RABBITMQ_MANAGEMENT_PORT", self.management_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("running {}", script.display()))?;
+        let status = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait())
+            .await
+            .with_context(|| {
+                format!("infra.sh {command} did not finish in {SCRIPT_TIMEOUT:?}")
+            })??;
+        if !status.success() {
+            bail!(
+                "infra.sh {command} failed ({status}):\n{}",
+                tail(&log_path, 30)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateInfra {
+    /// A run that failed half-way still stops its servers (best effort, blocking).
+    fn drop(&mut self) {
+        if !self.stopped {
+            stop_servers_blocking(&self.dir);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn runs_base() -> PathBuf {
+    let var_tmp = Path::new("/var/tmp");
+    if var_tmp.is_dir() {
+        var_tmp.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// The PostgreSQL server runs as `postgres` when we are root: it must reach the folder.
+fn set_mode_755(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod 755 {}", dir.display()))
+}
+
+/// Stops the servers of run folders whose test process is gone, and deletes the folders.
+fn remove_abandoned_runs() {
+    let Ok(entries) = std::fs::read_dir(runs_base()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_run = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(FOLDER_PREFIX));
+        if !is_run {
+            continue;
+        }
+        let owner = std::fs::read_to_string(dir.join("owner.pid"))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        if owner.is_some_and(is_alive) {
+            continue;
+        }
+        eprintln!(
+            "[chaos] cleaning up the abandoned run folder {}",
+            dir.display()
+        );
+        stop_servers_blocking(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The environment variable that marks the service processes of a run (value: its folder), so
+/// that the services of an abandoned run can be found and stopped too.
+pub const RUN_MARKER: &str = "CHAOS_RUN_DIR";
+
+/// SIGKILL to every process marked with `dir` (the services of an abandoned run).
+fn kill_marked_processes(dir: &Path) {
+    let marker = format!("{RUN_MARKER}={}", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environment) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let marked = environment
+            .split(|&byte| byte == 0)
+            .any(|variable| variable == marker.as_bytes());
+        if marked && pid != std::process::id() {
+            let _ = send_signal("-KILL", pid);
+        }
+    }
+}
+
+/// Kills the run's services, sends SIGTERM to its RabbitMQ and SIGINT to its PostgreSQL, then
+/// waits for both servers to exit.
+fn stop_servers_blocking(dir: &Path) {
+    kill_marked_processes(dir);
+    let servers = [
+        (dir.join("rabbitmq/rabbitmq.pid"), "-TERM"),
+        (dir.join("pg/data/postmaster.pid"), "-INT"),
+    ];
+    let mut signalled = Vec::new();
+    for (pid_file, signal) in servers {
+        if let Some(pid) = server_pid(&pid_file, dir)
+            && send_signal(signal, pid).is_ok()
+        {
+            signalled.push(pid);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while signalled.iter().any(|&pid| is_alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The pid in `pid_file` (first line), if that process is alive and belongs to `dir` (its
+/// command line names the folder): a stale file must never make us signal someone else.
+fn server_pid(pid_file: &Path, dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let command_line = String::from_utf8_lossy(&command_line);
+    let folder = dir.to_string_lossy();
+    (is_alive(pid) && command_line.contains(folder.as_ref())).then_some(pid)
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper counts as exited).
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn send_signal(signal: &str, pid: u32) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill {signal} {pid} failed");
+    }
+    Ok(())
+}
+
+async fn wait_for_exit(pid: u32, what: &str) -> Result<()> {
+    test_support::wait_until(
+        &format!("{what} (pid {pid}) to exit"),
+        STOP_TIMEOUT,
+        || async { (!is_alive(pid)).then_some(()) },
+    )
+    .await
+}
+
+async fn wait_port_open(port: u16, what: &str) -> Result<()> {
+    test_support::wait_until(
+        &format!("{what}'s port {port} to open"),
+        STOP_TIMEOUT,
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+                .then_some(())
+        },
+    )
+    .await
+}
+
+async fn wait_port_closed(port: u16, what: &str) -> Result<()> {
+    test_support::wait_until(
+        &format!("{what}'s port {port} to close"),
+        STOP_TIMEOUT,
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A port for RabbitMQ whose Erlang distribution port (port + 20000, per infra.sh) is free too.
+fn free_rabbitmq_port() -> Result<u16> {
+    for _ in 0..200 {
+        let port: u16 = rand::random_range(20_000..40_000);
+        let amqp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let distribution = std::net::TcpListener::bind(("0.0.0.0", port + 20_000));
+        if amqp.is_ok() && distribution.is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port pair for RabbitMQ (AMQP and distribution) found")
+}
+
+/// The last `lines` lines of a text file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
