@@ -47,6 +47,12 @@ as_pg_owner() {
   if is_root; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# Where the cluster goes when the postgres user cannot reach LOCAL_DIR: one folder per LOCAL_DIR,
+# so a private cluster (another OUTBOX_LOCAL_DIR) never touches the shared one.
+fallback_dir() {
+  echo "/var/tmp/outbox-local-$(printf '%s' "$LOCAL_DIR" | md5sum | cut -c1-8)"
+}
+
 pg_dir() {
   local dir=$LOCAL_DIR/pg
   if is_root; then
@@ -55,7 +61,7 @@ pg_dir() {
     # The postgres user must be able to reach the folder; a checkout under a private home
     # directory may not allow that, so fall back to a folder outside it.
     if ! runuser -u postgres -- test -w "$dir"; then
-      dir=/var/tmp/outbox-local-$(printf '%s' "$REPO" | md5sum | cut -c1-8)/pg
+      dir=$(fallback_dir)/pg
       mkdir -p "$dir" && chown postgres: "$dir"
     fi
   else
@@ -113,7 +119,7 @@ CONF
 pg_down() {
   local bin dir
   bin=$(pg_bin_dir) || return 0
-  for dir in "$LOCAL_DIR/pg" /var/tmp/outbox-local-$(printf '%s' "$REPO" | md5sum | cut -c1-8)/pg; do
+  for dir in "$LOCAL_DIR/pg" "$(fallback_dir)/pg"; do
     if [ -f "$dir/data/postmaster.pid" ]; then
       log "stopping PostgreSQL ($dir/data)"
       as_pg_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
@@ -140,6 +146,8 @@ rabbitmq_env() {
   export RABBITMQ_PID_FILE=$dir/rabbitmq.pid
   export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
   export ERL_EPMD_ADDRESS=127.0.0.1
+  # Erlang distribution (inter-node) listener on loopback too, not on every interface.
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$RABBITMQ_PORT
 management.tcp.ip = 127.0.0.1

@@ -254,13 +254,13 @@ impl Pipeline {
         let start = match source::slot_position(&self.config.postgres, slot).await {
             Ok(Some(position)) => position.max(self.window.flushed()),
             Ok(None) => {
-                self.source_failed(StreamError::Decode(format!(
+                self.source_failed(StreamError::Setup(format!(
                     "replication slot {slot:?} no longer exists"
                 )));
                 return;
             }
             Err(error) => {
-                self.source_failed(StreamError::Decode(error.to_string()));
+                self.source_failed(StreamError::Setup(error.to_string()));
                 return;
             }
         };

@@ -300,6 +300,8 @@ pub enum StreamError {
     Transport(#[from] PgWireError),
     #[error("could not decode a pgoutput message: {0}")]
     Decode(String),
+    #[error("cannot prepare the replication session: {0}")]
+    Setup(String),
     #[error("replication stream ended")]
     Ended,
 }

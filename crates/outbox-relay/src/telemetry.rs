@@ -212,8 +212,14 @@ impl RelayStatus {
 
 /// Installs the global tracing subscriber (`RUST_LOG` filter, default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // lapin logs every returned message with its whole body at WARN; the relay reports returns
+    // itself (log line, metric, /health), so keep lapin's copy out unless RUST_LOG asks for it.
+    let user_asked_for_lapin = std::env::var("RUST_LOG").is_ok_and(|value| value.contains("lapin"));
+    if !user_asked_for_lapin && let Ok(directive) = "lapin::returned_messages=error".parse() {
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -99,7 +99,8 @@ impl Consumer {
                             if sleep_or_shutdown(pause, &shutdown).await {
                                 return;
                             }
-                            pause = (pause * 2).min(Duration::from_secs(30));
+                            // Capped low: a broker back from a restart should be used within seconds.
+                            pause = (pause * 2).min(Duration::from_secs(5));
                             continue;
                         }
                     }
