@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn compose() -> Value {
@@ -31,7 +34,14 @@ fn env_of(service: &Value) -> Vec<(String, String)> {
     match &service["environment"] {
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect(),
         Value::Array(items) => items
             .iter()
@@ -51,7 +61,14 @@ fn container_ports(service: &Value) -> BTreeSet<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|port| port.as_str().unwrap().rsplit(':').next().unwrap().to_owned())
+        .map(|port| {
+            port.as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -59,12 +76,28 @@ fn container_ports(service: &Value) -> BTreeSet<String> {
 fn every_service_of_the_system_is_there() {
     let compose = compose();
     let services = compose["services"].as_object().expect("services");
-    for name in ["order-db", "shipment-db", "rabbitmq", "order-service", "shipment-service", "outbox-relay"] {
-        assert!(services.contains_key(name), "docker-compose.yml lacks service {name}");
-        assert!(services[name]["healthcheck"].is_object(), "{name} has no healthcheck");
+    for name in [
+        "order-db",
+        "shipment-db",
+        "rabbitmq",
+        "order-service",
+        "shipment-service",
+        "outbox-relay",
+    ] {
+        assert!(
+            services.contains_key(name),
+            "docker-compose.yml lacks service {name}"
+        );
+        assert!(
+            services[name]["healthcheck"].is_object(),
+            "{name} has no healthcheck"
+        );
     }
     let rabbitmq_image = services["rabbitmq"]["image"].as_str().unwrap();
-    assert!(rabbitmq_image.contains("management"), "RabbitMQ should come with its management UI");
+    assert!(
+        rabbitmq_image.contains("management"),
+        "RabbitMQ should come with its management UI"
+    );
     assert!(container_ports(&services["rabbitmq"]).contains("15672"));
 }
 
@@ -72,7 +105,10 @@ fn every_service_of_the_system_is_there() {
 fn order_database_runs_with_logical_replication() {
     let compose = compose();
     let command = compose["services"]["order-db"]["command"].to_string();
-    assert!(command.contains("wal_level=logical"), "order-db command: {command}");
+    assert!(
+        command.contains("wal_level=logical"),
+        "order-db command: {command}"
+    );
 }
 
 #[test]
@@ -80,26 +116,43 @@ fn build_contexts_and_dockerfiles_exist_and_build_the_binaries() {
     let compose = compose();
     let root = repo_root();
     for (name, service) in compose["services"].as_object().unwrap() {
-        let Some(build) = service.get("build") else { continue };
+        let Some(build) = service.get("build") else {
+            continue;
+        };
         let (context, dockerfile) = match build {
             Value::String(context) => (context.clone(), "Dockerfile".to_owned()),
             Value::Object(map) => (
                 map["context"].as_str().unwrap().to_owned(),
-                map.get("dockerfile").and_then(Value::as_str).unwrap_or("Dockerfile").to_owned(),
+                map.get("dockerfile")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Dockerfile")
+                    .to_owned(),
             ),
             other => panic!("{name}: unexpected build {other}"),
         };
         let context = root.join(context);
-        assert!(context.is_dir(), "{name}: build context {} missing", context.display());
+        assert!(
+            context.is_dir(),
+            "{name}: build context {} missing",
+            context.display()
+        );
         let dockerfile_path = context.join(&dockerfile);
         let dockerfile_text = std::fs::read_to_string(&dockerfile_path)
             .unwrap_or_else(|e| panic!("{name}: {}: {e}", dockerfile_path.display()));
-        let binary = service["command"][0].as_str().unwrap_or_else(|| panic!("{name}: no command"));
+        let binary = service["command"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no command"));
         assert!(
             dockerfile_text.contains(&format!("target/release/{binary}")),
             "{name}: the Dockerfile does not build {binary}"
         );
-        assert!(root.join("crates").join(binary).join("Cargo.toml").is_file(), "{name}: no crate {binary}");
+        assert!(
+            root.join("crates")
+                .join(binary)
+                .join("Cargo.toml")
+                .is_file(),
+            "{name}: no crate {binary}"
+        );
     }
 }
 
@@ -114,7 +167,10 @@ fn every_variable_a_service_sets_is_read_by_its_binary() {
         let binary = service["command"][0].as_str().unwrap();
         let known = binary_env_vars(binary);
         for (variable, _) in env_of(service) {
-            assert!(known.contains(&variable.as_str()), "{name} sets {variable}, which {binary} does not read");
+            assert!(
+                known.contains(&variable.as_str()),
+                "{name} sets {variable}, which {binary} does not read"
+            );
         }
     }
 }
@@ -124,8 +180,15 @@ fn ports_hosts_and_dependencies_agree() {
     let compose = compose();
     let services = compose["services"].as_object().unwrap();
     for (name, service) in services {
-        for dependency in service["depends_on"].as_object().into_iter().flat_map(|m| m.keys()) {
-            assert!(services.contains_key(dependency), "{name} depends on unknown {dependency}");
+        for dependency in service["depends_on"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys())
+        {
+            assert!(
+                services.contains_key(dependency),
+                "{name} depends on unknown {dependency}"
+            );
         }
         if service.get("build").is_none() {
             continue;
@@ -133,18 +196,37 @@ fn ports_hosts_and_dependencies_agree() {
         let env: std::collections::BTreeMap<_, _> = env_of(service).into_iter().collect();
         for host_variable in ["DB_HOST", "RABBITMQ_HOST"] {
             if let Some(host) = env.get(host_variable) {
-                assert!(services.contains_key(host), "{name}: {host_variable}={host} is no service");
-                let depends = service["depends_on"].as_object().map(|m| m.contains_key(host)).unwrap_or(false);
+                assert!(
+                    services.contains_key(host),
+                    "{name}: {host_variable}={host} is no service"
+                );
+                let depends = service["depends_on"]
+                    .as_object()
+                    .map(|m| m.contains_key(host))
+                    .unwrap_or(false);
                 assert!(depends, "{name} uses {host} but does not depend on it");
             }
         }
-        let listen_port = env.get("SERVER_PORT").or_else(|| env.get("RELAY_HTTP_PORT")).unwrap_or_else(|| {
-            panic!("{name} sets no SERVER_PORT/RELAY_HTTP_PORT")
-        });
-        assert!(container_ports(service).contains(listen_port), "{name}: port {listen_port} not published");
+        let listen_port = env
+            .get("SERVER_PORT")
+            .or_else(|| env.get("RELAY_HTTP_PORT"))
+            .unwrap_or_else(|| panic!("{name} sets no SERVER_PORT/RELAY_HTTP_PORT"));
+        assert!(
+            container_ports(service).contains(listen_port),
+            "{name}: port {listen_port} not published"
+        );
         let health = service["healthcheck"]["test"].to_string();
-        assert!(health.contains(&format!(":{listen_port}/health")), "{name}: healthcheck {health} misses port {listen_port}");
-        let bind = env.get("SERVER_HOST").or_else(|| env.get("RELAY_HTTP_HOST"));
-        assert_eq!(bind.map(String::as_str), Some("0.0.0.0"), "{name} must listen on all interfaces in a container");
+        assert!(
+            health.contains(&format!(":{listen_port}/health")),
+            "{name}: healthcheck {health} misses port {listen_port}"
+        );
+        let bind = env
+            .get("SERVER_HOST")
+            .or_else(|| env.get("RELAY_HTTP_HOST"));
+        assert_eq!(
+            bind.map(String::as_str),
+            Some("0.0.0.0"),
+            "{name} must listen on all interfaces in a container"
+        );
     }
 }

@@ -21,16 +21,26 @@ fn repo_root() -> PathBuf {
 /// The directory holding the workspace's binaries: this test runs from `<target>/<profile>/deps`.
 fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary location")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary location")?;
     let path = profile_dir.join(name);
     if !path.is_file() {
-        bail!("{} is missing: run `cargo build --workspace --bins` first (make test does)", path.display());
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+            path.display()
+        );
     }
     Ok(path)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One running binary; killed when dropped. Its output goes to a log file shown on failure.
@@ -45,11 +55,19 @@ impl Service {
     async fn start(name: &'static str, env: Vec<(String, String)>, log_dir: &Path) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let child = Self::spawn(name, &env, &log)?;
-        Ok(Self { name, child, log, env })
+        Ok(Self {
+            name,
+            child,
+            log,
+            env,
+        })
     }
 
     fn spawn(name: &str, env: &[(String, String)], log: &Path) -> Result<Child> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let child = Command::new(binary(name)?)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
@@ -79,7 +97,11 @@ impl Service {
         let deadline = std::time::Instant::now() + EVENTUALLY;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status} during start-up:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} exited with {status} during start-up:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if let Ok(response) = client.get(&url).send().await {
                 if response.status().is_success() {
@@ -101,7 +123,10 @@ impl Service {
 
     async fn terminate(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
             let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
         }
         let _ = self.child.kill().await;
@@ -124,7 +149,11 @@ async fn create_order(client: &reqwest::Client, order_url: &str, body: &str) -> 
         .send()
         .await?;
     if response.status() != reqwest::StatusCode::CREATED {
-        bail!("POST /orders answered {}: {}", response.status(), response.text().await?);
+        bail!(
+            "POST /orders answered {}: {}",
+            response.status(),
+            response.text().await?
+        );
     }
     Ok(response.json().await?)
 }
@@ -140,7 +169,12 @@ async fn an_order_flows_to_a_shipment_and_survives_a_relay_crash() -> Result<()>
 
     let (order_port, shipment_port, relay_port) = (free_port(), free_port(), free_port());
     let suffix = unique_suffix();
-    let env = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Vec<_>>();
+    let env = |pairs: &[(&str, String)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<Vec<_>>()
+    };
 
     let mut shipment_service = Service::start(
         "shipment-service",
@@ -156,7 +190,10 @@ async fn an_order_flows_to_a_shipment_and_survives_a_relay_crash() -> Result<()>
 
     let mut order_service = Service::start(
         "order-service",
-        env(&[("DATABASE_URL", orders_db.url.clone()), ("SERVER_PORT", order_port.to_string())]),
+        env(&[
+            ("DATABASE_URL", orders_db.url.clone()),
+            ("SERVER_PORT", order_port.to_string()),
+        ]),
         &log_dir,
     )
     .await?;
@@ -176,7 +213,14 @@ async fn an_order_flows_to_a_shipment_and_survives_a_relay_crash() -> Result<()>
     .await?;
     relay.wait_healthy(relay_port).await?;
 
-    let result = run_flows(&orders_db, &shipments_db, order_port, &mut relay, relay_port).await;
+    let result = run_flows(
+        &orders_db,
+        &shipments_db,
+        order_port,
+        &mut relay,
+        relay_port,
+    )
+    .await;
     if result.is_err() {
         for service in [&shipment_service, &order_service, &relay] {
             eprintln!("--- {} log ---\n{}", service.name, service.log_tail());
@@ -200,13 +244,18 @@ async fn run_flows(
 ) -> Result<()> {
     let client = reqwest::Client::new();
     let order_url = format!("http://127.0.0.1:{order_port}");
-    let sample = std::fs::read_to_string(repo_root().join("resources/data/create-order-request.json"))?;
-    let cancel = std::fs::read_to_string(repo_root().join("resources/data/cancel-order-line-request.json"))?;
+    let sample =
+        std::fs::read_to_string(repo_root().join("resources/data/create-order-request.json"))?;
+    let cancel =
+        std::fs::read_to_string(repo_root().join("resources/data/cancel-order-line-request.json"))?;
 
     // Create an order with the sample request; its shipment appears with both lines.
     let order = create_order(&client, &order_url, &sample).await?;
     let order_id = order["id"].as_str().context("order id")?.to_owned();
-    let line_id = order["lineItems"][0]["id"].as_str().context("line id")?.to_owned();
+    let line_id = order["lineItems"][0]["id"]
+        .as_str()
+        .context("line id")?
+        .to_owned();
     let pool = &shipments_db.pool;
     wait_until("the shipment of the first order", EVENTUALLY, || async {
         (shipments_for(pool, &order_id).await == 1).then_some(())
@@ -228,15 +277,21 @@ async fn run_flows(
         .body(cancel)
         .send()
         .await?;
-    assert_eq!(response.status(), reqwest::StatusCode::OK, "{}", response.text().await?);
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::OK,
+        "{}",
+        response.text().await?
+    );
     wait_until("the cancelled shipment line", EVENTUALLY, || async {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM shipments.shipment_line WHERE order_line_id::text = $1")
-                .bind(&line_id)
-                .fetch_optional(pool)
-                .await
-                .ok()
-                .flatten();
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM shipments.shipment_line WHERE order_line_id::text = $1",
+        )
+        .bind(&line_id)
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten();
         (status.as_deref() == Some("CANCELLED")).then_some(())
     })
     .await?;
@@ -250,19 +305,28 @@ async fn run_flows(
     }
     relay.restart().await?;
     relay.wait_healthy(relay_port).await?;
-    wait_until("a shipment for every order created while the relay was down", EVENTUALLY, || async {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM shipments.shipment")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(0);
-        (count == 21).then_some(())
-    })
+    wait_until(
+        "a shipment for every order created while the relay was down",
+        EVENTUALLY,
+        || async {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM shipments.shipment")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(0);
+            (count == 21).then_some(())
+        },
+    )
     .await?;
     for order_id in &more_orders {
-        assert_eq!(shipments_for(pool, order_id).await, 1, "order {order_id} has exactly one shipment");
+        assert_eq!(
+            shipments_for(pool, order_id).await,
+            1,
+            "order {order_id} has exactly one shipment"
+        );
     }
-    let committed_orders: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM orders.purchase_order").fetch_one(&orders_db.pool).await?;
+    let committed_orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.purchase_order")
+        .fetch_one(&orders_db.pool)
+        .await?;
     assert_eq!(committed_orders, 21);
     Ok(())
 }
