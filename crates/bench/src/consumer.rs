@@ -1,0 +1,241 @@
+//! Consumer (issue 7, item 6): shipment-service applying a backlog, against the same SQL
+//! straight to PostgreSQL.
+//!
+//! The backlog is what the relay would publish (plain wire format): half `OrderCreated` with
+//! two lines, half `OrderLineUpdated` cancelling a line of those orders. It is queued before the
+//! service starts consuming; the time runs from its start to the moment `consumed_message`
+//! holds every event. The comparison applies the same parsed events with
+//! `shipment_service::apply::apply_batch` in batches of the service's prefetch (what the
+//! service does on a backlog), sequentially, on a fresh database: no broker, no acks.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use events::{LineStatus, OrderEvent, OrderLineUpdated};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use serde::Serialize;
+use shipment_service::event::IncomingEvent;
+use sqlx::PgPool;
+use test_support::{TestDatabase, TestVhost};
+use uuid::Uuid;
+
+use crate::workload::sample_order;
+
+/// One repetition.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerRun {
+    pub events: usize,
+    pub service_events_per_s: f64,
+    pub direct_sql_events_per_s: f64,
+    /// The batch size of both (the service's prefetch).
+    pub batch: usize,
+}
+
+/// A message as the relay publishes it.
+struct Message {
+    id: Uuid,
+    event_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn headers(&self) -> Vec<(String, String)> {
+        vec![
+            ("id".to_owned(), self.id.to_string()),
+            ("eventType".to_owned(), self.event_type.to_owned()),
+        ]
+    }
+}
+
+fn backlog(events: usize) -> Result<Vec<Message>> {
+    let orders: Vec<_> = (0..events.div_ceil(2)).map(|_| sample_order()).collect();
+    let mut messages = Vec::with_capacity(events);
+    let mut push = |event: OrderEvent| -> Result<()> {
+        messages.push(Message {
+            id: Uuid::now_v7(),
+            event_type: event.event_type(),
+            body: serde_json::to_vec(&event).context("serializing a backlog event")?,
+        });
+        Ok(())
+    };
+    for order in &orders {
+        push(order.created_event())?;
+    }
+    for order in orders.iter().take(events / 2) {
+        push(OrderEvent::OrderLineUpdated(OrderLineUpdated {
+            order_id: order.id,
+            order_line_id: order.line_items[0].id,
+            new_status: LineStatus::Cancelled,
+            old_status: LineStatus::Entered,
+        }))?;
+    }
+    Ok(messages)
+}
+
+fn service_config(db: &TestDatabase, vhost: &TestVhost) -> Result<shipment_service::Config> {
+    let variables = HashMap::from([
+        ("SERVER_PORT", "0".to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("AMQP_URL", vhost.amqp_url.clone()),
+        ("RUST_LOG", "warn".to_owned()),
+    ]);
+    shipment_service::Config::from_lookup(|name| variables.get(name).cloned())
+        .context("shipment-service configuration")
+}
+
+/// One repetition with `events` events.
+pub async fn consumer_repetition(events: usize) -> Result<ConsumerRun> {
+    let messages = backlog(events)?;
+    let (service_rate, batch) = through_the_service(&messages).await?;
+    let direct_rate = straight_sql(&messages, batch).await?;
+    Ok(ConsumerRun {
+        events: messages.len(),
+        service_events_per_s: service_rate,
+        direct_sql_events_per_s: direct_rate,
+        batch,
+    })
+}
+
+async fn through_the_service(messages: &[Message]) -> Result<(f64, usize)> {
+    let db = TestDatabase::create("bench_shipment").await?;
+    let vhost = TestVhost::create("bench_shipment").await?;
+    let result = async {
+        let config = service_config(&db, &vhost)?;
+        let schema = config.database.schema.clone();
+        let exchange = config.broker.exchange.clone();
+        let batch = usize::from(config.consumer.prefetch);
+        // Build declares the topology; consuming starts with run_until_stopped.
+        let app = shipment_service::Application::build(config)
+            .await
+            .context("starting shipment-service")?;
+        publish_all(&vhost.amqp_url, &exchange, messages).await?;
+        let pool = app.pool().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let started = Instant::now();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let counted = wait_for_count(&pool, &schema, messages.len()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        let _ = server.await;
+        counted?;
+        anyhow::Ok((messages.len() as f64 / seconds, batch))
+    }
+    .await;
+    vhost.delete().await?;
+    db.drop_database().await?;
+    result
+}
+
+async fn wait_for_count(pool: &PgPool, schema: &str, expected: usize) -> Result<()> {
+    let query = format!("SELECT count(*) FROM \"{schema}\".consumed_message");
+    let mut last = -1i64;
+    let mut last_change = Instant::now();
+    loop {
+        let (count,): (i64,) = sqlx::query_as(&query).fetch_one(pool).await?;
+        if count as usize >= expected {
+            return Ok(());
+        }
+        if count != last {
+            last = count;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(60) {
+            bail!("shipment-service stalled at {count} of {expected} events");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn publish_all(amqp_url: &str, exchange: &str, messages: &[Message]) -> Result<()> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut pending = VecDeque::new();
+    let check = |confirmation: Confirmation| match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        other => bail!("the broker did not accept a backlog message: {other:?}"),
+    };
+    for message in messages {
+        if pending.len() >= 4096
+            && let Some(confirm) = pending.pop_front()
+        {
+            check(confirm.await?)?;
+        }
+        let mut headers = FieldTable::default();
+        for (name, value) in message.headers() {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(LongString::from(value.as_bytes())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(message.id.to_string().as_str().into())
+            .with_timestamp(Utc::now().timestamp().max(0) as u64)
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &message.body,
+                properties,
+            )
+            .await?;
+        pending.push_back(confirm);
+    }
+    while let Some(confirm) = pending.pop_front() {
+        check(confirm.await?)?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+async fn straight_sql(messages: &[Message], batch: usize) -> Result<f64> {
+    let db = TestDatabase::create("bench_shipment").await?;
+    let vhost_free_config = {
+        let variables = HashMap::from([
+            ("DATABASE_URL", db.url.clone()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]);
+        shipment_service::Config::from_lookup(|name| variables.get(name).cloned())
+            .context("shipment-service configuration")
+    };
+    let result = async {
+        let config = vhost_free_config?;
+        let pool = shipment_service::db::prepare(&config.database, Duration::from_secs(10))
+            .await
+            .context("preparing the shipment database")?;
+        let events: Vec<IncomingEvent> = messages
+            .iter()
+            .map(|message| {
+                let id = message.id.to_string();
+                shipment_service::event::parse(&message.body, Some(&id), &message.headers())
+                    .map_err(|poison| anyhow::anyhow!("a backlog event is poison: {poison}"))
+            })
+            .collect::<Result<_>>()?;
+        let started = Instant::now();
+        for chunk in events.chunks(batch.max(1)) {
+            shipment_service::apply::apply_batch(&pool, chunk)
+                .await
+                .context("applying a batch straight to PostgreSQL")?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        pool.close().await;
+        anyhow::Ok(events.len() as f64 / seconds)
+    }
+    .await;
+    db.drop_database().await?;
+    result
+}

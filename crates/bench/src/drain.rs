@@ -1,0 +1,304 @@
+//! Drain (issue 7, item 2) and the WAL read ceiling (1c): a backlog of one-row outbox
+//! transactions is committed while no relay runs (their slots already exist), then each relay
+//! in turn is started and timed until the broker holds the whole backlog.
+//!
+//! Method, the same for every relay that publishes: the depth of `shipment.orders` is read
+//! from the broker every 10 ms (passive `queue.declare`); the drain lasts from the first
+//! message in the queue to the last, like the Debezium peer's own `seconds` (first batch at the
+//! sink → last batch confirmed). Start-up (process start → first message) is reported apart.
+//! Debezium's capture-only mode publishes nothing: its own summary gives its figures.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::ceilings::wal_read_rows_per_s;
+use crate::infra::{BenchDb, BenchVhost};
+use crate::relays::{DebeziumSink, Programs, RelayKind, RelayProcess, RelayTarget, Usage};
+use crate::workload::commit_backlog;
+
+/// The pgbench clients of the Debezium peer's backlog.
+const BACKLOG_CLIENTS: usize = 4;
+/// How long a relay may take to start (Debezium's JVM needs a few seconds on 2 cores).
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the queue may stay unchanged during a drain before the run is declared failed.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One relay's drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainRun {
+    pub relay: String,
+    pub events: usize,
+    /// First message in the queue → last.
+    pub seconds: f64,
+    pub events_per_s: f64,
+    /// Process start → first message in the queue.
+    pub startup_s: f64,
+    /// Peak RSS of the process, MiB.
+    pub peak_rss_mb: f64,
+    /// CPU seconds of the process, start-up included.
+    pub cpu_s: f64,
+    /// CPU seconds between the first and the last message, when both could be sampled.
+    pub cpu_drain_s: Option<f64>,
+    /// Messages in the queue at the end (more than `events` means duplicates).
+    pub queued: u32,
+    /// The Debezium peer's own summary line.
+    pub debezium_summary: Option<serde_json::Value>,
+}
+
+/// One repetition: the drains of every relay plus the WAL read ceiling on the same backlog.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainRepetition {
+    pub backlog_insert_s: f64,
+    pub wal_read_rows_per_s: f64,
+    pub runs: Vec<DrainRun>,
+    /// Relays that failed in this repetition, with the reason.
+    pub failures: Vec<(String, String)>,
+}
+
+fn slot_for(kind: RelayKind) -> &'static str {
+    match kind {
+        RelayKind::Ours => "bench_ours",
+        RelayKind::Polling => "",
+        RelayKind::Debezium {
+            sink: DebeziumSink::Rabbitmq,
+            ..
+        } => "bench_dbz_rmq",
+        RelayKind::Debezium {
+            sink: DebeziumSink::None,
+            ..
+        } => "bench_dbz_none",
+    }
+}
+
+const WAL_READ_SLOT: &str = "bench_wal_read";
+
+/// Runs one repetition with `relays` (polling, which deletes rows, must come last).
+pub async fn drain_repetition(
+    events: usize,
+    relays: &[RelayKind],
+    programs: &Programs,
+    repetition: usize,
+) -> Result<DrainRepetition> {
+    let db = BenchDb::create("bench_drain", 4).await?;
+    let result = run_on(&db, events, relays, programs, repetition).await;
+    db.drop().await?;
+    result
+}
+
+async fn run_on(
+    db: &BenchDb,
+    events: usize,
+    relays: &[RelayKind],
+    programs: &Programs,
+    repetition: usize,
+) -> Result<DrainRepetition> {
+    db.create_publication().await?;
+    db.create_slot(WAL_READ_SLOT).await?;
+    for kind in relays.iter().filter(|kind| kind.uses_slot()) {
+        db.create_slot(slot_for(*kind)).await?;
+    }
+    let started = Instant::now();
+    commit_backlog(db, events, BACKLOG_CLIENTS).await?;
+    let backlog_insert_s = started.elapsed().as_secs_f64();
+    tracing::info!(
+        events,
+        seconds = backlog_insert_s,
+        "drain backlog committed"
+    );
+    db.checkpoint().await?;
+
+    let wal_read = wal_read_rows_per_s(db, WAL_READ_SLOT, events).await?;
+    db.drop_slot(WAL_READ_SLOT).await?;
+    tracing::info!(rows_per_s = wal_read.round(), "WAL read ceiling");
+
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for &kind in relays {
+        let vhost = BenchVhost::create("bench_drain").await?;
+        let run_name = format!(
+            "drain-{repetition}-{}",
+            kind.label().replace([' ', '(', ')'], "_")
+        );
+        let target = RelayTarget {
+            db,
+            amqp_url: vhost.amqp_url(),
+            slot: slot_for(kind),
+        };
+        let outcome = drain_one(kind, programs, target, &vhost, events, &run_name).await;
+        vhost.delete().await?;
+        match outcome {
+            Ok(run) => {
+                tracing::info!(relay = %run.relay, events_per_s = run.events_per_s.round(), "drained");
+                runs.push(run);
+            }
+            Err(error) => {
+                tracing::error!(relay = %kind.label(), error = format!("{error:#}"), "drain failed");
+                failures.push((kind.label(), format!("{error:#}")));
+            }
+        }
+    }
+    Ok(DrainRepetition {
+        backlog_insert_s,
+        wal_read_rows_per_s: wal_read,
+        runs,
+        failures,
+    })
+}
+
+async fn drain_one(
+    kind: RelayKind,
+    programs: &Programs,
+    target: RelayTarget<'_>,
+    vhost: &BenchVhost,
+    events: usize,
+    run_name: &str,
+) -> Result<DrainRun> {
+    let is_debezium = matches!(kind, RelayKind::Debezium { .. });
+    let mut process = RelayProcess::spawn(
+        kind,
+        programs,
+        target,
+        run_name,
+        is_debezium.then_some(events),
+    )
+    .await?;
+    if !kind.publishes() {
+        let finished = process.wait(Duration::from_secs(900)).await?;
+        let summary = finished
+            .summary()
+            .context("Debezium printed no summary line")?;
+        return debezium_only_run(kind, events, summary);
+    }
+    let progress = watch_queue(vhost, events, &mut process).await;
+    let end_usage = process.usage().ok();
+    let finished = if is_debezium {
+        process.wait(Duration::from_secs(120)).await?
+    } else {
+        process.stop(Duration::from_secs(60)).await?
+    };
+    let progress = progress?;
+    let summary = finished.summary();
+    let seconds = progress
+        .last_at
+        .duration_since(progress.first_at)
+        .as_secs_f64();
+    let (peak_rss_mb, cpu_s) = match (&summary, end_usage) {
+        // Debezium exits right after its last confirm: its own VmHWM is the reliable one.
+        (Some(summary), _) if is_debezium => (
+            summary["max_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            summary["cpu_s"].as_f64().unwrap_or(f64::NAN),
+        ),
+        (_, Some(usage)) => (usage.peak_rss_mb, usage.cpu_s),
+        _ => bail!("could not read the memory and CPU of {}", kind.label()),
+    };
+    let cpu_drain_s = match (progress.usage_at_first, end_usage) {
+        (Some(first), Some(end)) => Some(end.cpu_s - first.cpu_s),
+        _ => None,
+    };
+    Ok(DrainRun {
+        relay: kind.label(),
+        events,
+        seconds,
+        events_per_s: events as f64 / seconds.max(1e-9),
+        startup_s: progress
+            .first_at
+            .duration_since(progress.spawned_at)
+            .as_secs_f64(),
+        peak_rss_mb,
+        cpu_s,
+        cpu_drain_s,
+        queued: progress.queued,
+        debezium_summary: summary,
+    })
+}
+
+fn debezium_only_run(
+    kind: RelayKind,
+    events: usize,
+    summary: serde_json::Value,
+) -> Result<DrainRun> {
+    if let Some(error) = summary["error"].as_str() {
+        bail!("Debezium failed: {error}");
+    }
+    let number = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN);
+    Ok(DrainRun {
+        relay: kind.label(),
+        events,
+        seconds: number("seconds"),
+        events_per_s: number("events_per_s"),
+        startup_s: number("startup_s"),
+        peak_rss_mb: number("max_rss_mb"),
+        cpu_s: number("cpu_s"),
+        cpu_drain_s: None,
+        queued: 0,
+        debezium_summary: Some(summary),
+    })
+}
+
+struct QueueProgress {
+    spawned_at: Instant,
+    first_at: Instant,
+    last_at: Instant,
+    queued: u32,
+    usage_at_first: Option<Usage>,
+}
+
+/// Polls the queue depth every 10 ms until it holds `events` messages.
+async fn watch_queue(
+    vhost: &BenchVhost,
+    events: usize,
+    process: &mut RelayProcess,
+) -> Result<QueueProgress> {
+    let spawned_at = process.spawned_at;
+    let mut first: Option<(Instant, Option<Usage>)> = None;
+    let mut last_change = Instant::now();
+    let mut last_depth = 0u32;
+    loop {
+        let depth = vhost.queue_depth().await?;
+        let now = Instant::now();
+        if depth > 0 && first.is_none() {
+            first = Some((now, process.usage().ok()));
+        }
+        if depth as usize >= events {
+            let (first_at, usage_at_first) = first.unwrap_or((now, None));
+            return Ok(QueueProgress {
+                spawned_at,
+                first_at,
+                last_at: now,
+                queued: depth,
+                usage_at_first,
+            });
+        }
+        if depth != last_depth {
+            last_depth = depth;
+            last_change = now;
+        }
+        let patience = if first.is_some() {
+            STALL_TIMEOUT
+        } else {
+            START_TIMEOUT
+        };
+        if now.duration_since(last_change) > patience {
+            bail!(
+                "{} stalled at {depth} of {events} messages: {}",
+                process.label,
+                process.stderr_tail()
+            );
+        }
+        if !process.is_running() {
+            // One more look: it may have finished between the read and the check.
+            let depth = vhost.queue_depth().await?;
+            if depth as usize >= events {
+                continue;
+            }
+            bail!(
+                "{} exited with {depth} of {events} messages queued: {}",
+                process.label,
+                process.stderr_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,249 @@
+//! The resources of one measurement: a database of its own with the order-service schema,
+//! publication and slots, and a RabbitMQ virtual host of its own with the original topology
+//! (fanout exchange `order.events` → durable queue `shipment.orders`).
+//!
+//! Names start with `t_` (through `test-support`), so `cleanup-test-resources` removes whatever
+//! an interrupted run leaves behind; a finished run drops its own.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use test_support::{TestDatabase, TestVhost};
+
+/// The schema the order-service uses by default (`DB_SCHEMA`).
+pub const ORDER_SCHEMA: &str = "orders";
+/// Its outbox table.
+pub const OUTBOX_TABLE: &str = "orders.outbox_event";
+/// The exchange the outbox router derives from `aggregate_type = 'order'`.
+pub const EXCHANGE: &str = "order.events";
+/// The queue of the original system.
+pub const QUEUE: &str = "shipment.orders";
+/// The publication every relay of one database shares.
+pub const PUBLICATION: &str = "bench_publication";
+
+/// A database of its own with the order-service tables.
+#[derive(Debug)]
+pub struct BenchDb {
+    database: TestDatabase,
+    /// Connections with `search_path = orders`, as the order-service has them.
+    pub orders: PgPool,
+}
+
+impl BenchDb {
+    /// Creates the database and applies the order-service migrations; `connections` bounds the
+    /// pool of [`BenchDb::orders`].
+    pub async fn create(prefix: &str, connections: u32) -> Result<Self> {
+        let database = TestDatabase::create(prefix)
+            .await
+            .context("creating a benchmark database")?;
+        let options = database
+            .options
+            .clone()
+            .options([("search_path", ORDER_SCHEMA)]);
+        let orders = PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options)
+            .await
+            .context("connecting to the benchmark database")?;
+        order_service::database::migrate(&orders, ORDER_SCHEMA)
+            .await
+            .context("applying the order-service migrations")?;
+        Ok(Self { database, orders })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.database.name
+    }
+
+    /// Connection string as the superuser (holds the password: never print it).
+    pub fn url(&self) -> &str {
+        &self.database.url
+    }
+
+    /// A pool without `search_path`, for administrative statements.
+    pub fn admin(&self) -> &PgPool {
+        &self.database.pool
+    }
+
+    /// Creates [`PUBLICATION`] for the outbox table.
+    pub async fn create_publication(&self) -> Result<()> {
+        sqlx::query(&format!(
+            "CREATE PUBLICATION {PUBLICATION} FOR TABLE {OUTBOX_TABLE}"
+        ))
+        .execute(self.admin())
+        .await
+        .context("creating the publication")?;
+        Ok(())
+    }
+
+    /// Creates a `pgoutput` slot now, so that it keeps every change committed from here on.
+    pub async fn create_slot(&self, slot: &str) -> Result<()> {
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+            .bind(slot)
+            .execute(self.admin())
+            .await
+            .with_context(|| format!("creating replication slot {slot}"))?;
+        Ok(())
+    }
+
+    /// Drops an inactive slot (dropping the database drops the rest).
+    pub async fn drop_slot(&self, slot: &str) -> Result<()> {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(slot)
+        .execute(self.admin())
+        .await
+        .with_context(|| format!("dropping replication slot {slot}"))?;
+        Ok(())
+    }
+
+    /// WAL bytes between the server's current position and what `slot` has confirmed.
+    pub async fn slot_lag_bytes(&self, slot: &str) -> Result<Option<i64>> {
+        let lag: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .fetch_optional(self.admin())
+        .await?;
+        Ok(lag.and_then(|(lag,)| lag))
+    }
+
+    /// Rows in the outbox table (the backlog of a polling relay).
+    pub async fn outbox_rows(&self) -> Result<i64> {
+        let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {OUTBOX_TABLE}"))
+            .fetch_one(self.admin())
+            .await?;
+        Ok(rows)
+    }
+
+    /// Forces a checkpoint, so that none runs in the middle of the next measurement.
+    pub async fn checkpoint(&self) -> Result<()> {
+        sqlx::query("CHECKPOINT").execute(self.admin()).await?;
+        Ok(())
+    }
+
+    /// Drops the database with its slots.
+    pub async fn drop(self) -> Result<()> {
+        self.orders.close().await;
+        self.database.drop_database().await
+    }
+}
+
+/// A RabbitMQ virtual host of its own, with the original topology declared.
+#[derive(Debug)]
+pub struct BenchVhost {
+    vhost: TestVhost,
+    connection: Connection,
+    channel: Channel,
+}
+
+impl BenchVhost {
+    /// Creates the vhost and declares `order.events` (durable fanout, as the relay declares it)
+    /// bound to the durable queue `shipment.orders`.
+    pub async fn create(prefix: &str) -> Result<Self> {
+        let vhost = Self::bare(prefix).await?;
+        let connection = Connection::connect(&vhost.amqp_url, ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                EXCHANGE.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("declaring the exchange")?;
+        channel
+            .queue_declare(
+                QUEUE.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("declaring the queue")?;
+        channel
+            .queue_bind(
+                QUEUE.into(),
+                EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("binding the queue")?;
+        Ok(Self {
+            vhost,
+            connection,
+            channel,
+        })
+    }
+
+    /// Creates an empty vhost (the shipment-service declares its own topology).
+    pub async fn bare(prefix: &str) -> Result<TestVhost> {
+        TestVhost::create(prefix)
+            .await
+            .context("creating a RabbitMQ virtual host")
+    }
+
+    /// AMQP URL of this vhost (guest credentials of the local broker).
+    pub fn amqp_url(&self) -> &str {
+        &self.vhost.amqp_url
+    }
+
+    /// Messages in `shipment.orders` right now, straight from the broker.
+    pub async fn queue_depth(&self) -> Result<u32> {
+        let queue = self
+            .channel
+            .queue_declare(
+                QUEUE.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("reading the queue depth")?;
+        Ok(queue.message_count())
+    }
+
+    /// Empties `shipment.orders`.
+    pub async fn purge(&self) -> Result<()> {
+        self.channel
+            .queue_purge(QUEUE.into(), QueuePurgeOptions::default())
+            .await
+            .context("purging the queue")?;
+        Ok(())
+    }
+
+    /// Closes the connection and deletes the vhost.
+    pub async fn delete(self) -> Result<()> {
+        let _ = self.connection.close(200, "done".into()).await;
+        self.vhost.delete().await
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1 (for a child process's HTTP listener).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")?;
+    Ok(listener.local_addr()?.port())
+}

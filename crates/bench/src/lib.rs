@@ -1,0 +1,463 @@
+//! `bench`: measures the outbox pipeline against its physical ceilings and against Debezium,
+//! in one run on one machine (issue 7). `make bench` builds the release binaries and runs it.
+//!
+//! # Layout
+//! - [`cli`]: flags and the sizes in effect ([`cli::Settings`]; `--quick` for a smoke run).
+//! - [`infra`]: a database and a RabbitMQ vhost of its own per measurement, dropped after.
+//! - [`workload`]: the order-service transaction, the drain backlog, the fixed-rate producer.
+//! - [`ceilings`]: (1a) producer, (1b) broker, (1c) WAL read.
+//! - [`relays`]: the relays under test as processes (ours, its polling source, Debezium);
+//!   peak RSS and CPU from `/proc`.
+//! - [`drain`], [`steady`], [`http_load`], [`consumer`]: items 2, 3 (with 4 and 7), 5 and 6.
+//! - [`stats`]: median [min–max], percentiles; [`report`]: the JSON, the table, the targets.
+//!
+//! Each section that fails is recorded under "not measured" and the run goes on.
+
+pub mod ceilings;
+pub mod cli;
+pub mod consumer;
+pub mod drain;
+pub mod http_load;
+pub mod infra;
+pub mod relays;
+pub mod report;
+pub mod stats;
+pub mod steady;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Args, Section};
+use crate::relays::{DebeziumSink, Programs, RelayKind};
+use crate::report::{Ceilings, Machine, Report};
+use crate::stats::Summary;
+
+/// Debezium's default `poll.interval.ms`, used for its drains (as in the peer's own drain).
+const DEBEZIUM_DEFAULT_POLL_MS: u32 = 500;
+
+/// Runs every selected section and returns the report (also written to
+/// `<out-dir>/report.json`).
+pub async fn run(args: Args, command: String) -> Result<Report> {
+    let settings = args.settings()?;
+    let out_dir = args.out_dir.clone();
+    let logs = out_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let mut missing = Vec::new();
+
+    let relay = match &args.relay_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("outbox-relay"),
+    };
+    let needs_relay = settings.runs(Section::Drain) || settings.runs(Section::Steady);
+    if needs_relay && !relay.exists() {
+        anyhow::bail!(
+            "{} does not exist: build it first (`cargo build --release -p outbox-relay`) or pass --relay-bin",
+            relay.display()
+        );
+    }
+    let polling = settings.polling && relays::relay_has_polling(&relay).await;
+    if settings.polling && needs_relay && !polling {
+        missing
+            .push("polling relay (item 7): outbox-relay has no `--source polling` yet".to_owned());
+    }
+    let debezium_run = args.debezium_dir.join("run");
+    let debezium = if settings.debezium && needs_relay {
+        match relays::debezium_available(&debezium_run).await {
+            Ok(()) => Some(debezium_run),
+            Err(error) => {
+                missing.push(format!("Debezium (item 4): cannot run the peer: {error:#}"));
+                None
+            }
+        }
+    } else {
+        if needs_relay {
+            missing.push("Debezium (item 4): skipped (--no-debezium)".to_owned());
+        }
+        None
+    };
+    let programs = Programs {
+        relay,
+        debezium_run: debezium.clone(),
+        polling,
+        logs,
+    };
+
+    let debezium_drain = RelayKind::Debezium {
+        sink: DebeziumSink::Rabbitmq,
+        poll_ms: DEBEZIUM_DEFAULT_POLL_MS,
+    };
+    let debezium_none = RelayKind::Debezium {
+        sink: DebeziumSink::None,
+        poll_ms: DEBEZIUM_DEFAULT_POLL_MS,
+    };
+    let debezium_steady = RelayKind::Debezium {
+        sink: DebeziumSink::Rabbitmq,
+        poll_ms: settings.debezium_poll_ms,
+    };
+
+    let mut collected = Collected {
+        command,
+        settings: settings.clone(),
+        out_dir: out_dir.clone(),
+        machine: machine().await,
+        labels: [
+            RelayKind::Ours.label(),
+            debezium_drain.label(),
+            debezium_none.label(),
+            debezium_steady.label(),
+        ],
+        ceilings: Ceilings::default(),
+        drain_repetitions: Vec::new(),
+        steady_runs: Vec::new(),
+        http_runs: Vec::new(),
+        consumer_runs: Vec::new(),
+        missing: Vec::new(),
+    };
+    let ceilings = &mut collected.ceilings;
+
+    if settings.runs(Section::Ceilings) {
+        let mut best_tps = Vec::new();
+        let mut best_level = None;
+        for repetition in 0..settings.repetitions {
+            // The first repetition sweeps every level; the others repeat the best one.
+            let levels = match best_level {
+                None => settings.producer_concurrency.clone(),
+                Some(level) => vec![level],
+            };
+            match ceilings::producer_ceiling(&levels, settings.producer_seconds).await {
+                Ok(sweep) => {
+                    best_level.get_or_insert(sweep.best_concurrency);
+                    best_tps.push(sweep.best_tps);
+                    ceilings.producer_sweeps.push(sweep);
+                }
+                Err(error) => {
+                    missing.push(format!(
+                        "producer ceiling (1a), repetition {repetition}: {error:#}"
+                    ));
+                }
+            }
+        }
+        ceilings.producer_tps = Summary::of(&best_tps);
+        ceilings.producer_best_concurrency = best_level;
+        for repetition in 0..settings.repetitions {
+            match ceilings::broker_ceiling(settings.broker_messages, settings.broker_window).await {
+                Ok(run) => {
+                    tracing::info!(
+                        messages_per_s = run.messages_per_s.round(),
+                        "broker ceiling"
+                    );
+                    ceilings.broker_message_bytes = Some(run.message_bytes);
+                    ceilings.broker_runs.push(run);
+                }
+                Err(error) => missing.push(format!(
+                    "broker ceiling (1b), repetition {repetition}: {error:#}"
+                )),
+            }
+        }
+        ceilings.broker_messages_per_s = Summary::of(
+            &ceilings
+                .broker_runs
+                .iter()
+                .map(|run| run.messages_per_s)
+                .collect::<Vec<_>>(),
+        );
+    }
+
+    collected.checkpoint(&missing, "ceilings").await;
+
+    let drain_repetitions = &mut collected.drain_repetitions;
+    if settings.runs(Section::Drain) {
+        let mut relays = vec![RelayKind::Ours];
+        if debezium.is_some() {
+            relays.push(debezium_drain);
+            relays.push(debezium_none);
+        }
+        if polling {
+            relays.push(RelayKind::Polling); // last: it deletes the rows
+        }
+        for repetition in 0..settings.repetitions {
+            match drain::drain_repetition(settings.drain_events, &relays, &programs, repetition)
+                .await
+            {
+                Ok(result) => {
+                    for (relay, error) in &result.failures {
+                        missing.push(format!(
+                            "drain of {relay}, repetition {repetition}: {error}"
+                        ));
+                    }
+                    drain_repetitions.push(result);
+                }
+                Err(error) => {
+                    missing.push(format!("drain, repetition {repetition}: {error:#}"));
+                }
+            }
+        }
+        collected.ceilings.wal_read_rows_per_s = Summary::of(
+            &collected
+                .drain_repetitions
+                .iter()
+                .map(|r| r.wal_read_rows_per_s)
+                .collect::<Vec<_>>(),
+        );
+    }
+
+    collected.checkpoint(&missing, "drain").await;
+
+    if settings.runs(Section::Steady) {
+        let mut rates = vec![settings.steady_rate];
+        match (args.high_rate, collected.ceilings.producer_tps) {
+            (Some(rate), _) => rates.push(rate),
+            (None, Some(ceiling)) => {
+                rates.push((ceiling.median * settings.ceiling_fraction).round());
+            }
+            (None, None) => missing.push(format!(
+                "steady state at {:.0}% of the producer ceiling: the ceiling (1a) was not measured",
+                settings.ceiling_fraction * 100.0
+            )),
+        }
+        let mut relays = vec![RelayKind::Ours];
+        if debezium.is_some() {
+            relays.push(debezium_steady);
+        }
+        if polling {
+            relays.push(RelayKind::Polling);
+        }
+        for repetition in 0..settings.steady_repetitions {
+            for &rate in &rates {
+                for &kind in &relays {
+                    let run_name = format!(
+                        "steady-{rate:.0}-{repetition}-{}",
+                        kind.label().replace([' ', '(', ')'], "_")
+                    );
+                    match steady::steady_run(
+                        kind,
+                        &programs,
+                        rate,
+                        settings.steady_seconds,
+                        &run_name,
+                        &out_dir,
+                    )
+                    .await
+                    {
+                        Ok(run) => {
+                            tracing::info!(
+                                relay = %run.relay,
+                                rate,
+                                p99_ms = run.latency_ms.map(|l| l.p99),
+                                keeps_up = run.keeps_up,
+                                "steady run"
+                            );
+                            collected.steady_runs.push(run);
+                            collected.checkpoint(&missing, "steady").await;
+                        }
+                        Err(error) => missing.push(format!(
+                            "steady {rate:.0}/s with {}, repetition {repetition}: {error:#}",
+                            kind.label()
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
+    if settings.runs(Section::Http) {
+        for repetition in 0..settings.repetitions {
+            match http_load::http_repetition(&settings.http_concurrency, settings.http_seconds)
+                .await
+            {
+                Ok(runs) => collected.http_runs.push(runs),
+                Err(error) => missing.push(format!("HTTP, repetition {repetition}: {error:#}")),
+            }
+        }
+    }
+
+    collected.checkpoint(&missing, "HTTP").await;
+
+    if settings.runs(Section::Consumer) {
+        for repetition in 0..settings.repetitions {
+            match consumer::consumer_repetition(settings.consumer_events).await {
+                Ok(run) => {
+                    tracing::info!(
+                        service = run.service_events_per_s.round(),
+                        direct = run.direct_sql_events_per_s.round(),
+                        "consumer backlog"
+                    );
+                    collected.consumer_runs.push(run);
+                }
+                Err(error) => {
+                    missing.push(format!("consumer, repetition {repetition}: {error:#}"));
+                }
+            }
+        }
+    }
+
+    if settings.runs(Section::Steady) {
+        missing.push(
+            "latency plot PNG: not drawn by the bench (python3 matplotlib is not installed on \
+             the benchmark machine); the per-event latencies are in the steady-*.csv files next \
+             to report.json"
+                .to_owned(),
+        );
+    }
+
+    collected.missing = missing;
+    let report = collected.report().await;
+    write_report(&report, &collected.out_dir)?;
+    Ok(report)
+}
+
+/// What has been measured so far; [`Collected::checkpoint`] writes it as a report after each
+/// section, so an interrupted run still leaves its figures behind.
+struct Collected {
+    command: String,
+    settings: cli::Settings,
+    out_dir: PathBuf,
+    machine: Machine,
+    labels: [String; 4],
+    ceilings: Ceilings,
+    drain_repetitions: Vec<drain::DrainRepetition>,
+    steady_runs: Vec<steady::SteadyRun>,
+    http_runs: Vec<Vec<http_load::HttpRun>>,
+    consumer_runs: Vec<consumer::ConsumerRun>,
+    missing: Vec<String>,
+}
+
+impl Collected {
+    async fn report(&self) -> Report {
+        let now = machine().await;
+        let mut report = Report {
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            command: self.command.clone(),
+            machine: Machine {
+                load_after: now.load_before,
+                ..self.machine.clone()
+            },
+            ceilings: self.ceilings.clone(),
+            drain: report::summarize_drains(&self.drain_repetitions),
+            drain_repetitions: self.drain_repetitions.clone(),
+            steady: report::summarize_steady(&self.steady_runs),
+            steady_runs: self.steady_runs.clone(),
+            http: report::summarize_http(&self.http_runs),
+            http_runs: self.http_runs.clone(),
+            consumer_service_events_per_s: Summary::of(
+                &self
+                    .consumer_runs
+                    .iter()
+                    .map(|r| r.service_events_per_s)
+                    .collect::<Vec<_>>(),
+            ),
+            consumer_direct_sql_events_per_s: Summary::of(
+                &self
+                    .consumer_runs
+                    .iter()
+                    .map(|r| r.direct_sql_events_per_s)
+                    .collect::<Vec<_>>(),
+            ),
+            consumer_runs: self.consumer_runs.clone(),
+            ratios_vs_debezium: Vec::new(),
+            targets: Vec::new(),
+            missing: self.missing.clone(),
+            latency_csv_dir: self.out_dir.display().to_string(),
+            settings: self.settings.clone(),
+        };
+        let [ours, debezium, debezium_none, debezium_steady] = &self.labels;
+        report.evaluate(ours, debezium, debezium_none, debezium_steady);
+        report
+    }
+
+    /// Writes the report so far (`report.json`, marked partial by `section`).
+    async fn checkpoint(&self, missing: &[String], section: &str) {
+        let mut report = self.report().await;
+        report.missing = missing.to_vec();
+        report.missing.push(format!(
+            "(partial report: written after the {section} section)"
+        ));
+        if let Err(error) = write_report(&report, &self.out_dir) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot write the partial report"
+            );
+        }
+    }
+}
+
+fn write_report(report: &Report, out_dir: &Path) -> Result<PathBuf> {
+    let path = out_dir.join("report.json");
+    let json = serde_json::to_string_pretty(report).context("serializing the report")?;
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// What this machine is, and how loaded it is now.
+async fn machine() -> Machine {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(
+            || "unknown".to_owned(),
+            |(_, model)| model.trim().to_owned(),
+        );
+    let memory_mb = read("/proc/meminfo")
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024);
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model,
+        memory_mb,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        postgresql: postgres_version()
+            .await
+            .unwrap_or_else(|_| "unknown".to_owned()),
+        rabbitmq: rabbitmq_version()
+            .await
+            .unwrap_or_else(|_| "unknown".to_owned()),
+        load_before: read("/proc/loadavg").trim().to_owned(),
+        load_after: String::new(),
+    }
+}
+
+async fn postgres_version() -> Result<String> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&test_support::pg_admin_url()).await?;
+    let (version,): (String,) = sqlx::query_as("SHOW server_version")
+        .fetch_one(&mut connection)
+        .await?;
+    let _ = connection.close().await;
+    Ok(format!("PostgreSQL {version}"))
+}
+
+async fn rabbitmq_version() -> Result<String> {
+    let api = reqwest::Url::parse(&test_support::rabbitmq_api_url())?;
+    let user = if api.username().is_empty() {
+        "guest".to_owned()
+    } else {
+        api.username().to_owned()
+    };
+    let password = api.password().unwrap_or("guest").to_owned();
+    let mut base = api.clone();
+    let _ = base.set_username("");
+    let _ = base.set_password(None);
+    let overview: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/overview",
+            base.as_str().trim_end_matches('/')
+        ))
+        .basic_auth(user, Some(password))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(overview["rabbitmq_version"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned())
+}

@@ -1,0 +1,584 @@
+//! The report: every figure as median [min–max] over the repetitions, the raw runs, the
+//! machine, the targets of issue 7 with their measured figures, and what did not run. Written
+//! as `report.json` and printed as a table.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::ceilings::{BrokerRun, ProducerSweep};
+use crate::cli::Settings;
+use crate::consumer::ConsumerRun;
+use crate::drain::{DrainRepetition, DrainRun};
+use crate::http_load::HttpRun;
+use crate::stats::{Summary, show};
+use crate::steady::SteadyRun;
+
+/// The machine the figures were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub memory_mb: u64,
+    pub kernel: String,
+    pub postgresql: String,
+    pub rabbitmq: String,
+    /// `/proc/loadavg` before and after the run: other processes were running if the
+    /// load before was well above zero.
+    pub load_before: String,
+    pub load_after: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ceilings {
+    /// (1a) best transactions per second and the concurrency it was reached at.
+    pub producer_tps: Option<Summary>,
+    pub producer_best_concurrency: Option<usize>,
+    pub producer_sweeps: Vec<ProducerSweep>,
+    /// (1b) persistent, confirmed messages per second.
+    pub broker_messages_per_s: Option<Summary>,
+    pub broker_message_bytes: Option<usize>,
+    pub broker_runs: Vec<BrokerRun>,
+    /// (1c) rows per second streamed from a slot (measured on each drain backlog).
+    pub wal_read_rows_per_s: Option<Summary>,
+}
+
+/// One relay's drain over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainSummary {
+    pub relay: String,
+    pub events: usize,
+    pub events_per_s: Option<Summary>,
+    pub seconds: Option<Summary>,
+    pub startup_s: Option<Summary>,
+    pub peak_rss_mb: Option<Summary>,
+    pub cpu_s: Option<Summary>,
+    pub cpu_drain_s: Option<Summary>,
+}
+
+impl DrainSummary {
+    pub fn of(relay: &str, runs: &[&DrainRun]) -> Self {
+        let figure = |f: &dyn Fn(&DrainRun) -> f64| {
+            Summary::of(&runs.iter().map(|run| f(run)).collect::<Vec<_>>())
+        };
+        Self {
+            relay: relay.to_owned(),
+            events: runs.first().map_or(0, |run| run.events),
+            events_per_s: figure(&|run| run.events_per_s),
+            seconds: figure(&|run| run.seconds),
+            startup_s: figure(&|run| run.startup_s),
+            peak_rss_mb: figure(&|run| run.peak_rss_mb),
+            cpu_s: figure(&|run| run.cpu_s),
+            cpu_drain_s: figure(&|run| run.cpu_drain_s.unwrap_or(f64::NAN)),
+        }
+    }
+}
+
+/// One relay at one rate over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadySummary {
+    pub relay: String,
+    pub target_rate: f64,
+    pub achieved_rate: Option<Summary>,
+    pub p50_ms: Option<Summary>,
+    pub p99_ms: Option<Summary>,
+    pub p999_ms: Option<Summary>,
+    pub max_ms: Option<Summary>,
+    /// Every repetition kept up (all events arrived, the last within 1 s of the last commit).
+    pub keeps_up: bool,
+    pub catch_up_ms: Option<Summary>,
+    pub max_lag: Option<Summary>,
+    pub lag_unit: String,
+    pub peak_rss_mb: Option<Summary>,
+    pub cpu_s: Option<Summary>,
+    pub missing_events: u64,
+}
+
+impl SteadySummary {
+    pub fn of(relay: &str, target_rate: f64, runs: &[&SteadyRun]) -> Self {
+        let figure = |f: &dyn Fn(&SteadyRun) -> Option<f64>| {
+            Summary::of(
+                &runs
+                    .iter()
+                    .map(|run| f(run).unwrap_or(f64::NAN))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        Self {
+            relay: relay.to_owned(),
+            target_rate,
+            achieved_rate: figure(&|run| Some(run.achieved_rate)),
+            p50_ms: figure(&|run| run.latency_ms.map(|l| l.p50)),
+            p99_ms: figure(&|run| run.latency_ms.map(|l| l.p99)),
+            p999_ms: figure(&|run| run.latency_ms.map(|l| l.p999)),
+            max_ms: figure(&|run| run.latency_ms.map(|l| l.max)),
+            keeps_up: !runs.is_empty() && runs.iter().all(|run| run.keeps_up),
+            catch_up_ms: figure(&|run| run.catch_up_ms),
+            max_lag: figure(&|run| Some(run.max_lag as f64)),
+            lag_unit: runs
+                .first()
+                .map_or_else(String::new, |run| run.lag_unit.to_owned()),
+            peak_rss_mb: figure(&|run| Some(run.peak_rss_mb)),
+            cpu_s: figure(&|run| Some(run.cpu_s)),
+            missing_events: runs
+                .iter()
+                .map(|run| run.committed.saturating_sub(run.received as u64))
+                .sum(),
+        }
+    }
+}
+
+/// One HTTP concurrency level over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpSummary {
+    pub concurrency: usize,
+    pub requests_per_s: Option<Summary>,
+    pub p50_ms: Option<Summary>,
+    pub p99_ms: Option<Summary>,
+    pub errors: u64,
+}
+
+/// A target of issue 7 and what was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    /// `None` when a figure it needs is missing.
+    pub met: Option<bool>,
+}
+
+/// Everything `make bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub command: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub ceilings: Ceilings,
+    pub drain: Vec<DrainSummary>,
+    pub drain_repetitions: Vec<DrainRepetition>,
+    pub steady: Vec<SteadySummary>,
+    pub steady_runs: Vec<SteadyRun>,
+    pub http: Vec<HttpSummary>,
+    pub http_runs: Vec<Vec<HttpRun>>,
+    pub consumer_service_events_per_s: Option<Summary>,
+    pub consumer_direct_sql_events_per_s: Option<Summary>,
+    pub consumer_runs: Vec<ConsumerRun>,
+    /// Ours ÷ Debezium, medians: throughput (drain), p99 latency per rate, peak RSS.
+    pub ratios_vs_debezium: Vec<(String, f64)>,
+    pub targets: Vec<TargetCheck>,
+    /// What did not run, and why.
+    pub missing: Vec<String>,
+    /// Where the per-event latency CSVs are.
+    pub latency_csv_dir: String,
+}
+
+fn median(summary: Option<Summary>) -> Option<f64> {
+    summary.map(|s| s.median)
+}
+
+impl Report {
+    fn drain_of(&self, relay: &str) -> Option<&DrainSummary> {
+        self.drain.iter().find(|d| d.relay == relay)
+    }
+
+    fn steady_of(&self, relay: &str, rate: f64) -> Option<&SteadySummary> {
+        self.steady
+            .iter()
+            .find(|s| s.relay == relay && (s.target_rate - rate).abs() < 0.5)
+    }
+
+    /// Fills `ratios_vs_debezium` and `targets` from the figures, given the labels of our
+    /// relay, of Debezium's drain to RabbitMQ and capture-only drain, and of Debezium's steady
+    /// runs.
+    pub fn evaluate(
+        &mut self,
+        ours: &str,
+        debezium: &str,
+        debezium_none: &str,
+        debezium_steady: &str,
+    ) {
+        let debezium_poll_ms = self.settings.debezium_poll_ms;
+        let ours_drain = self.drain_of(ours).and_then(|d| median(d.events_per_s));
+        let dbz_drain = self.drain_of(debezium).and_then(|d| median(d.events_per_s));
+        let dbz_none = self
+            .drain_of(debezium_none)
+            .and_then(|d| median(d.events_per_s));
+        let broker = median(self.ceilings.broker_messages_per_s);
+        let mut targets = Vec::new();
+        let mut ratios = Vec::new();
+
+        let check =
+            |target: &str, measured: Option<(f64, f64)>, text: &dyn Fn(f64, f64) -> String| {
+                match measured {
+                    Some((value, bound)) => TargetCheck {
+                        target: target.to_owned(),
+                        measured: text(value, bound),
+                        met: Some(value >= bound),
+                    },
+                    None => TargetCheck {
+                        target: target.to_owned(),
+                        measured: "not measured".to_owned(),
+                        met: None,
+                    },
+                }
+            };
+        targets.push(check(
+            "drain >= 0.8 x broker ceiling (1b)",
+            ours_drain.zip(broker).map(|(d, b)| (d, 0.8 * b)),
+            &|d, bound| {
+                format!(
+                    "{d:.0} ev/s vs 0.8 x {:.0} = {bound:.0} ({:.2} x)",
+                    bound / 0.8,
+                    d / (bound / 0.8)
+                )
+            },
+        ));
+        targets.push(check(
+            "drain >= 2 x Debezium drain to RabbitMQ",
+            ours_drain.zip(dbz_drain).map(|(d, z)| (d, 2.0 * z)),
+            &|d, bound| {
+                format!(
+                    "{d:.0} vs {:.0} ev/s ({:.2} x)",
+                    bound / 2.0,
+                    d / (bound / 2.0)
+                )
+            },
+        ));
+        targets.push(check(
+            "drain > Debezium capture-only (--sink none)",
+            ours_drain.zip(dbz_none),
+            &|d, z| format!("{d:.0} vs {z:.0} ev/s ({:.2} x)", d / z),
+        ));
+        if let (Some(d), Some(z)) = (ours_drain, dbz_drain) {
+            ratios.push(("drain throughput".to_owned(), d / z));
+        }
+
+        let low_rate = self.settings.steady_rate;
+        let high_rate = self
+            .steady
+            .iter()
+            .map(|s| s.target_rate)
+            .find(|rate| (rate - low_rate).abs() >= 0.5);
+        let p99 = |s: Option<&SteadySummary>| s.and_then(|s| median(s.p99_ms));
+        let ours_low = self.steady_of(ours, low_rate);
+        let dbz_low = self.steady_of(debezium_steady, low_rate);
+        targets.push(check(
+            &format!("steady {low_rate:.0}/s: p99 <= 10 ms"),
+            p99(ours_low).map(|p| (10.0, p)),
+            &|_, p| format!("p99 {p:.1} ms"),
+        ));
+        let ours_high = high_rate.and_then(|rate| self.steady_of(ours, rate));
+        let dbz_high = high_rate.and_then(|rate| self.steady_of(debezium_steady, rate));
+        targets.push(match (ours_high, p99(ours_high)) {
+            (Some(summary), Some(p)) => TargetCheck {
+                target: format!(
+                    "steady {:.0}/s ({:.0}% of 1a): keeps up and p99 <= 25 ms",
+                    summary.target_rate,
+                    self.settings.ceiling_fraction * 100.0
+                ),
+                measured: format!(
+                    "p99 {p:.1} ms, keeps up: {}, achieved {}/s",
+                    summary.keeps_up,
+                    show(summary.achieved_rate, 0)
+                ),
+                met: Some(summary.keeps_up && p <= 25.0),
+            },
+            _ => TargetCheck {
+                target: "steady at 80% of 1a: keeps up and p99 <= 25 ms".to_owned(),
+                measured: "not measured".to_owned(),
+                met: None,
+            },
+        });
+        for (rate, ours_run, dbz_run) in [
+            (Some(low_rate), ours_low, dbz_low),
+            (high_rate, ours_high, dbz_high),
+        ] {
+            let rate = rate.map_or_else(|| "80% of 1a".to_owned(), |r| format!("{r:.0}/s"));
+            targets.push(check(
+                &format!(
+                    "steady {rate}: p99 below Debezium's (poll.interval.ms {debezium_poll_ms})"
+                ),
+                p99(dbz_run).zip(p99(ours_run)),
+                &|z, o| format!("{o:.1} ms vs Debezium {z:.1} ms"),
+            ));
+            if let (Some(o), Some(z)) = (p99(ours_run), p99(dbz_run)) {
+                ratios.push((format!("p99 latency at {rate}"), o / z));
+            }
+        }
+
+        let rss_values: Vec<f64> = self
+            .drain
+            .iter()
+            .filter(|d| d.relay == ours)
+            .filter_map(|d| d.peak_rss_mb.map(|s| s.max))
+            .chain(
+                self.steady
+                    .iter()
+                    .filter(|s| s.relay == ours)
+                    .filter_map(|s| s.peak_rss_mb.map(|s| s.max)),
+            )
+            .collect();
+        let ours_rss = rss_values.iter().copied().reduce(f64::max);
+        targets.push(check(
+            "relay peak RSS <= 30 MB (largest over drain and steady runs)",
+            ours_rss.map(|rss| (30.0, rss)),
+            &|_, rss| format!("{rss:.1} MiB"),
+        ));
+        let dbz_rss = self.drain_of(debezium).and_then(|d| median(d.peak_rss_mb));
+        if let (Some(o), Some(z)) = (
+            self.drain_of(ours).and_then(|d| median(d.peak_rss_mb)),
+            dbz_rss,
+        ) {
+            ratios.push(("peak RSS in the drain".to_owned(), o / z));
+        }
+
+        let ceiling = median(self.ceilings.producer_tps);
+        let http_best = self
+            .http
+            .iter()
+            .filter_map(|h| median(h.requests_per_s).map(|rps| (h.concurrency, rps)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        targets.push(check(
+            "HTTP POST /orders >= 0.6 x producer ceiling (1a)",
+            http_best.zip(ceiling).map(|((_, rps), c)| (rps, 0.6 * c)),
+            &|rps, bound| {
+                format!(
+                    "{rps:.0} req/s vs 0.6 x {:.0} = {bound:.0} ({:.2} x)",
+                    bound / 0.6,
+                    rps / (bound / 0.6)
+                )
+            },
+        ));
+        self.targets = targets;
+        self.ratios_vs_debezium = ratios;
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(out, "\n== bench {} ==", self.date);
+        let _ = writeln!(
+            out,
+            "machine: {} cores ({}), {} MB, kernel {}; {}; RabbitMQ {}",
+            m.nproc, m.cpu_model, m.memory_mb, m.kernel, m.postgresql, m.rabbitmq
+        );
+        let _ = writeln!(
+            out,
+            "load average before: {} | after: {}",
+            m.load_before, m.load_after
+        );
+        let _ = writeln!(
+            out,
+            "figures: median [min–max] over {} repetitions ({} for steady state)",
+            self.settings.repetitions, self.settings.steady_repetitions
+        );
+        let c = &self.ceilings;
+        let _ = writeln!(out, "\n-- ceilings");
+        let _ = writeln!(
+            out,
+            "1a producer (order tx, best concurrency {}): {} tx/s",
+            c.producer_best_concurrency
+                .map_or_else(|| "n/a".to_owned(), |c| c.to_string()),
+            show(c.producer_tps, 0)
+        );
+        let _ = writeln!(
+            out,
+            "1b broker (persistent, confirms, {} B): {} msg/s",
+            c.broker_message_bytes
+                .map_or_else(|| "n/a".to_owned(), |b| b.to_string()),
+            show(c.broker_messages_per_s, 0)
+        );
+        let _ = writeln!(
+            out,
+            "1c WAL read from a slot: {} rows/s",
+            show(c.wal_read_rows_per_s, 0)
+        );
+        if !self.drain.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n-- drain of {} events\n{:<38} {:>24} {:>20} {:>18} {:>18} {:>18}",
+                self.settings.drain_events,
+                "relay",
+                "events/s",
+                "seconds",
+                "startup s",
+                "peak RSS MiB",
+                "CPU s"
+            );
+            for d in &self.drain {
+                let _ = writeln!(
+                    out,
+                    "{:<38} {:>24} {:>20} {:>18} {:>18} {:>18}",
+                    d.relay,
+                    show(d.events_per_s, 0),
+                    show(d.seconds, 2),
+                    show(d.startup_s, 2),
+                    show(d.peak_rss_mb, 1),
+                    show(d.cpu_s, 1)
+                );
+            }
+        }
+        if !self.steady.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n-- steady state, commit-to-arrival latency ms\n{:<30} {:>7} {:>18} {:>16} {:>18} {:>18} {:>18} {:>8} {:>14}",
+                "relay",
+                "rate",
+                "achieved/s",
+                "p50",
+                "p99",
+                "p99.9",
+                "max",
+                "keeps up",
+                "peak RSS MiB"
+            );
+            for s in &self.steady {
+                let _ = writeln!(
+                    out,
+                    "{:<30} {:>7.0} {:>18} {:>16} {:>18} {:>18} {:>18} {:>8} {:>14}",
+                    s.relay,
+                    s.target_rate,
+                    show(s.achieved_rate, 0),
+                    show(s.p50_ms, 1),
+                    show(s.p99_ms, 1),
+                    show(s.p999_ms, 1),
+                    show(s.max_ms, 1),
+                    if s.keeps_up { "yes" } else { "NO" },
+                    show(s.peak_rss_mb, 1)
+                );
+            }
+        }
+        if !self.http.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n-- HTTP POST /orders\n{:>11} {:>20} {:>18} {:>18} {:>7}",
+                "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"
+            );
+            for h in &self.http {
+                let _ = writeln!(
+                    out,
+                    "{:>11} {:>20} {:>18} {:>18} {:>7}",
+                    h.concurrency,
+                    show(h.requests_per_s, 0),
+                    show(h.p50_ms, 1),
+                    show(h.p99_ms, 1),
+                    h.errors
+                );
+            }
+        }
+        if self.consumer_service_events_per_s.is_some() {
+            let _ = writeln!(
+                out,
+                "\n-- consumer backlog of {} events\nshipment-service: {} events/s; same SQL straight to PostgreSQL: {} events/s",
+                self.settings.consumer_events,
+                show(self.consumer_service_events_per_s, 0),
+                show(self.consumer_direct_sql_events_per_s, 0)
+            );
+        }
+        if !self.ratios_vs_debezium.is_empty() {
+            let _ = writeln!(out, "\n-- ours / Debezium (medians)");
+            for (what, ratio) in &self.ratios_vs_debezium {
+                let _ = writeln!(out, "{what}: {ratio:.2}");
+            }
+        }
+        let _ = writeln!(out, "\n-- targets (issue 7)");
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "n/a",
+            };
+            let _ = writeln!(out, "[{verdict:>6}] {}: {}", t.target, t.measured);
+        }
+        if !self.missing.is_empty() {
+            let _ = writeln!(out, "\n-- not measured");
+            for line in &self.missing {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+        out
+    }
+}
+
+/// Drain summaries per relay, in the order the relays ran.
+pub fn summarize_drains(repetitions: &[DrainRepetition]) -> Vec<DrainSummary> {
+    let mut relays: Vec<String> = Vec::new();
+    for repetition in repetitions {
+        for run in &repetition.runs {
+            if !relays.contains(&run.relay) {
+                relays.push(run.relay.clone());
+            }
+        }
+    }
+    relays
+        .iter()
+        .map(|relay| {
+            let runs: Vec<&DrainRun> = repetitions
+                .iter()
+                .flat_map(|r| r.runs.iter())
+                .filter(|run| &run.relay == relay)
+                .collect();
+            DrainSummary::of(relay, &runs)
+        })
+        .collect()
+}
+
+/// Steady summaries per (rate, relay).
+pub fn summarize_steady(runs: &[SteadyRun]) -> Vec<SteadySummary> {
+    let mut keys: Vec<(f64, String)> = Vec::new();
+    for run in runs {
+        if !keys
+            .iter()
+            .any(|(rate, relay)| (*rate - run.target_rate).abs() < 0.5 && relay == &run.relay)
+        {
+            keys.push((run.target_rate, run.relay.clone()));
+        }
+    }
+    keys.iter()
+        .map(|(rate, relay)| {
+            let matching: Vec<&SteadyRun> = runs
+                .iter()
+                .filter(|run| (run.target_rate - rate).abs() < 0.5 && &run.relay == relay)
+                .collect();
+            SteadySummary::of(relay, *rate, &matching)
+        })
+        .collect()
+}
+
+/// HTTP summaries per concurrency level.
+pub fn summarize_http(repetitions: &[Vec<HttpRun>]) -> Vec<HttpSummary> {
+    let mut levels: Vec<usize> = repetitions
+        .iter()
+        .flatten()
+        .map(|run| run.concurrency)
+        .collect();
+    levels.sort_unstable();
+    levels.dedup();
+    levels
+        .into_iter()
+        .map(|concurrency| {
+            let runs: Vec<&HttpRun> = repetitions
+                .iter()
+                .flatten()
+                .filter(|run| run.concurrency == concurrency)
+                .collect();
+            let figure = |f: &dyn Fn(&HttpRun) -> Option<f64>| {
+                Summary::of(
+                    &runs
+                        .iter()
+                        .map(|run| f(run).unwrap_or(f64::NAN))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            HttpSummary {
+                concurrency,
+                requests_per_s: figure(&|run| Some(run.requests_per_s)),
+                p50_ms: figure(&|run| run.latency_ms.map(|l| l.p50)),
+                p99_ms: figure(&|run| run.latency_ms.map(|l| l.p99)),
+                errors: runs.iter().map(|run| run.errors).sum(),
+            }
+        })
+        .collect()
+}
