@@ -103,10 +103,10 @@ impl Service {
                     self.log_tail()
                 );
             }
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
             }
             if std::time::Instant::now() > deadline {
                 bail!("{} not healthy at {url}:\n{}", self.name, self.log_tail());
