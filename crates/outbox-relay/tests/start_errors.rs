@@ -38,7 +38,9 @@ async fn role_without_replication_privilege_is_refused() {
     }
     let message = start_error(Cli {
         database_url: Some(format!(
-            "postgres://{role}:pw@127.0.0.1:5432/{}",
+            "postgres://{role}:pw@{}:{}/{}",
+            fixture.db.options.get_host(),
+            fixture.db.options.get_port(),
             fixture.db.name
         )),
         ..fixture.cli()
@@ -112,7 +114,9 @@ async fn unreachable_or_refusing_servers_are_named() {
 
     let message = start_error(Cli {
         database_url: Some(format!(
-            "postgres://postgres:wrong-secret@127.0.0.1:5432/{}",
+            "postgres://postgres:wrong-secret@{}:{}/{}",
+            fixture.db.options.get_host(),
+            fixture.db.options.get_port(),
             fixture.db.name
         )),
         ..fixture.cli()
