@@ -147,7 +147,9 @@ rabbitmq_env() {
   export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
   export ERL_EPMD_ADDRESS=127.0.0.1
   # Erlang distribution (inter-node) listener on loopback too, not on every interface.
-  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  # Without busy-waiting schedulers: on a small host shared with PostgreSQL and the services,
+  # spinning Erlang schedulers take CPU time the others need (RabbitMQ docs, "Runtime").
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$RABBITMQ_PORT
 management.tcp.ip = 127.0.0.1
