@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine without Docker:
 #   PostgreSQL + RabbitMQ (scripts/infra.sh) → shipment-service (declares the RabbitMQ topology)
-#   → order-service (creates orderdb and its tables) → outbox-relay (streams orders.outbox_event).
+#   → order-service (creates orderdb and its tables) → scripts/provision-relay-role.sh (the relay's
+#   least-privilege role and its publication) → outbox-relay (streams orders.outbox_event as that role).
 #
 #   scripts/up.sh          foreground: each service's log lines prefixed with its name; Ctrl-C stops all
 #   scripts/up.sh detach   background: logs in .local/logs/<service>.log; `scripts/up.sh down` stops
@@ -91,7 +92,13 @@ start_service shipment-service "http://127.0.0.1:${SHIPMENT_PORT:-3001}/health" 
   SERVER_PORT="${SHIPMENT_PORT:-3001}" DB_NAME=shipmentdb
 start_service order-service "http://127.0.0.1:${ORDER_PORT:-3000}/health" \
   SERVER_PORT="${ORDER_PORT:-3000}" DB_NAME=orderdb
-start_service outbox-relay "http://127.0.0.1:${RELAY_HTTP_PORT:-8080}/health" \
+# The relay runs as its own least-privilege role (REPLICATION + SELECT on the outbox table);
+# the table owner creates that role and the publication once the tables exist.
+export RELAY_DB_USER=${RELAY_DB_USER:-outbox_relay} RELAY_DB_PASSWORD=${RELAY_DB_PASSWORD:-outbox_relay}
+DB_NAME=orderdb "$REPO/scripts/provision-relay-role.sh"
+# The credentials go through the environment (a prefix assignment), not on env's command line.
+DB_USER=$RELAY_DB_USER DB_PASSWORD=$RELAY_DB_PASSWORD \
+  start_service outbox-relay "http://127.0.0.1:${RELAY_HTTP_PORT:-8080}/health" \
   DB_NAME=orderdb RELAY_HTTP_PORT="${RELAY_HTTP_PORT:-8080}"
 
 log "all services are up: order-service :${ORDER_PORT:-3000}, shipment-service :${SHIPMENT_PORT:-3001}, relay :${RELAY_HTTP_PORT:-8080}"

@@ -1,7 +1,8 @@
 //! Structural checks of docker-compose.yml and the Dockerfile. No Docker engine runs where the tests
 //! run, so these check what can be checked without one: the file parses, every build context and
 //! Dockerfile exists, every environment variable a service sets is one its binary reads, ports agree,
-//! and the order database has logical replication on.
+//! the order database has logical replication on, ports are published on loopback only, and the relay
+//! runs as the least-privilege role that the one-shot `relay-setup` provisions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -229,4 +230,88 @@ fn ports_hosts_and_dependencies_agree() {
             "{name} must listen on all interfaces in a container"
         );
     }
+}
+
+#[test]
+fn ports_are_published_on_loopback_only() {
+    let compose = compose();
+    for (name, service) in compose["services"].as_object().unwrap() {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface of the host; use 127.0.0.1:{port}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_relay_runs_as_the_least_privilege_role_that_relay_setup_provisions() {
+    let compose = compose();
+    let services = compose["services"].as_object().unwrap();
+    let setup = services
+        .get("relay-setup")
+        .expect("docker-compose.yml has the one-shot relay-setup service");
+    let relay = &services["outbox-relay"];
+    let setup_env: std::collections::BTreeMap<_, _> = env_of(setup).into_iter().collect();
+    let relay_env: std::collections::BTreeMap<_, _> = env_of(relay).into_iter().collect();
+
+    // relay-setup runs the repository's provisioning script, mounted from ./scripts.
+    assert_eq!(
+        setup["command"].to_string(),
+        r#"["bash","/scripts/provision-relay-role.sh"]"#
+    );
+    assert!(
+        setup["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|volume| volume
+                .as_str()
+                .is_some_and(|v| v.starts_with("./scripts:/scripts"))),
+        "relay-setup mounts ./scripts at /scripts"
+    );
+    let script = repo_root().join("scripts/provision-relay-role.sh");
+    let script_text = std::fs::read_to_string(&script).unwrap();
+    assert!(script_text.contains("sql/relay-role.sql"));
+    assert!(repo_root().join("scripts/sql/relay-role.sql").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&script).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{} is executable", script.display());
+    }
+
+    // It provisions the database the relay streams from, after order-service created the tables.
+    assert_eq!(setup_env.get("DB_HOST"), relay_env.get("DB_HOST"));
+    assert_eq!(setup_env.get("DB_NAME"), relay_env.get("DB_NAME"));
+    assert_eq!(
+        setup["depends_on"]["order-service"]["condition"], "service_healthy",
+        "the outbox table exists once order-service is healthy"
+    );
+    // The relay connects as that role, not as the superuser, once the setup succeeded.
+    assert_eq!(relay_env.get("DB_USER"), setup_env.get("RELAY_DB_USER"));
+    assert_eq!(
+        relay_env.get("DB_PASSWORD"),
+        setup_env.get("RELAY_DB_PASSWORD")
+    );
+    assert_ne!(
+        relay_env.get("DB_USER").map(String::as_str),
+        Some("postgres")
+    );
+    assert_eq!(
+        relay["depends_on"]["relay-setup"]["condition"],
+        "service_completed_successfully"
+    );
+
+    // The script's publication is the one the relay uses (neither sets RELAY_PUBLICATION here).
+    assert!(!relay_env.contains_key("RELAY_PUBLICATION"));
+    let relay_default = outbox_relay::Config::from_cli(outbox_relay::config::Cli::default())
+        .unwrap()
+        .publication;
+    assert!(
+        script_text.contains(&format!("RELAY_PUBLICATION:-{relay_default}}}")),
+        "the script's default publication is the relay's default, {relay_default}"
+    );
 }

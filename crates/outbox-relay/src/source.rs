@@ -5,7 +5,9 @@
 //! `logical`, the role may replicate, the outbox tables exist. It then creates, if absent,
 //! the publication (`FOR TABLE` the outbox tables only) and the logical slot (`pgoutput`),
 //! and returns the slot's `confirmed_flush_lsn`: there is no offset file, the slot is the
-//! checkpoint.
+//! checkpoint. Creating the publication needs ownership of the tables, so under a
+//! least-privilege role (scripts/provision-relay-role.sh) the owner creates it beforehand and a
+//! missing one fails with [`StartError::PublicationPrivilege`], naming the statement to run.
 //!
 //! [`ReplicationStream`] is one replication session (the `pgwire-replication` crate is the
 //! transport; decoding pgoutput is ours, in the `pgoutput` crate). It starts at the given
@@ -48,6 +50,17 @@ pub enum StartError {
     NoReplicationPrivilege(String),
     #[error("outbox table {0} does not exist in database {1:?}")]
     MissingTable(String, String),
+    #[error(
+        "role {role:?} may not create publication {publication:?} (insufficient privilege: \
+         CREATE PUBLICATION ... FOR TABLE needs ownership of the tables). Have the table owner \
+         run, in database {database:?}: {statement}; (scripts/provision-relay-role.sh does it)"
+    )]
+    PublicationPrivilege {
+        role: String,
+        publication: String,
+        database: String,
+        statement: String,
+    },
     #[error("publication {publication:?} exists but does not publish table {table}")]
     PublicationMissesTable { publication: String, table: String },
     #[error(
@@ -67,6 +80,9 @@ pub enum StartError {
         source: sqlx::Error,
     },
 }
+
+/// SQLSTATE `insufficient_privilege`.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StartError {
     let what = what.into();
@@ -155,12 +171,13 @@ pub async fn prepare(
         }
     }
 
-    ensure_publication(connection, tables, publication).await?;
+    ensure_publication(connection, settings, tables, publication).await?;
     ensure_slot(connection, settings, slot).await
 }
 
 async fn ensure_publication(
     connection: &mut PgConnection,
+    settings: &PostgresSettings,
     tables: &[TableName],
     publication: &str,
 ) -> Result<(), StartError> {
@@ -181,6 +198,18 @@ async fn ensure_publication(
             Ok(_) => tracing::info!(publication, tables = %list, "created publication"),
             // Another relay created it at the same moment.
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42710") => {}
+            // A least-privilege role (the recommended set-up) does not own the tables: say
+            // what the owner must run instead of a bare "must be owner of table".
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+            {
+                return Err(StartError::PublicationPrivilege {
+                    role: settings.user.clone(),
+                    publication: publication.to_owned(),
+                    database: settings.database.clone(),
+                    statement: create,
+                });
+            }
             Err(error) => return Err(sql(format!("creating publication {publication:?}"))(error)),
         }
     }
