@@ -19,6 +19,12 @@ if command -v psql >/dev/null; then
     sql "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 && dropped=$((dropped + 1)) || true
   done
   [ "$dropped" = 0 ] || echo "[clean] dropped $dropped leftover test databases" >&2
+  # Test roles (t_relay_*, t_app_*) are cluster-wide; drop those without a session. A role that
+  # still owns objects in a kept database fails to drop and is kept with it.
+  for role in $(sql "SELECT rolname FROM pg_roles r WHERE (rolname LIKE 't\_relay\_%' OR rolname LIKE 't\_app\_%')
+                     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usesysid = r.oid)"); do
+    sql "DROP ROLE IF EXISTS \"$role\"" >/dev/null 2>&1 || true
+  done
 else
   echo "[clean] psql not found; leftover test databases are not removed" >&2
 fi
@@ -37,4 +43,13 @@ for vhost in json.load(sys.stdin):
     fi
   done
   [ "$deleted" = 0 ] || echo "[clean] deleted $deleted leftover test vhosts" >&2
+  # Test users (t_user_*) without a connection.
+  idle_users=$(curl -fsS "$API/api/users" 2>/dev/null | python3 -c '
+import json, sys
+for user in json.load(sys.stdin):
+    if user["name"].startswith("t_user_"):
+        print(user["name"])' || true)
+  for user in $idle_users; do
+    curl -fsS -X DELETE "$API/api/users/$user" >/dev/null 2>&1 || true
+  done
 fi
