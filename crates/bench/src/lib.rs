@@ -33,6 +33,7 @@ use crate::cli::{Args, Section};
 use crate::relays::{DebeziumSink, Programs, RelayKind};
 use crate::report::{Ceilings, Machine, Report};
 use crate::stats::Summary;
+use crate::workload::SteadyProducer;
 
 /// Debezium's default `poll.interval.ms`, used for its drains (as in the peer's own drain).
 const DEBEZIUM_DEFAULT_POLL_MS: u32 = 500;
@@ -226,15 +227,31 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         if polling {
             relays.push(RelayKind::Polling);
         }
+        // Every relay with the light producer; ours once more at the low rate with the
+        // order-service's whole transaction as the producer.
+        let mut runs: Vec<(f64, RelayKind, SteadyProducer)> = Vec::new();
+        for &rate in &rates {
+            runs.extend(
+                relays
+                    .iter()
+                    .map(|&kind| (rate, kind, SteadyProducer::OutboxRow)),
+            );
+        }
+        runs.push((settings.steady_rate, RelayKind::Ours, SteadyProducer::Order));
         for repetition in 0..settings.steady_repetitions {
-            for &rate in &rates {
-                for &kind in &relays {
+            for &(rate, kind, producer) in &runs {
+                {
+                    let producer_name = match producer {
+                        SteadyProducer::OutboxRow => "",
+                        SteadyProducer::Order => "-order-tx",
+                    };
                     let run_name = format!(
-                        "steady-{rate:.0}-{repetition}-{}",
+                        "steady-{rate:.0}-{repetition}-{}{producer_name}",
                         kind.label().replace([' ', '(', ')'], "_")
                     );
                     match steady::steady_run(
                         kind,
+                        producer,
                         &programs,
                         rate,
                         settings.steady_seconds,
@@ -296,12 +313,13 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
     }
 
     if settings.runs(Section::Steady) {
-        missing.push(
-            "latency plot PNG: not drawn by the bench (python3 matplotlib is not installed on \
-             the benchmark machine); the per-event latencies are in the steady-*.csv files next \
-             to report.json"
-                .to_owned(),
-        );
+        match plot_latency(&out_dir).await {
+            Ok(pictures) => tracing::info!(%pictures, "latency plots drawn"),
+            Err(reason) => missing.push(format!(
+                "latency plot PNG: {reason}; the per-event latencies are in the steady-*.csv \
+                 files next to report.json"
+            )),
+        }
     }
 
     collected.missing = missing;
@@ -460,4 +478,29 @@ async fn rabbitmq_version() -> Result<String> {
         .as_str()
         .unwrap_or("unknown")
         .to_owned())
+}
+
+/// Draws `latency-<rate>.png` from the steady-state CSVs with `scripts/plot-latency.py`, run by
+/// `$BENCH_PYTHON` (`make bench` points it at a virtualenv with matplotlib) or `python3`.
+async fn plot_latency(out_dir: &Path) -> std::result::Result<String, String> {
+    let script = Path::new("scripts/plot-latency.py");
+    if !script.exists() {
+        return Err(format!("{} not found (run from the repository root)", script.display()));
+    }
+    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(out_dir)
+        .output()
+        .await
+        .map_err(|error| format!("cannot run {python}: {error}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("no output");
+        return Err(format!("{python} {} failed: {last}", script.display()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(", "))
 }

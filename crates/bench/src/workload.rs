@@ -60,6 +60,27 @@ pub async fn order_transaction(pool: &PgPool, outbox: &Outbox) -> Result<Uuid> {
     Ok(event_id)
 }
 
+/// What a steady-state producer commits per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteadyProducer {
+    /// One outbox row per transaction (as the Debezium peer's latency tool, with pgbench): the
+    /// database work per event is small, so the latency is the relay's, not CPU contention's.
+    OutboxRow,
+    /// The order-service's whole transaction (order, lines, outbox row): on 2 cores at
+    /// 1,000/s this alone takes most of the CPU.
+    Order,
+}
+
+/// One `OrderCreated` outbox row in a transaction of its own (`synchronous_commit` on).
+pub async fn outbox_row_transaction(pool: &PgPool, outbox: &Outbox) -> Result<Uuid> {
+    let mut tx = pool.begin().await?;
+    let event_id = outbox
+        .enqueue(&mut tx, &sample_order().created_event())
+        .await?;
+    tx.commit().await?;
+    Ok(event_id)
+}
+
 /// Commits `events` outbox rows, one per transaction, from `clients` connections with
 /// `synchronous_commit = off` (the Debezium peer's drain backlog: pgbench, 4 clients).
 pub async fn commit_backlog(db: &BenchDb, events: usize, clients: usize) -> Result<()> {
@@ -184,7 +205,12 @@ pub struct Produced {
 /// Commits [`order_transaction`]s at `rate` per second for `seconds`: transaction `i` starts
 /// at `start + i / rate` (or at once when the producer is behind), from enough workers that
 /// one slow commit does not hold the others back.
-pub async fn produce_at_rate(pool: &PgPool, rate: f64, seconds: f64) -> Result<Produced> {
+pub async fn produce_at_rate(
+    pool: &PgPool,
+    producer: SteadyProducer,
+    rate: f64,
+    seconds: f64,
+) -> Result<Produced> {
     let outbox = order_outbox()?;
     let total = (rate * seconds).round().max(1.0) as u64;
     let workers = ((rate / 100.0).ceil() as usize).clamp(4, 32);
@@ -210,7 +236,11 @@ pub async fn produce_at_rate(pool: &PgPool, rate: f64, seconds: f64) -> Result<P
                 }
                 tokio::time::sleep_until(start + Duration::from_secs_f64(index as f64 / rate))
                     .await;
-                match order_transaction(&pool, &outbox).await {
+                let result = match producer {
+                    SteadyProducer::Order => order_transaction(&pool, &outbox).await,
+                    SteadyProducer::OutboxRow => outbox_row_transaction(&pool, &outbox).await,
+                };
+                match result {
                     Ok(_) => committed.fetch_add(1, Ordering::Relaxed),
                     Err(error) => {
                         tracing::warn!(%error, "a steady-state transaction failed");
