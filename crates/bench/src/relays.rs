@@ -215,7 +215,11 @@ impl RelayProcess {
                     .env("RELAY_HTTP_PORT", port.to_string())
                     .env("RUST_LOG", "warn");
                 if kind == RelayKind::Polling {
-                    command.args(["--source", "polling"]);
+                    // Its best settings: a 10 ms interval for latency (like Debezium's tuned
+                    // poll), 2,000-row batches for throughput (drains of 30,000 rows, debug:
+                    // 500 → 4,750/s, 2,000 → 8,080/s, 5,000 → 5,510/s).
+                    command.args(["--source", "polling", "--poll-interval-ms", "10"]);
+                    command.args(["--poll-batch-size", "2000"]);
                 }
                 command
             }

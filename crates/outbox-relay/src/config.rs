@@ -52,6 +52,9 @@ pub const ENV_VARS: &[&str] = &[
     "RELAY_SHUTDOWN_TIMEOUT_SECS",
     "RELAY_STATUS_INTERVAL_MS",
     "RELAY_LOG_FORMAT",
+    "RELAY_SOURCE",
+    "RELAY_POLL_INTERVAL_MS",
+    "RELAY_POLL_BATCH_SIZE",
     "RUST_LOG",
 ];
 
@@ -107,7 +110,8 @@ fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
 #[command(
     name = "outbox-relay",
     version,
-    about = "Streams outbox rows from PostgreSQL's WAL (pgoutput) to RabbitMQ with publisher confirms"
+    about = "Relays outbox rows from PostgreSQL to RabbitMQ with publisher confirms: streamed \
+             from the WAL (pgoutput, the default) or, with --source polling, polled from the table"
 )]
 pub struct Cli {
     /// PostgreSQL connection URL; replaces the DB_* settings.
@@ -119,7 +123,8 @@ pub struct Cli {
     /// PostgreSQL port [default: 5432].
     #[arg(long, env = "DB_PORT")]
     pub db_port: Option<String>,
-    /// PostgreSQL user; needs the REPLICATION attribute [default: postgres].
+    /// PostgreSQL user; needs the REPLICATION attribute (replication source) or SELECT,
+    /// UPDATE and DELETE on the outbox tables (polling source) [default: postgres].
     #[arg(long, env = "DB_USER")]
     pub db_user: Option<String>,
     /// PostgreSQL password [default: postgres].
@@ -222,6 +227,67 @@ pub struct Cli {
     /// Log format: text | json [default: text].
     #[arg(long, env = "RELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
+
+    /// Where events come from: replication (logical replication of the WAL) | polling
+    /// (SELECT ... FOR UPDATE SKIP LOCKED, publish, DELETE; for databases where logical
+    /// replication is not allowed) [default: replication].
+    #[arg(long, env = "RELAY_SOURCE")]
+    pub source: Option<String>,
+    /// Polling source: pause after a poll that found fewer rows than a batch
+    /// [default: 100].
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<String>,
+    /// Polling source: most rows read, published and deleted per transaction [default: 500].
+    #[arg(long, env = "RELAY_POLL_BATCH_SIZE")]
+    pub poll_batch_size: Option<String>,
+}
+
+/// Where the relay reads outbox events from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// Logical replication of the WAL (pgoutput): commit order, no load on the table.
+    #[default]
+    Replication,
+    /// Polling the outbox table and deleting what the broker confirmed.
+    Polling,
+}
+
+impl SourceKind {
+    /// Parses `replication` or `polling`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "replication" => Ok(Self::Replication),
+            "polling" => Ok(Self::Polling),
+            other => Err(format!("{other:?}: expected replication or polling")),
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Replication => "replication",
+            Self::Polling => "polling",
+        })
+    }
+}
+
+/// Settings of the polling source (ignored by the replication source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollingSettings {
+    /// Pause after a poll that found fewer rows than a batch.
+    pub interval: Duration,
+    /// Most rows per batch (one transaction).
+    pub batch_size: usize,
+}
+
+impl Default for PollingSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(100),
+            batch_size: 500,
+        }
+    }
 }
 
 /// Where PostgreSQL is and who the relay is there.
@@ -280,6 +346,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub status_interval: Duration,
     pub log_format: LogFormat,
+    /// Where events come from.
+    pub source: SourceKind,
+    pub polling: PollingSettings,
 }
 
 impl Config {
@@ -815,6 +884,34 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
         }
     };
 
+    let source_setting = number(cli.source.as_ref(), "RELAY_SOURCE", "replication");
+    let source = SourceKind::parse(&source_setting.value)
+        .map_err(|reason| invalid(&source_setting.name, reason))?;
+    let poll_interval_ms: u64 = parse_number(
+        &number(
+            cli.poll_interval_ms.as_ref(),
+            "RELAY_POLL_INTERVAL_MS",
+            "100",
+        ),
+        "a number of milliseconds",
+    )?;
+    if !(1..=60_000).contains(&poll_interval_ms) {
+        return Err(invalid(
+            "RELAY_POLL_INTERVAL_MS",
+            "must be between 1 and 60000",
+        ));
+    }
+    let poll_batch_size: usize = parse_number(
+        &number(cli.poll_batch_size.as_ref(), "RELAY_POLL_BATCH_SIZE", "500"),
+        "a number of rows",
+    )?;
+    if !(1..=100_000).contains(&poll_batch_size) {
+        return Err(invalid(
+            "RELAY_POLL_BATCH_SIZE",
+            "must be between 1 and 100000",
+        ));
+    }
+
     Ok(Config {
         postgres,
         amqp,
@@ -842,6 +939,11 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
         shutdown_timeout: Duration::from_secs(shutdown_timeout_secs),
         status_interval: Duration::from_millis(status_interval_ms),
         log_format,
+        source,
+        polling: PollingSettings {
+            interval: Duration::from_millis(poll_interval_ms),
+            batch_size: poll_batch_size,
+        },
     })
 }
 
@@ -1019,6 +1121,56 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("AMQP_URL"), "{error}");
+    }
+
+    #[test]
+    fn polling_settings_are_validated_and_named() {
+        let config = Config::from_cli(cli()).unwrap();
+        assert_eq!(config.source, SourceKind::Replication);
+        assert_eq!(config.polling, PollingSettings::default());
+        let config = Config::from_cli(Cli {
+            source: Some("polling".into()),
+            poll_interval_ms: Some("10".into()),
+            poll_batch_size: Some("2000".into()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.source, SourceKind::Polling);
+        assert_eq!(config.polling.interval, Duration::from_millis(10));
+        assert_eq!(config.polling.batch_size, 2000);
+        for (bad, setting) in [
+            (
+                Cli {
+                    source: Some("trigger".into()),
+                    ..cli()
+                },
+                "RELAY_SOURCE",
+            ),
+            (
+                Cli {
+                    poll_batch_size: Some("0".into()),
+                    ..cli()
+                },
+                "RELAY_POLL_BATCH_SIZE",
+            ),
+            (
+                Cli {
+                    poll_batch_size: Some("many".into()),
+                    ..cli()
+                },
+                "RELAY_POLL_BATCH_SIZE",
+            ),
+            (
+                Cli {
+                    poll_interval_ms: Some("0".into()),
+                    ..cli()
+                },
+                "RELAY_POLL_INTERVAL_MS",
+            ),
+        ] {
+            let error = Config::from_cli(bad).unwrap_err().to_string();
+            assert!(error.contains(setting), "{error}");
+        }
     }
 
     #[test]

@@ -7,13 +7,21 @@
 //! relay, the broker or the database loses nothing (events may come twice, with the same
 //! `message_id`).
 //!
+//! Where logical replication is not allowed, `--source polling` ([`polling`]) reads the
+//! outbox table instead (`SELECT ... FOR UPDATE SKIP LOCKED`, publish, confirm, `DELETE`), with
+//! the same router, wire formats, sink, `/health` and metrics, and the trade-offs its module
+//! documents (timestamp order rather than commit order, latency of a poll interval).
+//!
 //! # Layout
 //! - [`config`]: flags, environment variables and the Debezium properties file → [`Config`].
 //! - [`source`]: start checks, publication and slot; the replication session.
+//! - [`polling`]: the polling source: start checks, advisory lock, batches of rows.
 //! - [`router`]: outbox row → exchange, routing key, message id, headers, payload.
+//! - `message`: a routed row → the AMQP message (or its dead-letter form), for both sources.
 //! - [`sink`]: RabbitMQ publisher with confirms, `mandatory`, exchange declaration.
 //! - [`window`]: in-flight events and the flush position derived from their confirms.
-//! - `pipeline`: the task tying them together, with retries, reconnects and shutdown.
+//! - `pipeline`: the task tying them together, with retries, reconnects and shutdown
+//!   (the replication source; the polling source has its own loop in [`polling`]).
 //! - [`http`] and [`telemetry`]: `/health`, `/metrics`, logs.
 //!
 //! # Entry points
@@ -28,10 +36,14 @@
 //! connection closes, PostgreSQL releases the slot, and a standby takes it within about a
 //! second, resuming from the slot's confirmed position. Events the dead relay published but
 //! had not yet confirmed to PostgreSQL are published again (same `message_id`).
+//! The polling source does the same with a PostgreSQL advisory lock per table (see
+//! [`polling`]).
 
 pub mod config;
 pub mod http;
+mod message;
 mod pipeline;
+pub mod polling;
 pub mod router;
 pub mod sink;
 pub mod source;
@@ -46,10 +58,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigError, ENV_VARS};
+pub use config::{Config, ConfigError, ENV_VARS, SourceKind};
 pub use telemetry::{HealthReport, RelayStatus};
 
 use crate::pipeline::Pipeline;
+use crate::polling::{Poller, PollingStartError};
 use crate::sink::{AmqpSink, SinkError};
 use crate::source::StartError;
 
@@ -60,6 +73,8 @@ pub enum RelayError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    PollingStart(#[from] PollingStartError),
     #[error(transparent)]
     Broker(SinkError),
     #[error("cannot listen for HTTP on {address}: {source}")]
@@ -77,30 +92,48 @@ pub enum RelayError {
 pub struct Relay;
 
 impl Relay {
-    /// Checks the servers, prepares publication and slot, connects to the broker, binds the
-    /// HTTP listener, and starts streaming in the background.
+    /// Checks the servers, prepares publication and slot (replication source) or checks the
+    /// tables (polling source), connects to the broker, binds the HTTP listener, and starts
+    /// relaying in the background.
     pub async fn start(config: Config) -> Result<RunningRelay, RelayError> {
         let config = Arc::new(config);
         let status = Arc::new(RelayStatus::default());
         let _ = telemetry::prometheus_handle();
 
-        let mut connection = source::connect(&config.postgres, config.connect_timeout).await?;
-        let start = source::prepare(
-            &mut connection,
-            &config.postgres,
-            &config.router.tables,
-            &config.publication,
-            &config.slot,
-        )
-        .await?;
-        drop(connection);
-        tracing::info!(
-            database = %config.postgres.display(),
-            slot = %config.slot,
-            publication = %config.publication,
-            confirmed = %start,
-            "PostgreSQL ready"
-        );
+        // The replication source's starting position; none for the polling source.
+        let start = match config.source {
+            SourceKind::Replication => {
+                let mut connection =
+                    source::connect(&config.postgres, config.connect_timeout).await?;
+                let start = source::prepare(
+                    &mut connection,
+                    &config.postgres,
+                    &config.router.tables,
+                    &config.publication,
+                    &config.slot,
+                )
+                .await?;
+                drop(connection);
+                tracing::info!(
+                    database = %config.postgres.display(),
+                    slot = %config.slot,
+                    publication = %config.publication,
+                    confirmed = %start,
+                    "PostgreSQL ready"
+                );
+                Some(start)
+            }
+            SourceKind::Polling => {
+                polling::prepare(&config).await?;
+                tracing::info!(
+                    database = %config.postgres.display(),
+                    batch_size = config.polling.batch_size,
+                    interval = ?config.polling.interval,
+                    "PostgreSQL ready (polling source)"
+                );
+                None
+            }
+        };
 
         let sink = connect_broker(&config).await?;
         tracing::info!(broker = %config.amqp.display, "RabbitMQ connected");
@@ -131,10 +164,20 @@ impl Relay {
                 }
             })
         };
-        let pipeline = Pipeline::new(Arc::clone(&config), Arc::clone(&status), sink, start);
         let pipeline_task = {
             let stop = stop_pipeline.clone();
-            tokio::spawn(async move { pipeline.run(async move { stop.cancelled().await }).await })
+            let shutdown = async move { stop.cancelled().await };
+            match start {
+                Some(start) => {
+                    let pipeline =
+                        Pipeline::new(Arc::clone(&config), Arc::clone(&status), sink, start);
+                    tokio::spawn(async move { pipeline.run(shutdown).await })
+                }
+                None => {
+                    let poller = Poller::new(Arc::clone(&config), Arc::clone(&status), sink);
+                    tokio::spawn(async move { poller.run(shutdown).await })
+                }
+            }
         };
         Ok(RunningRelay {
             http_addr,

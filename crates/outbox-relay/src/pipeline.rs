@@ -39,6 +39,7 @@ use pgoutput::{Insert, LogicalReplicationMessage, Lsn};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::message;
 use crate::router::Router;
 use crate::sink::{AmqpSink, Outcome, OutgoingMessage, PendingConfirm, SinkError};
 use crate::source::{self, ReplicationStream, SourceEvent, StreamError};
@@ -362,39 +363,10 @@ impl Pipeline {
         let timestamp =
             u64::try_from(self.commit_time_micros.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECONDS)
                 .unwrap_or(0);
-        let routed = match self.router.route(insert) {
+        let message = match message::for_row(&self.router, &self.config, insert, timestamp) {
             Ok(None) => return,
-            Ok(Some(routed)) => routed,
-            Err(error) => return self.on_unroutable_row(insert, error.to_string()),
-        };
-        let options = wire_format::EncodeOptions {
-            payload_field: &self.config.router.field_event_payload,
-        };
-        let encoded = match wire_format::encode_with(
-            self.config.wire_format,
-            &options,
-            routed.payload,
-            &routed.headers,
-        ) {
-            Ok(encoded) => encoded,
-            Err(error) => {
-                let reason = format!(
-                    "payload of event {} cannot be encoded as {}: {error}",
-                    routed.event_id, self.config.wire_format
-                );
-                return self.on_unroutable_row(insert, reason);
-            }
-        };
-        if let Some(reason) = &encoded.debezium_fallback {
-            tracing::warn!(event_id = %routed.event_id, %reason, "payload published unexpanded, as Debezium would");
-        }
-        let message = OutgoingMessage {
-            routing_key: routed.routing_key.to_owned(),
-            message_id: routed.event_id.to_owned(),
-            body: encoded.body,
-            headers: encoded.headers,
-            timestamp,
-            exchange: routed.exchange,
+            Ok(Some(message)) => message,
+            Err(reason) => return self.on_unroutable_row(insert, reason),
         };
         self.enqueue(message);
     }
@@ -421,17 +393,7 @@ impl Pipeline {
         match &self.config.dead_letter_exchange {
             Some(exchange) => {
                 tracing::error!(%table, %reason, dead_letter_exchange = %exchange, "unroutable outbox row: dead-lettered");
-                let message = OutgoingMessage {
-                    exchange: exchange.clone(),
-                    routing_key: String::new(),
-                    message_id: String::new(),
-                    body: self.router.row_as_json(insert).into_bytes(),
-                    headers: vec![
-                        ("x-outbox-relay-error".to_owned(), reason),
-                        ("x-outbox-relay-table".to_owned(), table),
-                    ],
-                    timestamp: 0,
-                };
+                let message = message::dead_letter(&self.router, insert, exchange, &table, reason);
                 self.enqueue(message);
             }
             None => {

@@ -9,7 +9,11 @@
 //! - `oldest_unconfirmed_event_age_seconds`, `in_flight_events`;
 //! - `reconnects_total{server}` (`postgresql` | `rabbitmq`);
 //! - `unroutable_total{reason}` (`returned` | `nacked` | `row`), `stalled` (0/1),
-//!   `standby` (0/1).
+//!   `standby` (0/1);
+//! - polling source only: `polling_backlog_rows{table}`, the rows in each outbox table
+//!   (`count(*)`, sampled about once a second). With that source `confirmed_lsn` and
+//!   `lag_bytes` stay 0, and `oldest_unconfirmed_event_age_seconds` is the age of the oldest
+//!   row still in the tables (by their `timestamp` column).
 //!
 //! The Prometheus recorder is process-global: [`prometheus_handle`] installs it once.
 
@@ -35,6 +39,7 @@ pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 pub const UNROUTABLE: &str = "outbox_relay_unroutable_total";
 pub const STALLED: &str = "outbox_relay_stalled";
 pub const STANDBY: &str = "outbox_relay_standby";
+pub const POLLING_BACKLOG_ROWS: &str = "outbox_relay_polling_backlog_rows";
 
 /// The process-wide Prometheus handle, installing the recorder on first use. `None` if
 /// another recorder was installed first (then `/metrics` says so).
