@@ -485,7 +485,10 @@ async fn rabbitmq_version() -> Result<String> {
 async fn plot_latency(out_dir: &Path) -> std::result::Result<String, String> {
     let script = Path::new("scripts/plot-latency.py");
     if !script.exists() {
-        return Err(format!("{} not found (run from the repository root)", script.display()));
+        return Err(format!(
+            "{} not found (run from the repository root)",
+            script.display()
+        ));
     }
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let output = tokio::process::Command::new(&python)
