@@ -76,7 +76,7 @@ pub struct Args {
     pub broker_messages: Option<usize>,
     /// Publisher confirms outstanding at once in the broker ceiling (the relay's default
     /// window).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 1024)]
     pub broker_window: usize,
     /// Concurrency levels of the HTTP measurement.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 64])]

@@ -126,6 +126,9 @@ async fn run_on(
             amqp_url: vhost.amqp_url(),
             slot: slot_for(kind),
         };
+        if kind == RelayKind::Polling {
+            db.create_polling_index().await?;
+        }
         let outcome = drain_one(kind, programs, target, &vhost, events, &run_name).await;
         vhost.delete().await?;
         match outcome {

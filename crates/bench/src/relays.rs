@@ -210,10 +210,13 @@ impl RelayProcess {
                     .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                     .env("DATABASE_URL", target.db.url())
                     .env("AMQP_URL", target.amqp_url)
-                    .env("RELAY_SLOT", target.slot)
-                    .env("RELAY_PUBLICATION", PUBLICATION)
                     .env("RELAY_HTTP_PORT", port.to_string())
                     .env("RUST_LOG", "warn");
+                if kind == RelayKind::Ours {
+                    command
+                        .env("RELAY_SLOT", target.slot)
+                        .env("RELAY_PUBLICATION", PUBLICATION);
+                }
                 if kind == RelayKind::Polling {
                     // Its best settings: a 10 ms interval for latency (like Debezium's tuned
                     // poll), 2,000-row batches for throughput (drains of 30,000 rows, debug:
@@ -229,6 +232,9 @@ impl RelayProcess {
                     .as_ref()
                     .context("Debezium is not part of this run")?;
                 let offsets = programs.logs.join(format!("{run_name}.offsets"));
+                // A stale offset from an earlier, interrupted run would point into another
+                // database's WAL: start clean.
+                let _ = std::fs::remove_dir_all(&offsets);
                 std::fs::create_dir_all(&offsets)
                     .with_context(|| format!("creating {}", offsets.display()))?;
                 let options = target.db.admin().connect_options();

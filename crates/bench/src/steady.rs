@@ -112,6 +112,8 @@ async fn run_on(
     install_event_time_log(db).await?;
     if kind.uses_slot() {
         db.create_slot(SLOT).await?;
+    } else {
+        db.create_polling_index().await?;
     }
     let consumer = LatencyConsumer::start(vhost.amqp_url()).await?;
     let mut process = RelayProcess::spawn(

@@ -199,7 +199,7 @@ pub struct Cli {
     /// the relay stalls on such a row.
     #[arg(long, env = "RELAY_DEAD_LETTER_EXCHANGE")]
     pub dead_letter_exchange: Option<String>,
-    /// Most events in flight (published, not yet confirmed) [default: 4096].
+    /// Most events in flight (published, not yet confirmed) [default: 1024].
     #[arg(long, env = "RELAY_WINDOW_EVENTS")]
     pub window_events: Option<String>,
     /// Most message bytes in flight [default: 16777216].
@@ -645,6 +645,14 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
             if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
                 return Err(invalid("AMQP_URL", "must start with amqp:// or amqps://"));
             }
+            // Caught here rather than at the first connect; the parser's own message may quote
+            // the URL, password included, so only a generic reason is given.
+            if url.parse::<lapin::uri::AMQPUri>().is_err() {
+                return Err(invalid(
+                    "AMQP_URL",
+                    "is not a valid AMQP URL (expected amqp://user:password@host:port/vhost)",
+                ));
+            }
             AmqpSettings {
                 url: Secret::new(url.clone()),
                 display: redact_url_password(url),
@@ -818,7 +826,7 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
 
     let number = |value: Option<&String>, env: &str, default: &str| pick(value, env, None, default);
     let window_events: usize = parse_number(
-        &number(cli.window_events.as_ref(), "RELAY_WINDOW_EVENTS", "4096"),
+        &number(cli.window_events.as_ref(), "RELAY_WINDOW_EVENTS", "1024"),
         "a number of events",
     )?;
     if window_events == 0 {
@@ -1121,6 +1129,19 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.to_string().contains("AMQP_URL"), "{error}");
+        for bad in [
+            "amqp://u:Pw-9f2@host:notaport/%2f",
+            "amqp://u:Pw-9f2@host:99999/%2f",
+        ] {
+            let error = Config::from_cli(Cli {
+                amqp_url: Some(bad.into()),
+                ..cli()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("AMQP_URL"), "{error}");
+            assert!(!error.contains("Pw-9f2"), "the password leaked: {error}");
+        }
     }
 
     #[test]

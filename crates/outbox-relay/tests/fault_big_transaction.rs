@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Collector, Fixture, RelayProcess, bind_queue, free_port, insert_series};
 
 const EVENTS: usize = 100_000;
-/// Generous cap on the relay's peak RSS; the window holds at most 4096 events.
+/// Generous cap on the relay's peak RSS; the window holds at most 1024 events by default.
 const PEAK_RSS_CAP_KIB: u64 = 150 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
