@@ -36,7 +36,11 @@ def main():
         match = NAME.match(path.name)
         if not match:
             continue
-        relay = match["relay"].replace("_", " ").strip()
+        relay = match["relay"]  # the bench's label with " ()" turned into "_"
+        if "__" in relay:
+            name, detail = relay.split("__", 1)
+            relay = f"{name} ({detail.strip('_')})"
+        relay = relay.replace("_", " ").replace("-order-tx", " + order tx")
         with path.open() as file:
             values = [float(row["latency_ms"]) for row in csv.DictReader(file)]
         series[int(match["rate"])][relay].extend(values)

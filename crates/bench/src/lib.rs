@@ -209,6 +209,8 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
     collected.checkpoint(&missing, "drain").await;
 
     if settings.runs(Section::Steady) {
+        // The plot pools every steady-*.csv in the directory: none from an earlier run.
+        remove_earlier_latency_files(&out_dir);
         let mut rates = vec![settings.steady_rate];
         match (args.high_rate, collected.ceilings.producer_tps) {
             (Some(rate), _) => rates.push(rate),
@@ -506,4 +508,20 @@ async fn plot_latency(out_dir: &Path) -> std::result::Result<String, String> {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(", "))
+}
+
+/// Removes the per-event CSVs and plots an earlier run left in `out_dir`.
+fn remove_earlier_latency_files(out_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let earlier = (name.starts_with("steady-") && name.ends_with(".csv"))
+            || (name.starts_with("latency-") && name.ends_with(".png"));
+        if earlier && let Err(error) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = %name, %error, "cannot remove an earlier run's file");
+        }
+    }
 }
