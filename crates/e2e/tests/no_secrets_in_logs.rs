@@ -363,7 +363,13 @@ impl World {
     }
 }
 
-const AMQP_PORT: u16 = 5672;
+/// The test broker's AMQP port (`TEST_AMQP_URL`, default 5672).
+fn amqp_port() -> u16 {
+    reqwest::Url::parse(&test_support::amqp_base_url())
+        .ok()
+        .and_then(|url| url.port())
+        .unwrap_or(5672)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_in_any_log_line_error_or_http_body() -> Result<()> {
@@ -408,7 +414,7 @@ async fn normal_flow(world: &World) -> Result<Vec<Captured>> {
                 &world.app_password,
                 &world.shipments_db.name,
             ),
-            world.amqp_url(&world.amqp_password, AMQP_PORT),
+            world.amqp_url(&world.amqp_password, amqp_port()),
             shipment_port,
         ),
         world.log("normal-shipment-service"),
@@ -423,7 +429,7 @@ async fn normal_flow(world: &World) -> Result<Vec<Captured>> {
     world.provision_relay().await?;
     let mut relay = Process::spawn(
         "outbox-relay",
-        &world.relay_env(&world.relay_password, AMQP_PORT, relay_port),
+        &world.relay_env(&world.relay_password, amqp_port(), relay_port),
         world.log("normal-outbox-relay"),
     )?;
     relay.wait_healthy(relay_port).await?;
@@ -527,7 +533,7 @@ fn malformed_urls(scheme: &str, user: &str, password: &str, rest: &str) -> Vec<S
 
 async fn error_paths(world: &World) -> Result<Vec<Captured>> {
     let closed_port = free_port();
-    let good_amqp = world.amqp_url(&world.amqp_password, AMQP_PORT);
+    let good_amqp = world.amqp_url(&world.amqp_password, amqp_port());
     let good_shipments_url = world.pg_url(
         &world.app_role,
         &world.app_password,
@@ -559,7 +565,7 @@ async fn error_paths(world: &World) -> Result<Vec<Captured>> {
         FailingStart {
             what: "outbox-relay, wrong DB_PASSWORD".into(),
             binary: "outbox-relay",
-            env: world.relay_env(&world.wrong_password, AMQP_PORT, free_port()),
+            env: world.relay_env(&world.wrong_password, amqp_port(), free_port()),
             mentions: vec![world.relay_role.clone()],
             exits: true,
         },
@@ -594,7 +600,7 @@ async fn error_paths(world: &World) -> Result<Vec<Captured>> {
                 "shipment-service" => {
                     world.shipment_env(url.clone(), good_amqp.clone(), free_port())
                 }
-                _ => world.relay_env(&world.relay_password, AMQP_PORT, free_port()),
+                _ => world.relay_env(&world.relay_password, amqp_port(), free_port()),
             };
             env.retain(|(name, _)| *name != "DATABASE_URL");
             env.push(("DATABASE_URL", url.clone()));
@@ -619,7 +625,7 @@ async fn error_paths(world: &World) -> Result<Vec<Captured>> {
             let mut env = if binary == "shipment-service" {
                 world.shipment_env(good_shipments_url.clone(), url.clone(), free_port())
             } else {
-                world.relay_env(&world.relay_password, AMQP_PORT, free_port())
+                world.relay_env(&world.relay_password, amqp_port(), free_port())
             };
             env.retain(|(name, _)| *name != "AMQP_URL");
             env.push(("AMQP_URL", url.clone()));
