@@ -253,7 +253,10 @@ impl Pipeline {
     async fn connect_source(&mut self) {
         let slot = &self.config.slot;
         let start = match source::slot_position(&self.config.postgres, slot).await {
-            Ok(Some(position)) => position.max(self.window.flushed()),
+            Ok(Some(position)) => {
+                self.status.set_server_wal_end(position.server_wal.0);
+                position.confirmed.max(self.window.flushed())
+            }
             Ok(None) => {
                 self.source_failed(StreamError::Setup(format!(
                     "replication slot {slot:?} no longer exists"

@@ -287,19 +287,31 @@ async fn ensure_slot(
 pub async fn slot_position(
     settings: &PostgresSettings,
     slot: &str,
-) -> Result<Option<Lsn>, StartError> {
+) -> Result<Option<SlotPosition>, StartError> {
     let mut connection = connect(settings, Duration::ZERO).await?;
-    let row: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    let row: Option<(Option<String>, String)> = sqlx::query_as(
+        "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text \
+         FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(slot)
     .fetch_optional(&mut connection)
     .await
     .map_err(sql("reading the slot position"))?;
     let _ = connection.close().await;
-    Ok(row
-        .and_then(|(lsn,)| lsn)
-        .and_then(|text| text.parse().ok()))
+    Ok(row.and_then(|(confirmed, server_wal)| {
+        Some(SlotPosition {
+            confirmed: confirmed?.parse().ok()?,
+            server_wal: server_wal.parse().ok()?,
+        })
+    }))
+}
+
+/// Where a slot stands: its confirmed position, and the server's WAL end at the same moment
+/// (so the lag is known before the first keepalive, e.g. while a relay catches up).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotPosition {
+    pub confirmed: Lsn,
+    pub server_wal: Lsn,
 }
 
 /// What the replication stream delivers, decoded.
