@@ -39,6 +39,7 @@
 //! The polling source does the same with a PostgreSQL advisory lock per table (see
 //! [`polling`]).
 
+mod backoff;
 pub mod config;
 pub mod http;
 mod message;

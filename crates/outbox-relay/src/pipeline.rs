@@ -38,6 +38,7 @@ use futures::stream::FuturesOrdered;
 use pgoutput::{Insert, LogicalReplicationMessage, Lsn};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::message;
 use crate::router::Router;
@@ -61,32 +62,6 @@ const STANDBY_RETRY: Duration = Duration::from_secs(1);
 struct Queued {
     message: OutgoingMessage,
     counters: Arc<ExchangeCounters>,
-}
-
-/// Exponential backoff from 100 ms to `max`.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Self {
-        Self {
-            next: Duration::from_millis(100),
-            max,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
 }
 
 /// The running pipeline's state.

@@ -73,6 +73,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::message;
 use crate::router::{Router, TableName};
@@ -311,30 +312,6 @@ pub async fn prepare(config: &Config) -> Result<(), PollingStartError> {
     Ok(())
 }
 
-/// Exponential backoff from 100 ms to [`MAX_BACKOFF`].
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            next: Duration::from_millis(100),
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-}
-
 /// One configured outbox table and its polling state.
 #[derive(Debug)]
 struct PolledTable {
@@ -446,7 +423,7 @@ impl Poller {
                 lock_name: format!("outbox-relay polling {name}"),
                 shape: None,
                 retry_at: now,
-                backoff: Backoff::new(),
+                backoff: Backoff::new(MAX_BACKOFF),
                 probing: false,
                 stalled: None,
             })
@@ -460,10 +437,10 @@ impl Poller {
             standby: false,
             sessions: 0,
             postgres_retry_at: now,
-            postgres_backoff: Backoff::new(),
+            postgres_backoff: Backoff::new(MAX_BACKOFF),
             sink: Some(sink),
             sink_retry_at: now,
-            sink_backoff: Backoff::new(),
+            sink_backoff: Backoff::new(MAX_BACKOFF),
             backlog_sampled_at: None,
             config,
             status,
@@ -953,16 +930,5 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("timestamp"), "\"timestamp\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_seconds() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay()).collect();
-        assert_eq!(delays[0], Duration::from_millis(100));
-        assert_eq!(delays[1], Duration::from_millis(200));
-        assert_eq!(*delays.last().unwrap(), MAX_BACKOFF);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
     }
 }
