@@ -42,7 +42,7 @@ pub(crate) fn for_row(
     Ok(Some(OutgoingMessage {
         routing_key: routed.routing_key.to_owned(),
         message_id: routed.event_id.to_owned(),
-        body: encoded.body,
+        body: encoded.body.into(),
         headers: encoded.headers,
         timestamp,
         exchange: routed.exchange,
@@ -62,7 +62,7 @@ pub(crate) fn dead_letter(
         exchange: exchange.to_owned(),
         routing_key: String::new(),
         message_id: String::new(),
-        body: router.row_as_json(insert).into_bytes(),
+        body: router.row_as_json(insert).into_bytes().into(),
         headers: vec![
             ("x-outbox-relay-error".to_owned(), reason),
             ("x-outbox-relay-table".to_owned(), table.to_owned()),

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -29,7 +30,8 @@ pub struct OutgoingMessage {
     pub exchange: String,
     pub routing_key: String,
     pub message_id: String,
-    pub body: Vec<u8>,
+    /// Shared with the pending publish: a publish (and a replay) costs no copy of the body.
+    pub body: Arc<[u8]>,
     pub headers: Vec<(String, String)>,
     /// Seconds since the Unix epoch (the transaction's commit time).
     pub timestamp: u64,
@@ -235,7 +237,7 @@ impl AmqpSink {
         let channel = self.channel.clone();
         let exchange = message.exchange.as_str().into();
         let routing_key = message.routing_key.as_str().into();
-        let body = message.body.clone();
+        let body = Arc::clone(&message.body);
         let mut publish: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(async move {
             let written = channel
                 .basic_publish(
