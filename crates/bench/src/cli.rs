@@ -39,12 +39,21 @@ pub struct Args {
     /// Small sizes and one repetition: a smoke run (correctness, not numbers).
     #[arg(long)]
     pub quick: bool,
-    /// Repetitions of every measurement (figures are median [min–max] over them).
+    /// Repetitions of the ceilings and of the HTTP measurement [default: 3], and of the
+    /// other sections when their own flag is not given (figures are median [min–max] over
+    /// them).
     #[arg(long)]
     pub repetitions: Option<usize>,
-    /// Repetitions of the steady-state runs (each is `--steady-seconds` per relay and rate).
+    /// Repetitions of the drain (each drains the backlog with every relay) [default: 2].
+    #[arg(long)]
+    pub drain_repetitions: Option<usize>,
+    /// Repetitions of the steady-state runs (each is `--steady-seconds` per relay and rate)
+    /// [default: 2].
     #[arg(long)]
     pub steady_repetitions: Option<usize>,
+    /// Repetitions of the consumer backlog [default: 2].
+    #[arg(long)]
+    pub consumer_repetitions: Option<usize>,
     /// Only these sections (comma separated); default all.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<Section>,
@@ -113,7 +122,9 @@ pub struct Args {
 pub struct Settings {
     pub quick: bool,
     pub repetitions: usize,
+    pub drain_repetitions: usize,
     pub steady_repetitions: usize,
+    pub consumer_repetitions: usize,
     pub sections: Vec<Section>,
     pub drain_events: usize,
     pub steady_seconds: f64,
@@ -144,7 +155,9 @@ impl Args {
         let settings = Settings {
             quick,
             repetitions: pick(self.repetitions, 3, 1),
+            drain_repetitions: pick(self.drain_repetitions.or(self.repetitions), 2, 1),
             steady_repetitions: pick(self.steady_repetitions.or(self.repetitions), 2, 1),
+            consumer_repetitions: pick(self.consumer_repetitions.or(self.repetitions), 2, 1),
             sections: if self.only.is_empty() {
                 Section::ALL.to_vec()
             } else {
@@ -164,7 +177,7 @@ impl Args {
             } else {
                 self.producer_concurrency.clone()
             },
-            broker_messages: pick(self.broker_messages, 100_000, 2_000),
+            broker_messages: pick(self.broker_messages, 50_000, 2_000),
             broker_window: self.broker_window,
             http_concurrency: if quick {
                 vec![1, 4]
@@ -182,8 +195,16 @@ impl Args {
             "--repetitions must be at least 1"
         );
         anyhow::ensure!(
+            settings.drain_repetitions >= 1,
+            "--drain-repetitions must be at least 1"
+        );
+        anyhow::ensure!(
             settings.steady_repetitions >= 1,
             "--steady-repetitions must be at least 1"
+        );
+        anyhow::ensure!(
+            settings.consumer_repetitions >= 1,
+            "--consumer-repetitions must be at least 1"
         );
         anyhow::ensure!(
             settings.drain_events >= 1,
@@ -242,6 +263,18 @@ mod tests {
         assert_eq!(full.drain_events, 100_000);
         assert_eq!(full.steady_seconds, 30.0);
         assert_eq!(full.sections.len(), Section::ALL.len());
+        assert_eq!((full.repetitions, full.drain_repetitions), (3, 2));
+        let explicit =
+            Args::parse_from(["bench", "--repetitions", "4", "--steady-repetitions", "1"]);
+        let explicit = explicit.settings().unwrap();
+        assert_eq!(
+            explicit.drain_repetitions, 4,
+            "--repetitions applies where no own flag"
+        );
+        assert_eq!(
+            explicit.steady_repetitions, 1,
+            "the section's own flag wins"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod steady;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -116,11 +117,13 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         steady_runs: Vec::new(),
         http_runs: Vec::new(),
         consumer_runs: Vec::new(),
+        section_seconds: Vec::new(),
         missing: Vec::new(),
     };
     let ceilings = &mut collected.ceilings;
 
     if settings.runs(Section::Ceilings) {
+        let section_started = Instant::now();
         let mut best_tps = Vec::new();
         let mut best_level = None;
         for repetition in 0..settings.repetitions {
@@ -166,12 +169,14 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                 .map(|run| run.messages_per_s)
                 .collect::<Vec<_>>(),
         );
+        collected.time_section("ceilings", section_started);
     }
 
     collected.checkpoint(&missing, "ceilings").await;
 
     let drain_repetitions = &mut collected.drain_repetitions;
     if settings.runs(Section::Drain) {
+        let section_started = Instant::now();
         let mut relays = vec![RelayKind::Ours];
         if debezium.is_some() {
             relays.push(debezium_drain);
@@ -180,7 +185,7 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         if polling {
             relays.push(RelayKind::Polling); // last: it deletes the rows
         }
-        for repetition in 0..settings.repetitions {
+        for repetition in 0..settings.drain_repetitions {
             match drain::drain_repetition(settings.drain_events, &relays, &programs, repetition)
                 .await
             {
@@ -204,11 +209,13 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                 .map(|r| r.wal_read_rows_per_s)
                 .collect::<Vec<_>>(),
         );
+        collected.time_section("drain", section_started);
     }
 
     collected.checkpoint(&missing, "drain").await;
 
     if settings.runs(Section::Steady) {
+        let section_started = Instant::now();
         // The plot pools every steady-*.csv in the directory: none from an earlier run.
         remove_earlier_latency_files(&out_dir);
         let mut rates = vec![settings.steady_rate];
@@ -229,61 +236,66 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         if polling {
             relays.push(RelayKind::Polling);
         }
-        // Every relay with the light producer; ours once more at the low rate with the
-        // order-service's whole transaction as the producer.
-        let mut runs: Vec<(f64, RelayKind, SteadyProducer)> = Vec::new();
-        for &rate in &rates {
-            runs.extend(
-                relays
-                    .iter()
-                    .map(|&kind| (rate, kind, SteadyProducer::OutboxRow)),
-            );
-        }
-        runs.push((settings.steady_rate, RelayKind::Ours, SteadyProducer::Order));
         for repetition in 0..settings.steady_repetitions {
-            for &(rate, kind, producer) in &runs {
-                {
-                    let producer_name = match producer {
-                        SteadyProducer::OutboxRow => "",
-                        SteadyProducer::Order => "-order-tx",
-                    };
-                    let run_name = format!(
-                        "steady-{rate:.0}-{repetition}-{}{producer_name}",
-                        kind.label().replace([' ', '(', ')'], "_")
-                    );
-                    match steady::steady_run(
-                        kind,
-                        producer,
-                        &programs,
+            let mut debezium_kept_up_at_low_rate = None;
+            for (rate, kind, producer) in steady_plan(&rates, &relays, repetition) {
+                let skip_debezium = matches!(kind, RelayKind::Debezium { .. })
+                    && rate != settings.steady_rate
+                    && debezium_kept_up_at_low_rate == Some(false);
+                if skip_debezium {
+                    tracing::info!(
                         rate,
-                        settings.steady_seconds,
-                        &run_name,
-                        &out_dir,
-                    )
-                    .await
-                    {
-                        Ok(run) => {
-                            tracing::info!(
-                                relay = %run.relay,
-                                rate,
-                                p99_ms = run.latency_ms.map(|l| l.p99),
-                                keeps_up = run.keeps_up,
-                                "steady run"
-                            );
-                            collected.steady_runs.push(run);
-                            collected.checkpoint(&missing, "steady").await;
+                        "Debezium did not keep up at the low rate: not run at the higher one"
+                    );
+                    continue;
+                }
+                let producer_name = match producer {
+                    SteadyProducer::OutboxRow => "",
+                    SteadyProducer::Order => "-order-tx",
+                };
+                let run_name = format!(
+                    "steady-{rate:.0}-{repetition}-{}{producer_name}",
+                    kind.label().replace([' ', '(', ')'], "_")
+                );
+                match steady::steady_run(
+                    kind,
+                    producer,
+                    &programs,
+                    rate,
+                    settings.steady_seconds,
+                    &run_name,
+                    &out_dir,
+                )
+                .await
+                {
+                    Ok(run) => {
+                        tracing::info!(
+                            relay = %run.relay,
+                            rate,
+                            p99_ms = run.latency_ms.map(|l| l.p99),
+                            keeps_up = run.keeps_up,
+                            "steady run"
+                        );
+                        if matches!(kind, RelayKind::Debezium { .. })
+                            && rate == settings.steady_rate
+                        {
+                            debezium_kept_up_at_low_rate = Some(run.keeps_up);
                         }
-                        Err(error) => missing.push(format!(
-                            "steady {rate:.0}/s with {}, repetition {repetition}: {error:#}",
-                            kind.label()
-                        )),
+                        collected.steady_runs.push(run);
+                        collected.checkpoint(&missing, "steady").await;
                     }
+                    Err(error) => missing.push(format!(
+                        "steady {rate:.0}/s with {}, repetition {repetition}: {error:#}",
+                        kind.label()
+                    )),
                 }
             }
         }
+        collected.time_section("steady", section_started);
     }
 
     if settings.runs(Section::Http) {
+        let section_started = Instant::now();
         for repetition in 0..settings.repetitions {
             match http_load::http_repetition(&settings.http_concurrency, settings.http_seconds)
                 .await
@@ -292,12 +304,14 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                 Err(error) => missing.push(format!("HTTP, repetition {repetition}: {error:#}")),
             }
         }
+        collected.time_section("HTTP", section_started);
     }
 
     collected.checkpoint(&missing, "HTTP").await;
 
     if settings.runs(Section::Consumer) {
-        for repetition in 0..settings.repetitions {
+        let section_started = Instant::now();
+        for repetition in 0..settings.consumer_repetitions {
             match consumer::consumer_repetition(settings.consumer_events).await {
                 Ok(run) => {
                     tracing::info!(
@@ -312,6 +326,7 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                 }
             }
         }
+        collected.time_section("consumer", section_started);
     }
 
     if settings.runs(Section::Steady) {
@@ -330,6 +345,32 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
     Ok(report)
 }
 
+/// The steady-state runs of one repetition, in order: at every rate our relay and Debezium;
+/// the polling relay at the first (low) rate only, since its latency is bounded below by its
+/// poll interval at any rate; in the first repetition, our relay once more at the low rate
+/// with the order-service's whole transaction as the producer.
+fn steady_plan(
+    rates: &[f64],
+    relays: &[RelayKind],
+    repetition: usize,
+) -> Vec<(f64, RelayKind, SteadyProducer)> {
+    let mut runs = Vec::new();
+    for (index, &rate) in rates.iter().enumerate() {
+        for &kind in relays {
+            if kind == RelayKind::Polling && index > 0 {
+                continue;
+            }
+            runs.push((rate, kind, SteadyProducer::OutboxRow));
+        }
+    }
+    if repetition == 0
+        && let Some(&low_rate) = rates.first()
+    {
+        runs.push((low_rate, RelayKind::Ours, SteadyProducer::Order));
+    }
+    runs
+}
+
 /// What has been measured so far; [`Collected::checkpoint`] writes it as a report after each
 /// section, so an interrupted run still leaves its figures behind.
 struct Collected {
@@ -343,10 +384,18 @@ struct Collected {
     steady_runs: Vec<steady::SteadyRun>,
     http_runs: Vec<Vec<http_load::HttpRun>>,
     consumer_runs: Vec<consumer::ConsumerRun>,
+    /// Wall-clock seconds each section took, in order.
+    section_seconds: Vec<(String, f64)>,
     missing: Vec<String>,
 }
 
 impl Collected {
+    fn time_section(&mut self, section: &str, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(section, seconds = seconds.round(), "section done");
+        self.section_seconds.push((section.to_owned(), seconds));
+    }
+
     async fn report(&self) -> Report {
         let now = machine().await;
         let mut report = Report {
@@ -378,6 +427,7 @@ impl Collected {
                     .collect::<Vec<_>>(),
             ),
             consumer_runs: self.consumer_runs.clone(),
+            section_seconds: self.section_seconds.clone(),
             ratios_vs_debezium: Vec::new(),
             targets: Vec::new(),
             missing: self.missing.clone(),
@@ -523,5 +573,37 @@ fn remove_earlier_latency_files(out_dir: &Path) {
         if earlier && let Err(error) = std::fs::remove_file(entry.path()) {
             tracing::warn!(file = %name, %error, "cannot remove an earlier run's file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_plan_runs_polling_at_the_low_rate_and_the_order_tx_once() {
+        let relays = [RelayKind::Ours, RelayKind::Polling];
+        let first = steady_plan(&[1000.0, 1118.0], &relays, 0);
+        let polling_rates: Vec<f64> = first
+            .iter()
+            .filter(|(_, kind, _)| *kind == RelayKind::Polling)
+            .map(|(rate, _, _)| *rate)
+            .collect();
+        assert_eq!(polling_rates, vec![1000.0]);
+        let ours_rates: Vec<f64> = first
+            .iter()
+            .filter(|(_, kind, producer)| {
+                *kind == RelayKind::Ours && *producer == SteadyProducer::OutboxRow
+            })
+            .map(|(rate, _, _)| *rate)
+            .collect();
+        assert_eq!(ours_rates, vec![1000.0, 1118.0]);
+        let order_tx = |plan: &[(f64, RelayKind, SteadyProducer)]| {
+            plan.iter()
+                .filter(|(_, _, producer)| *producer == SteadyProducer::Order)
+                .count()
+        };
+        assert_eq!(order_tx(&first), 1);
+        assert_eq!(order_tx(&steady_plan(&[1000.0, 1118.0], &relays, 1)), 0);
     }
 }

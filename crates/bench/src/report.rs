@@ -164,6 +164,8 @@ pub struct Report {
     pub consumer_service_events_per_s: Option<Summary>,
     pub consumer_direct_sql_events_per_s: Option<Summary>,
     pub consumer_runs: Vec<ConsumerRun>,
+    /// Wall-clock seconds each section took.
+    pub section_seconds: Vec<(String, f64)>,
     /// Ours ÷ Debezium, medians: throughput (drain), p99 latency per rate, peak RSS.
     pub ratios_vs_debezium: Vec<(String, f64)>,
     pub targets: Vec<TargetCheck>,
@@ -295,13 +297,25 @@ impl Report {
             (high_rate, ours_high, dbz_high),
         ] {
             let rate = rate.map_or_else(|| "80% of 1a".to_owned(), |r| format!("{r:.0}/s"));
-            targets.push(check(
-                &format!(
-                    "steady {rate}: p99 below Debezium's (poll.interval.ms {debezium_poll_ms})"
-                ),
-                p99(dbz_run).zip(p99(ours_run)),
-                &|z, o| format!("{o:.1} ms vs Debezium {z:.1} ms"),
-            ));
+            let target = format!(
+                "steady {rate}: p99 below Debezium's (poll.interval.ms {debezium_poll_ms})"
+            );
+            // The bench does not run Debezium at the high rate when it fell behind at the low
+            // one: its p99 there can only be worse, so the low rate's p99 is a lower bound.
+            let inferred =
+                dbz_run.is_none() && ours_run.is_some() && dbz_low.is_some_and(|low| !low.keeps_up);
+            if inferred {
+                targets.push(check(&target, p99(dbz_low).zip(p99(ours_run)), &|z, o| {
+                    format!(
+                        "{o:.1} ms vs Debezium > {z:.1} ms (not run at this rate: it did not \
+                         keep up at {low_rate:.0}/s)"
+                    )
+                }));
+                continue;
+            }
+            targets.push(check(&target, p99(dbz_run).zip(p99(ours_run)), &|z, o| {
+                format!("{o:.1} ms vs Debezium {z:.1} ms")
+            }));
             if let (Some(o), Some(z)) = (p99(ours_run), p99(dbz_run)) {
                 ratios.push((format!("p99 latency at {rate}"), o / z));
             }
@@ -371,9 +385,27 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "figures: median [min–max] over {} repetitions ({} for steady state)",
-            self.settings.repetitions, self.settings.steady_repetitions
+            "figures: median [min–max] over the repetitions: {} for ceilings and HTTP, {} for the \
+             drain, {} for steady state, {} for the consumer",
+            self.settings.repetitions,
+            self.settings.drain_repetitions,
+            self.settings.steady_repetitions,
+            self.settings.consumer_repetitions
         );
+        if !self.section_seconds.is_empty() {
+            let total: f64 = self.section_seconds.iter().map(|(_, s)| s).sum();
+            let parts: Vec<String> = self
+                .section_seconds
+                .iter()
+                .map(|(section, seconds)| format!("{section} {seconds:.0} s"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "time: {} (total {:.1} min)",
+                parts.join(", "),
+                total / 60.0
+            );
+        }
         let c = &self.ceilings;
         let _ = writeln!(out, "\n-- ceilings");
         let _ = writeln!(
