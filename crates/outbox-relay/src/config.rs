@@ -229,7 +229,7 @@ pub struct Cli {
     pub log_format: Option<String>,
 
     /// Where events come from: replication (logical replication of the WAL) | polling
-    /// (SELECT ... FOR UPDATE SKIP LOCKED, publish, DELETE; for databases where logical
+    /// (SELECT ... FOR UPDATE NOWAIT, publish, DELETE; for databases where logical
     /// replication is not allowed) [default: replication].
     #[arg(long, env = "RELAY_SOURCE")]
     pub source: Option<String>,

@@ -8,7 +8,7 @@
 //! `message_id`).
 //!
 //! Where logical replication is not allowed, `--source polling` ([`polling`]) reads the
-//! outbox table instead (`SELECT ... FOR UPDATE SKIP LOCKED`, publish, confirm, `DELETE`), with
+//! outbox table instead (`SELECT ... FOR UPDATE NOWAIT`, publish, confirm, `DELETE`), with
 //! the same router, wire formats, sink, `/health` and metrics, and the trade-offs its module
 //! documents (timestamp order rather than commit order, latency of a poll interval).
 //!
@@ -19,6 +19,7 @@
 //! - [`router`]: outbox row → exchange, routing key, message id, headers, payload.
 //! - `message`: a routed row → the AMQP message (or its dead-letter form), for both sources.
 //! - [`sink`]: RabbitMQ publisher with confirms, `mandatory`, exchange declaration.
+//! - `broker`: the sink's connection and its reconnect step with backoff, for both sources.
 //! - [`window`]: in-flight events and the flush position derived from their confirms.
 //! - `pipeline`: the task tying them together, with retries, reconnects and shutdown
 //!   (the replication source; the polling source has its own loop in [`polling`]).
@@ -40,6 +41,7 @@
 //! [`polling`]).
 
 mod backoff;
+mod broker;
 pub mod config;
 pub mod http;
 mod message;

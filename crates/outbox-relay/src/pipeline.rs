@@ -39,29 +39,30 @@ use pgoutput::{Insert, LogicalReplicationMessage, Lsn};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::broker::BrokerConnection;
 use crate::config::Config;
 use crate::message;
 use crate::router::Router;
 use crate::sink::{AmqpSink, Outcome, OutgoingMessage, PendingConfirm, SinkError};
 use crate::source::{self, ReplicationStream, SourceEvent, StreamError};
 use crate::telemetry::{
-    ExchangeCounters, ExchangeMetrics, IN_FLIGHT, LAG_BYTES, OLDEST_UNCONFIRMED_AGE,
-    PUBLISH_CONFIRM_SECONDS, RECONNECTS, RelayStatus, UNROUTABLE,
+    CommitDelays, CommitTime, ExchangeCounters, ExchangeMetrics, IN_FLIGHT, LAG_BYTES,
+    OLDEST_UNCONFIRMED_AGE, PUBLISH_CONFIRM_SECONDS, RECONNECTS, RelayStatus, UNROUTABLE,
+    unix_micros_now,
 };
 use crate::window::InFlightWindow;
 
-/// Seconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
-const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 /// A publish whose confirm takes longer than this means a broken broker connection.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a standby relay tries to take the slot.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
-/// An event in the window with its exchange's counters.
+/// An event in the window with its exchange's counters and its transaction's commit time.
 #[derive(Debug)]
 struct Queued {
     message: OutgoingMessage,
     counters: Arc<ExchangeCounters>,
+    commit_time: CommitTime,
 }
 
 /// The running pipeline's state.
@@ -70,11 +71,10 @@ pub(crate) struct Pipeline {
     status: Arc<RelayStatus>,
     router: Router,
     exchange_metrics: ExchangeMetrics,
+    commit_delays: CommitDelays,
     window: InFlightWindow<Queued>,
     confirms: FuturesOrdered<PendingConfirm>,
-    sink: Option<AmqpSink>,
-    sink_retry_at: Instant,
-    sink_backoff: Backoff,
+    broker: BrokerConnection,
     source: Option<ReplicationStream>,
     source_retry_at: Instant,
     source_backoff: Backoff,
@@ -82,7 +82,8 @@ pub(crate) struct Pipeline {
     /// Replication sessions started so far (the first is not a reconnect).
     sessions: u64,
     in_transaction: bool,
-    commit_time_micros: i64,
+    /// The open transaction's commit time (pgoutput sends it in Begin).
+    commit_time: CommitTime,
     /// After a return/nack: publishing waits until then, then probes with one event.
     paused_until: Option<Instant>,
     probing: bool,
@@ -117,24 +118,22 @@ impl Pipeline {
         sink: AmqpSink,
         start: Lsn,
     ) -> Self {
-        status.set_broker_connected(true);
         status.set_confirmed_lsn(start.0);
         let now = Instant::now();
         Self {
             router: Router::new(config.router.clone()),
             exchange_metrics: ExchangeMetrics::default(),
+            commit_delays: CommitDelays::register(),
             window: InFlightWindow::new(config.window_events, config.window_bytes, start),
             confirms: FuturesOrdered::new(),
-            sink: Some(sink),
-            sink_retry_at: now,
-            sink_backoff: Backoff::new(Duration::from_secs(5)),
+            broker: BrokerConnection::new(sink, &status),
             source: None,
             source_retry_at: now,
             source_backoff: Backoff::new(Duration::from_secs(5)),
             standby: false,
             sessions: 0,
             in_transaction: false,
-            commit_time_micros: 0,
+            commit_time: CommitTime::from_unix_micros(0),
             paused_until: None,
             probing: false,
             return_backoff: Backoff::new(Duration::from_secs(5)),
@@ -216,9 +215,7 @@ impl Pipeline {
                 )
                 .await;
         }
-        if let Some(sink) = self.sink.take() {
-            sink.close().await;
-        }
+        self.broker.close().await;
         self.status.set_streaming(false);
         self.status.set_broker_connected(false);
         tracing::info!(flushed = %flushed, "relay stopped");
@@ -309,7 +306,7 @@ impl Pipeline {
         match event {
             SourceEvent::Begin { commit_time_micros } => {
                 self.in_transaction = true;
-                self.commit_time_micros = commit_time_micros;
+                self.commit_time = CommitTime::from_postgres_micros(commit_time_micros);
             }
             SourceEvent::Message(LogicalReplicationMessage::Relation(relation)) => {
                 self.router.on_relation(&relation);
@@ -338,9 +335,7 @@ impl Pipeline {
     }
 
     fn on_insert(&mut self, insert: &Insert) {
-        let timestamp =
-            u64::try_from(self.commit_time_micros.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECONDS)
-                .unwrap_or(0);
+        let timestamp = self.commit_time.unix_seconds();
         let message = match message::for_row(&self.router, &self.config, insert, timestamp) {
             Ok(None) => return,
             Ok(Some(message)) => message,
@@ -354,7 +349,11 @@ impl Pipeline {
         counters.received.increment(1);
         let size = message.size();
         self.window.push_event(
-            Queued { message, counters },
+            Queued {
+                message,
+                counters,
+                commit_time: self.commit_time,
+            },
             size,
             Instant::now().into_std(),
         );
@@ -397,42 +396,17 @@ impl Pipeline {
 
     /// Reconnects to the broker when it is down and its backoff has passed.
     async fn ensure_sink(&mut self) {
-        if let Some(sink) = &self.sink {
-            if sink.is_connected() {
-                return;
-            }
+        if self.broker.is_lost() {
             self.broker_failed("connection to RabbitMQ closed".to_owned())
                 .await;
         }
-        if Instant::now() < self.sink_retry_at {
-            return;
-        }
-        let connect = AmqpSink::connect(&self.config.amqp, self.config.exchange_type);
-        match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok(sink)) => {
-                tracing::info!(broker = %self.config.amqp.display, "reconnected to RabbitMQ");
-                metrics::counter!(RECONNECTS, "server" => "rabbitmq").increment(1);
-                self.sink = Some(sink);
-                self.sink_backoff.reset();
-                self.status.set_broker_connected(true);
-                self.status.set_last_error(None);
-            }
-            Ok(Err(error)) => self.sink_retry(error.to_string()),
-            Err(_) => self.sink_retry("connection attempt timed out".to_owned()),
-        }
-    }
-
-    fn sink_retry(&mut self, reason: String) {
-        let delay = self.sink_backoff.next_delay();
-        tracing::warn!(%reason, retry_in = ?delay, "RabbitMQ unavailable");
-        self.status
-            .set_last_error(Some(format!("RabbitMQ: {reason}")));
-        self.sink_retry_at = Instant::now() + delay;
+        // While down, the loop's tick brings it back here.
+        let _ = self.broker.reconnect(&self.config, &self.status).await;
     }
 
     /// Publishes every unpublished event the current mode allows.
     async fn publish_ready(&mut self) -> Result<(), SinkError> {
-        let Some(sink) = self.sink.as_mut() else {
+        let Some(sink) = self.broker.sink() else {
             return Ok(());
         };
         if let Some(until) = self.paused_until {
@@ -452,6 +426,8 @@ impl Pipeline {
                 return Ok(());
             };
             let confirm = sink.publish(&queued.message).await?;
+            self.commit_delays
+                .published(queued.commit_time, unix_micros_now());
             queued.counters.published.increment(1);
             self.status.add_published();
             self.confirms.push_back(confirm);
@@ -468,6 +444,8 @@ impl Pipeline {
                     metrics::histogram!(PUBLISH_CONFIRM_SECONDS)
                         .record(published_at.elapsed().as_secs_f64());
                 }
+                self.commit_delays
+                    .confirmed(event.message.commit_time, unix_micros_now());
                 event.message.counters.confirmed.increment(1);
                 self.status.add_confirmed();
                 if let Some(lsn) = moved {
@@ -547,18 +525,17 @@ impl Pipeline {
 
     /// The broker connection is unusable: drop it, publish the whole window again later.
     async fn broker_failed(&mut self, reason: String) {
-        tracing::warn!(%reason, in_flight = self.window.events(), "RabbitMQ connection failed; will reconnect and publish in-flight events again");
-        self.status.set_broker_connected(false);
-        self.status
-            .set_last_error(Some(format!("RabbitMQ: {reason}")));
         self.confirms = FuturesOrdered::new();
         self.window.replay_all();
         self.probing = false;
-        if let Some(sink) = self.sink.take() {
-            // Closing a dead connection can hang: bound it.
-            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-        }
-        self.sink_retry_at = Instant::now() + self.sink_backoff.next_delay();
+        self.broker
+            .fail(
+                &self.status,
+                &reason,
+                "will reconnect and publish in-flight events again",
+                self.window.events(),
+            )
+            .await;
     }
 
     async fn on_tick(&mut self) {

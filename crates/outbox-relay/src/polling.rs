@@ -7,7 +7,7 @@
 //! ```sql
 //! BEGIN;
 //! SELECT <every column>::text, ctid, ... FROM <table>
-//!   ORDER BY "timestamp", <event id> LIMIT <batch> FOR UPDATE SKIP LOCKED;
+//!   ORDER BY "timestamp", <event id> LIMIT <batch> FOR UPDATE NOWAIT;
 //! -- route and encode every row, publish all with confirms, await every confirm
 //! DELETE FROM <table> WHERE ctid = ANY(<the published rows>);
 //! COMMIT;
@@ -18,7 +18,9 @@
 //! `Relation`, and each row becomes a pgoutput `Insert` with text values (the `::text` cast
 //! gives the same type output function pgoutput uses), so a row yields the same message body
 //! and headers from either source. The AMQP `timestamp` is the row's `timestamp` column (the
-//! replication source uses the commit time), or the poll time without one.
+//! replication source uses the commit time), or the poll time without one. That column is
+//! also the event's "commit time" for `outbox_relay_commit_to_{publish,confirm}_seconds`
+//! (the producer sets it inside its transaction); a table without one records neither.
 //!
 //! A full batch polls again at once; a shorter one waits `RELAY_POLL_INTERVAL_MS`.
 //! The published rows are deleted by `ctid` (stable while the batch holds their row locks),
@@ -42,7 +44,14 @@
 //! own session and polls only while it holds all of them. A second relay on the same table
 //! stands by (`/health`: `standby: true`, 503) and retries every second; when the active
 //! relay's session ends, PostgreSQL releases its locks and the standby takes over. One
-//! poller per table keeps the per-aggregate order that `SKIP LOCKED` alone would break.
+//! poller per table keeps the per-aggregate order that concurrent pollers would break.
+//!
+//! The select locks its rows `NOWAIT`, not `SKIP LOCKED`: with one poller, the only other
+//! lockers of outbox rows are other sessions updating or deleting them (an operator fixing
+//! a row), and skipping such a row would publish the rows after it first, breaking the
+//! table's order and the stall at an unroutable row. When a row is locked the poll fails at
+//! once (`lock_not_available`), rolls back and retries that table with backoff (up to 5 s)
+//! until the lock is released; other tables go on.
 //!
 //! # Trade-offs against the replication source
 //! - Order is `timestamp` order, not commit order: two concurrent transactions can commit in
@@ -68,20 +77,23 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use pgoutput::{Column, Insert, Relation, TupleData, TupleValue};
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::broker::BrokerConnection;
 use crate::config::Config;
 use crate::message;
 use crate::router::{Router, TableName};
 use crate::sink::{AmqpSink, Outcome, OutgoingMessage};
 use crate::source::{self, StartError};
 use crate::telemetry::{
-    ExchangeCounters, ExchangeMetrics, IN_FLIGHT, OLDEST_UNCONFIRMED_AGE, POLLING_BACKLOG_ROWS,
-    PUBLISH_CONFIRM_SECONDS, RECONNECTS, RelayStatus, UNROUTABLE,
+    CommitDelays, CommitTime, ExchangeCounters, ExchangeMetrics, IN_FLIGHT, OLDEST_UNCONFIRMED_AGE,
+    POLLING_BACKLOG_ROWS, PUBLISH_CONFIRM_SECONDS, RECONNECTS, RelayStatus, UNROUTABLE,
+    unix_micros_now,
 };
 
 /// The column the polling source orders by when the table has it.
@@ -143,7 +155,7 @@ fn quote_ident(name: &str) -> String {
 struct TableShape {
     /// The table as pgoutput would describe it; its id is the table's OID.
     relation: Relation,
-    /// Whether the select list ends with the `timestamp` column as Unix seconds.
+    /// Whether the select list ends with the `timestamp` column as Unix microseconds.
     has_epoch: bool,
     /// Whether an index leads with the first ORDER BY column.
     order_indexed: bool,
@@ -216,7 +228,7 @@ async fn describe(
     select_list.push("ctid::text".to_owned());
     let ts = quote_ident(TIMESTAMP_COLUMN);
     if has_epoch {
-        select_list.push(format!("extract(epoch FROM {ts})::int8"));
+        select_list.push(format!("(extract(epoch FROM {ts}) * 1000000)::int8"));
     }
     let order_by = if timestamp.is_some() {
         format!("{ts}, {}", quote_ident(id_column))
@@ -224,7 +236,7 @@ async fn describe(
         quote_ident(id_column)
     };
     let select_sql = format!(
-        "SELECT {} FROM {quoted} ORDER BY {order_by} LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT {} FROM {quoted} ORDER BY {order_by} LIMIT $1 FOR UPDATE NOWAIT",
         select_list.join(", ")
     );
     let delete_sql = format!("DELETE FROM {quoted} WHERE ctid = ANY($1::tid[])");
@@ -328,13 +340,16 @@ struct PolledTable {
     probing: bool,
     /// Why the table does not advance, if it does not.
     stalled: Option<String>,
+    /// The last poll found a row locked by another session (logged once per wait).
+    waiting_for_lock: bool,
 }
 
 /// A row read from an outbox table.
 struct PolledRow {
     insert: Insert,
     ctid: String,
-    epoch_seconds: Option<i64>,
+    /// The row's `timestamp` column, when the table has one and it is not NULL.
+    stamped: Option<CommitTime>,
 }
 
 fn read_row(shape: &TableShape, row: &PgRow) -> Result<PolledRow, sqlx::Error> {
@@ -345,7 +360,7 @@ fn read_row(shape: &TableShape, row: &PgRow) -> Result<PolledRow, sqlx::Error> {
         columns.push(value.map_or(TupleValue::Null, |text| TupleValue::Text(Bytes::from(text))));
     }
     let ctid: String = row.try_get(count)?;
-    let epoch_seconds: Option<i64> = if shape.has_epoch {
+    let epoch_micros: Option<i64> = if shape.has_epoch {
         row.try_get(count + 1)?
     } else {
         None
@@ -356,7 +371,7 @@ fn read_row(shape: &TableShape, row: &PgRow) -> Result<PolledRow, sqlx::Error> {
             new_tuple: TupleData { columns },
         },
         ctid,
-        epoch_seconds,
+        stamped: epoch_micros.map(CommitTime::from_unix_micros),
     })
 }
 
@@ -364,6 +379,13 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+/// A row of the batch under way, routed and encoded.
+struct BatchEvent {
+    message: OutgoingMessage,
+    counters: Arc<ExchangeCounters>,
+    stamped: Option<CommitTime>,
 }
 
 /// Why a batch was abandoned (rolled back).
@@ -379,12 +401,21 @@ fn postgres_error(error: sqlx::Error) -> BatchError {
     BatchError::Postgres(error.to_string())
 }
 
+/// Whether a `NOWAIT` lock found a row locked by another session (SQLSTATE 55P03).
+fn is_lock_not_available(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "55P03")
+}
+
 /// The polling worker.
 pub(crate) struct Poller {
     config: Arc<Config>,
     status: Arc<RelayStatus>,
     router: Router,
     exchange_metrics: ExchangeMetrics,
+    commit_delays: CommitDelays,
     tables: Vec<PolledTable>,
     connection: Option<PgConnection>,
     /// Holding every table's advisory lock.
@@ -394,9 +425,7 @@ pub(crate) struct Poller {
     sessions: u64,
     postgres_retry_at: Instant,
     postgres_backoff: Backoff,
-    sink: Option<AmqpSink>,
-    sink_retry_at: Instant,
-    sink_backoff: Backoff,
+    broker: BrokerConnection,
     backlog_sampled_at: Option<Instant>,
 }
 
@@ -411,7 +440,6 @@ impl std::fmt::Debug for Poller {
 
 impl Poller {
     pub(crate) fn new(config: Arc<Config>, status: Arc<RelayStatus>, sink: AmqpSink) -> Self {
-        status.set_broker_connected(true);
         let now = Instant::now();
         let tables = config
             .router
@@ -426,11 +454,13 @@ impl Poller {
                 backoff: Backoff::new(MAX_BACKOFF),
                 probing: false,
                 stalled: None,
+                waiting_for_lock: false,
             })
             .collect();
         Self {
             router: Router::new(config.router.clone()),
             exchange_metrics: ExchangeMetrics::default(),
+            commit_delays: CommitDelays::register(),
             tables,
             connection: None,
             active: false,
@@ -438,9 +468,7 @@ impl Poller {
             sessions: 0,
             postgres_retry_at: now,
             postgres_backoff: Backoff::new(MAX_BACKOFF),
-            sink: Some(sink),
-            sink_retry_at: now,
-            sink_backoff: Backoff::new(MAX_BACKOFF),
+            broker: BrokerConnection::new(sink, &status),
             backlog_sampled_at: None,
             config,
             status,
@@ -485,9 +513,7 @@ impl Poller {
             // Closing the session releases the advisory locks for a standby.
             let _ = tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
         }
-        if let Some(sink) = self.sink.take() {
-            sink.close().await;
-        }
+        self.broker.close().await;
         self.status.set_streaming(false);
         self.status.set_broker_connected(false);
         tracing::info!("relay stopped");
@@ -645,55 +671,27 @@ impl Poller {
 
     /// Reconnects to the broker when it is down; `Some(wait)` when not connected.
     async fn ensure_sink(&mut self) -> Option<Duration> {
-        if self.sink.as_ref().is_some_and(AmqpSink::is_connected) {
-            return None;
-        }
-        if self.sink.is_some() {
+        if self.broker.is_lost() {
             return Some(
                 self.broker_failed("connection to RabbitMQ closed".to_owned())
                     .await,
             );
         }
-        let now = Instant::now();
-        if now < self.sink_retry_at {
-            return Some(self.sink_retry_at - now);
-        }
-        let connect = AmqpSink::connect(&self.config.amqp, self.config.exchange_type);
-        let reason = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok(sink)) => {
-                tracing::info!(broker = %self.config.amqp.display, "reconnected to RabbitMQ");
-                metrics::counter!(RECONNECTS, "server" => "rabbitmq").increment(1);
-                self.sink = Some(sink);
-                self.sink_backoff.reset();
-                self.status.set_broker_connected(true);
-                self.status.set_last_error(None);
-                return None;
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "connection attempt timed out".to_owned(),
-        };
-        let delay = self.sink_backoff.next_delay();
-        tracing::warn!(%reason, retry_in = ?delay, "RabbitMQ unavailable");
-        self.status
-            .set_last_error(Some(format!("RabbitMQ: {reason}")));
-        self.sink_retry_at = Instant::now() + delay;
-        Some(delay)
+        self.broker.reconnect(&self.config, &self.status).await
     }
 
     /// Drops the broker connection and schedules a reconnect.
     async fn broker_failed(&mut self, reason: String) -> Duration {
-        let delay = self.sink_backoff.next_delay();
-        tracing::warn!(%reason, retry_in = ?delay, "RabbitMQ connection failed; the batch under way is rolled back and published again");
-        self.status.set_broker_connected(false);
-        self.status
-            .set_last_error(Some(format!("RabbitMQ: {reason}")));
+        let in_flight = self.status.in_flight();
         self.status.set_in_flight(0);
-        if let Some(sink) = self.sink.take() {
-            // Closing a dead connection can hang: bound it.
-            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-        }
-        self.sink_retry_at = Instant::now() + delay;
-        delay
+        self.broker
+            .fail(
+                &self.status,
+                &reason,
+                "the batch under way is rolled back and published again",
+                in_flight,
+            )
+            .await
     }
 
     /// Sets the backlog gauges: rows per table and the oldest row's age.
@@ -724,16 +722,17 @@ impl Poller {
             status,
             router,
             exchange_metrics,
+            commit_delays,
             tables,
             connection,
-            sink,
+            broker,
             ..
         } = self;
         let table = &mut tables[index];
         let (Some(connection), Some(shape)) = (connection.as_mut(), table.shape.as_ref()) else {
             return Err(BatchError::Postgres("no session".to_owned()));
         };
-        let Some(sink) = sink.as_mut() else {
+        let Some(sink) = broker.sink() else {
             return Err(BatchError::Broker("not connected".to_owned()));
         };
         let limit = if table.probing {
@@ -744,11 +743,32 @@ impl Poller {
 
         let batch_started = Instant::now();
         let mut transaction = connection.begin().await.map_err(postgres_error)?;
-        let rows = sqlx::query(&shape.select_sql)
+        let selected = sqlx::query(&shape.select_sql)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *transaction)
-            .await
-            .map_err(postgres_error)?;
+            .await;
+        let rows = match selected {
+            Ok(rows) => rows,
+            Err(error) if is_lock_not_available(&error) => {
+                transaction.rollback().await.map_err(postgres_error)?;
+                let delay = table.backoff.next_delay();
+                if !table.waiting_for_lock {
+                    tracing::info!(
+                        table = %table.display, retry_in = ?delay,
+                        "a row to relay next is locked by another session (an UPDATE or \
+                         DELETE under way?): waiting for it, to keep the table's order"
+                    );
+                }
+                table.waiting_for_lock = true;
+                table.retry_at = Instant::now() + delay;
+                return Ok(false);
+            }
+            Err(error) => return Err(postgres_error(error)),
+        };
+        if std::mem::take(&mut table.waiting_for_lock) && table.stalled.is_none() && !table.probing
+        {
+            table.backoff.reset();
+        }
         if rows.is_empty() {
             transaction.rollback().await.map_err(postgres_error)?;
             // Whatever blocked the table (a bad row, a refused event) is gone.
@@ -760,16 +780,14 @@ impl Poller {
             return Ok(false);
         }
 
-        let mut messages: Vec<(OutgoingMessage, Arc<ExchangeCounters>)> =
-            Vec::with_capacity(rows.len());
+        let mut messages: Vec<BatchEvent> = Vec::with_capacity(rows.len());
         let mut ctids = Vec::with_capacity(rows.len());
         let mut stalled_on_row = None;
         for row in &rows {
             let polled = read_row(shape, row).map_err(postgres_error)?;
             let timestamp = polled
-                .epoch_seconds
-                .and_then(|seconds| u64::try_from(seconds).ok())
-                .unwrap_or_else(unix_now);
+                .stamped
+                .map_or_else(unix_now, CommitTime::unix_seconds);
             let message = match message::for_row(router, config, &polled.insert, timestamp) {
                 Ok(Some(message)) => message,
                 Ok(None) => {
@@ -788,7 +806,11 @@ impl Poller {
                 }
             };
             let counters = exchange_metrics.get(&message.exchange);
-            messages.push((message, counters));
+            messages.push(BatchEvent {
+                message,
+                counters,
+                stamped: polled.stamped,
+            });
             ctids.push(polled.ctid);
         }
 
@@ -797,15 +819,19 @@ impl Poller {
         metrics::gauge!(IN_FLIGHT).set(messages.len() as f64);
         let published_at = Instant::now();
         let mut confirms = Vec::with_capacity(messages.len());
-        for (message, counters) in &messages {
-            counters.received.increment(1);
+        for event in &messages {
+            event.counters.received.increment(1);
             let confirm = sink
-                .publish(message)
+                .publish(&event.message)
                 .await
                 .map_err(|error| BatchError::Broker(error.to_string()))?;
-            counters.published.increment(1);
+            if let Some(stamped) = event.stamped {
+                commit_delays.published(stamped, unix_micros_now());
+            }
+            event.counters.published.increment(1);
             status.add_published();
-            confirms.push(confirm);
+            // Each confirm's own arrival time, for the commit-to-confirm delay.
+            confirms.push(confirm.map(|outcome| (outcome, unix_micros_now())));
         }
         let outcomes = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(confirms))
             .await
@@ -817,11 +843,15 @@ impl Poller {
         status.set_in_flight(0);
         metrics::gauge!(IN_FLIGHT).set(0.0);
         let mut refused = None;
-        for ((message, counters), outcome) in messages.iter().zip(outcomes) {
+        for (event, (outcome, confirmed_at)) in messages.iter().zip(outcomes) {
+            let message = &event.message;
             match outcome {
                 Outcome::Delivered => {
                     metrics::histogram!(PUBLISH_CONFIRM_SECONDS).record(confirm_seconds);
-                    counters.confirmed.increment(1);
+                    if let Some(stamped) = event.stamped {
+                        commit_delays.confirmed(stamped, confirmed_at);
+                    }
+                    event.counters.confirmed.increment(1);
                     status.add_confirmed();
                 }
                 Outcome::Failed(reason) => return Err(BatchError::Broker(reason)),

@@ -5,6 +5,9 @@
 //! - `events_received_total{exchange}`, `events_published_total{exchange}`,
 //!   `events_confirmed_total{exchange}`: counters along the pipeline;
 //! - `publish_confirm_seconds`: histogram of publish-to-confirm latency;
+//! - `commit_to_publish_seconds`, `commit_to_confirm_seconds`: histograms of how far behind
+//!   the source each event is when the relay hands it to the broker, and when the broker
+//!   confirms it (see [`CommitDelays`]);
 //! - `confirmed_lsn`: the flush position (as a number), `lag_bytes`: server WAL end minus it;
 //! - `oldest_unconfirmed_event_age_seconds`, `in_flight_events`;
 //! - `reconnects_total{server}` (`postgresql` | `rabbitmq`);
@@ -20,8 +23,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use metrics::{Counter, counter};
+use metrics::{Counter, Histogram, counter, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
@@ -31,6 +35,8 @@ pub const EVENTS_RECEIVED: &str = "outbox_relay_events_received_total";
 pub const EVENTS_PUBLISHED: &str = "outbox_relay_events_published_total";
 pub const EVENTS_CONFIRMED: &str = "outbox_relay_events_confirmed_total";
 pub const PUBLISH_CONFIRM_SECONDS: &str = "outbox_relay_publish_confirm_seconds";
+pub const COMMIT_TO_PUBLISH_SECONDS: &str = "outbox_relay_commit_to_publish_seconds";
+pub const COMMIT_TO_CONFIRM_SECONDS: &str = "outbox_relay_commit_to_confirm_seconds";
 pub const CONFIRMED_LSN: &str = "outbox_relay_confirmed_lsn";
 pub const LAG_BYTES: &str = "outbox_relay_lag_bytes";
 pub const OLDEST_UNCONFIRMED_AGE: &str = "outbox_relay_oldest_unconfirmed_event_age_seconds";
@@ -40,6 +46,13 @@ pub const UNROUTABLE: &str = "outbox_relay_unroutable_total";
 pub const STALLED: &str = "outbox_relay_stalled";
 pub const STANDBY: &str = "outbox_relay_standby";
 pub const POLLING_BACKLOG_ROWS: &str = "outbox_relay_polling_backlog_rows";
+
+/// Buckets of the commit-delay histograms: fine below 100 ms, where the benchmark reads its
+/// p50 and p99, coarse up to a minute for alerting.
+const COMMIT_DELAY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// The process-wide Prometheus handle, installing the recorder on first use. `None` if
 /// another recorder was installed first (then `/metrics` says so).
@@ -54,6 +67,16 @@ pub fn prometheus_handle() -> Option<PrometheusHandle> {
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                         5.0, 10.0,
                     ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(COMMIT_TO_PUBLISH_SECONDS.into()),
+                    COMMIT_DELAY_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(COMMIT_TO_CONFIRM_SECONDS.into()),
+                    COMMIT_DELAY_BUCKETS,
                 )
                 .ok()?;
             match builder.install_recorder() {
@@ -94,6 +117,76 @@ impl ExchangeMetrics {
         });
         self.by_exchange.insert(label, Arc::clone(&counters));
         counters
+    }
+}
+
+/// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800 * 1_000_000;
+
+/// When an event was committed at the source, by the database host's wall clock, in
+/// microseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommitTime(i64);
+
+impl CommitTime {
+    pub(crate) fn from_unix_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    /// From a pgoutput commit timestamp (microseconds since 2000-01-01).
+    pub(crate) fn from_postgres_micros(micros: i64) -> Self {
+        Self(micros.saturating_add(PG_EPOCH_UNIX_MICROS))
+    }
+
+    /// Whole seconds since the Unix epoch (the AMQP timestamp); 0 before it.
+    pub(crate) fn unix_seconds(self) -> u64 {
+        u64::try_from(self.0.div_euclid(1_000_000)).unwrap_or(0)
+    }
+}
+
+/// The wall clock now, in microseconds since the Unix epoch.
+pub(crate) fn unix_micros_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Seconds from `commit` to `now_micros`; 0 when the clocks of the two hosts disagree so
+/// much that the commit looks later than now.
+fn delay_seconds(commit: CommitTime, now_micros: i64) -> f64 {
+    now_micros.saturating_sub(commit.0).max(0) as f64 / 1_000_000.0
+}
+
+/// How far behind the source, in time, the relay is: for each event, the delay from its
+/// source commit to the moment the relay hands it to the broker (`commit_to_publish_seconds`:
+/// its frames queued on the channel, recorded at every publish including replays) and to the
+/// broker's confirm of it (`commit_to_confirm_seconds`: recorded with each count of
+/// `events_confirmed_total`). The replication source uses the transaction's commit time; the
+/// polling source the row's `timestamp` column, and records nothing for a row without one.
+/// "Now" is this host's wall clock: a commit that looks later than now (clock skew between
+/// hosts) records 0. The handles are registered once, not looked up per event.
+#[derive(Debug, Clone)]
+pub(crate) struct CommitDelays {
+    to_publish: Histogram,
+    to_confirm: Histogram,
+}
+
+impl CommitDelays {
+    pub(crate) fn register() -> Self {
+        Self {
+            to_publish: histogram!(COMMIT_TO_PUBLISH_SECONDS),
+            to_confirm: histogram!(COMMIT_TO_CONFIRM_SECONDS),
+        }
+    }
+
+    pub(crate) fn published(&self, commit: CommitTime, now_micros: i64) {
+        self.to_publish.record(delay_seconds(commit, now_micros));
+    }
+
+    pub(crate) fn confirmed(&self, commit: CommitTime, now_micros: i64) {
+        self.to_confirm.record(delay_seconds(commit, now_micros));
     }
 }
 
@@ -165,6 +258,11 @@ impl RelayStatus {
         self.in_flight.store(events, Ordering::Relaxed);
     }
 
+    /// Events published and not yet confirmed, as last set.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
     pub fn add_published(&self) {
         self.published.fetch_add(1, Ordering::Relaxed);
     }
@@ -230,4 +328,30 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn postgres_commit_times_count_from_2000() {
+        // 2026-01-01T00:00:00.250Z as pgoutput sends it.
+        let commit = CommitTime::from_postgres_micros(820_540_800_250_000);
+        assert_eq!(commit, CommitTime::from_unix_micros(1_767_225_600_250_000));
+        assert_eq!(commit.unix_seconds(), 1_767_225_600);
+        assert_eq!(CommitTime::from_unix_micros(-1).unix_seconds(), 0);
+    }
+
+    #[test]
+    fn commit_delays_are_seconds_and_never_negative() {
+        let commit = CommitTime::from_unix_micros(1_767_225_600_000_000);
+        assert_eq!(delay_seconds(commit, 1_767_225_600_001_500), 0.0015);
+        assert_eq!(delay_seconds(commit, 1_767_225_602_000_000), 2.0);
+        // The database host's clock ahead of ours.
+        assert_eq!(delay_seconds(commit, 1_767_225_599_000_000), 0.0);
+        // Microseconds, not seconds or milliseconds: after 2020 in microseconds.
+        assert!(unix_micros_now() > 1_577_836_800_000_000);
+    }
 }

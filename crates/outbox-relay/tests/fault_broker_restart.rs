@@ -1,5 +1,6 @@
 //! A broker restart mid-stream, on a private RabbitMQ node (the shared one is left alone):
-//! the relay reconnects, publishes its unconfirmed events again, and nothing is lost.
+//! the relay reconnects, publishes its unconfirmed events again, and nothing is lost; with
+//! the replication source and with the polling source (one reconnect step serves both).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,6 +13,9 @@ use common::{Collector, Fixture, RelayProcess, bind_queue, free_port, insert_ser
 use test_support::{EVENTUALLY, unique_suffix, wait_until};
 
 const EVENTS: usize = 10_000;
+
+/// One private node at a time: the tests of this file pick their ports the same way.
+static ONE_NODE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A private RabbitMQ node started with `scripts/infra.sh`; stopped when dropped.
 struct PrivateNode {
@@ -74,11 +78,30 @@ impl Drop for PrivateNode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing() {
+    broker_restart_with(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing_with_the_polling_source() {
+    broker_restart_with(&[
+        ("RELAY_SOURCE", "polling"),
+        ("RELAY_POLL_INTERVAL_MS", "10"),
+        ("RELAY_POLL_BATCH_SIZE", "200"),
+    ])
+    .await;
+}
+
+/// Relays `EVENTS` through a broker restart, with `settings` added to the relay's environment.
+async fn broker_restart_with(settings: &[(&str, &str)]) {
+    let _node_lock = ONE_NODE_AT_A_TIME.lock().await;
     let node = PrivateNode::start();
     let fixture = Fixture::new("relay_broker").await;
     let queue = bind_queue(&node.amqp_url(), "order.events").await;
     let mut env = fixture.env(free_port());
     env.insert("AMQP_URL".into(), node.amqp_url());
+    for (name, value) in settings {
+        env.insert((*name).into(), (*value).into());
+    }
     let mut relay = RelayProcess::spawn(&env);
     relay.wait_streaming().await;
 
@@ -128,7 +151,7 @@ async fn broker_restart_loses_nothing() {
     let collector = Collector::start(&queue).await;
     collector.wait_all(EVENTS, Duration::from_secs(120)).await;
     eprintln!(
-        "broker restart: {EVENTS} events, 1 broker restart, {} messages received",
+        "broker restart {settings:?}: {EVENTS} events, 1 broker restart, {} messages received",
         collector.received()
     );
     collector.stop();

@@ -1,7 +1,8 @@
 //! The polling source (`--source polling`), in-process against the real servers: timestamp
 //! order, messages identical to the replication source's in both wire formats, an emptied
 //! table; rows kept while no queue is bound; unroutable rows with and without a dead-letter
-//! exchange; an aborted relay; start checks; a 10,000-row drain.
+//! exchange; a row locked by another session; an aborted relay; start checks; a 10,000-row
+//! drain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -319,6 +320,50 @@ async fn an_unroutable_row_stalls_the_table_until_it_is_fixed() {
     })
     .await
     .unwrap();
+
+    relay.shutdown().await.unwrap();
+    queue.close().await;
+    fixture.cleanup().await;
+}
+
+/// A row locked by another session (an operator's open transaction here) holds back the rows
+/// after it: the relay waits for the lock instead of skipping the row, so the table's order
+/// holds. (`SKIP LOCKED` published the next row first: the cause of a rare failure of the
+/// test above, whose fixing UPDATE sometimes held the lock while the relay polled.)
+#[tokio::test]
+async fn a_row_locked_by_another_session_holds_back_the_rows_after_it() {
+    let fixture = Fixture::new("relay_poll_locked_row").await;
+    let pool = &fixture.db.pool;
+    let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
+    let locked = insert_stamped(pool, "agg", 0, 0).await;
+    let after = insert_stamped(pool, "agg", 1, 1).await;
+    let mut operator = pool.begin().await.unwrap();
+    sqlx::query("UPDATE orders.outbox_event SET type = 'Amended' WHERE id = $1")
+        .bind(locked)
+        .execute(&mut *operator)
+        .await
+        .unwrap();
+
+    let relay = Relay::start(polling_config(&fixture)).await.unwrap();
+    wait_until("relay polling", EVENTUALLY, || async {
+        relay.status().report().streaming.then_some(())
+    })
+    .await
+    .unwrap();
+    // It polls every 10 ms, backing off to 100, 200, 400 ms: several polls meet the lock.
+    assert!(
+        queue.take(1, Duration::from_millis(700)).await.is_empty(),
+        "nothing is published past the locked row"
+    );
+    assert_eq!(outbox_rows(pool).await, 2);
+
+    operator.commit().await.unwrap();
+    let received = queue.take(2, EVENTUALLY).await;
+    let ids: Vec<_> = received.iter().map(|m| m.message_id().unwrap()).collect();
+    assert_eq!(ids, vec![locked.to_string(), after.to_string()]);
+    assert_eq!(received[0].header("eventType").as_deref(), Some("Amended"));
+    wait_table_empty(pool).await;
+    assert!(relay.status().report().ready);
 
     relay.shutdown().await.unwrap();
     queue.close().await;
