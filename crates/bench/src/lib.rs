@@ -257,17 +257,15 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                     "steady-{rate:.0}-{repetition}-{}{producer_name}",
                     kind.label().replace([' ', '(', ')'], "_")
                 );
-                match steady::steady_run(
+                let spec = steady::SteadySpec {
                     kind,
                     producer,
-                    &programs,
                     rate,
-                    settings.steady_seconds,
-                    &run_name,
-                    &out_dir,
-                )
-                .await
-                {
+                    seconds: settings.steady_seconds,
+                    run_name: &run_name,
+                    csv_dir: &out_dir,
+                };
+                match steady::steady_run(&spec, &programs).await {
                     Ok(run) => {
                         tracing::info!(
                             relay = %run.relay,

@@ -67,18 +67,23 @@ pub struct SteadyRun {
     pub cpu_s: f64,
 }
 
-/// One run of `kind` at `rate` for `seconds`.
-#[allow(clippy::too_many_arguments)]
-pub async fn steady_run(
-    kind: RelayKind,
-    producer: SteadyProducer,
-    programs: &Programs,
-    rate: f64,
-    seconds: f64,
-    run_name: &str,
-    csv_dir: &Path,
-) -> Result<SteadyRun> {
-    let connections = ((rate / 100.0).ceil() as u32).clamp(4, 32) + 2;
+/// What one steady-state run measures.
+#[derive(Debug, Clone)]
+pub struct SteadySpec<'a> {
+    pub kind: RelayKind,
+    pub producer: SteadyProducer,
+    /// Events per second.
+    pub rate: f64,
+    /// Seconds of load.
+    pub seconds: f64,
+    /// Names the latency CSV (`<csv_dir>/<run_name>.csv`) and the relay's logs.
+    pub run_name: &'a str,
+    pub csv_dir: &'a Path,
+}
+
+/// One run, on a database and a vhost of its own.
+pub async fn steady_run(spec: &SteadySpec<'_>, programs: &Programs) -> Result<SteadyRun> {
+    let connections = ((spec.rate / 100.0).ceil() as u32).clamp(4, 32) + 2;
     let db = BenchDb::create("bench_steady", connections).await?;
     let vhost = match BenchVhost::create("bench_steady").await {
         Ok(vhost) => vhost,
@@ -87,27 +92,26 @@ pub async fn steady_run(
             return Err(error);
         }
     };
-    let result = run_on(
-        &db, &vhost, kind, producer, programs, rate, seconds, run_name, csv_dir,
-    )
-    .await;
+    let result = run_on(&db, &vhost, spec, programs).await;
     vhost.delete().await?;
     db.drop().await?;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_on(
     db: &BenchDb,
     vhost: &BenchVhost,
-    kind: RelayKind,
-    producer: SteadyProducer,
+    spec: &SteadySpec<'_>,
     programs: &Programs,
-    rate: f64,
-    seconds: f64,
-    run_name: &str,
-    csv_dir: &Path,
 ) -> Result<SteadyRun> {
+    let SteadySpec {
+        kind,
+        producer,
+        rate,
+        seconds: _,
+        run_name,
+        csv_dir,
+    } = *spec;
     db.create_publication().await?;
     install_event_time_log(db).await?;
     if kind.uses_slot() {
@@ -128,7 +132,7 @@ async fn run_on(
         None,
     )
     .await?;
-    let outcome = measure(db, &consumer, &mut process, kind, producer, rate, seconds).await;
+    let outcome = measure(db, &consumer, &mut process, spec).await;
     let usage = process.usage();
     let finished = process.stop(Duration::from_secs(60)).await;
     let arrivals = consumer.stop().await;
@@ -198,15 +202,11 @@ async fn run_on(
 
 /// Warm-up, load, then wait for the stragglers; returns what was produced and the lag samples
 /// `(unix µs, lag)`.
-#[allow(clippy::too_many_arguments)]
 async fn measure(
     db: &BenchDb,
     consumer: &LatencyConsumer,
     process: &mut RelayProcess,
-    kind: RelayKind,
-    producer: SteadyProducer,
-    rate: f64,
-    seconds: f64,
+    spec: &SteadySpec<'_>,
 ) -> Result<(crate::workload::Produced, Vec<(i64, i64)>)> {
     process.wait_streaming(WARM_UP_TIMEOUT).await?;
     let deadline = Instant::now() + WARM_UP_TIMEOUT;
@@ -234,10 +234,10 @@ async fn measure(
     let sampler = {
         let stop = stop_sampling.clone();
         let admin = db.admin().clone();
-        let uses_slot = kind.uses_slot();
+        let uses_slot = spec.kind.uses_slot();
         tokio::spawn(async move { sample_lag(admin, uses_slot, stop).await })
     };
-    let produced = produce_at_rate(&db.orders, producer, rate, seconds).await;
+    let produced = produce_at_rate(&db.orders, spec.producer, spec.rate, spec.seconds).await;
     let expected = produced.as_ref().map_or(0, |p| p.committed as usize) + warm_up_arrivals;
     let mut last_count = consumer.count().await;
     let mut last_change = Instant::now();

@@ -18,7 +18,7 @@ use order_service::domain::OrderLine;
 use outbox::Outbox;
 use rust_decimal::Decimal;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::infra::{BenchDb, OUTBOX_TABLE};
@@ -51,9 +51,15 @@ pub fn order_outbox() -> Result<Outbox> {
 /// One `POST /orders` worth of SQL, straight to PostgreSQL: order, lines and outbox row in one
 /// transaction (`pool` has `search_path = orders`).
 pub async fn order_transaction(pool: &PgPool, outbox: &Outbox) -> Result<Uuid> {
+    let mut connection = pool.acquire().await?;
+    order_transaction_on(&mut connection, outbox).await
+}
+
+/// [`order_transaction`] on a connection the caller holds.
+pub async fn order_transaction_on(connection: &mut PgConnection, outbox: &Outbox) -> Result<Uuid> {
     let order = sample_order();
     let event = order.created_event();
-    let mut tx = pool.begin().await?;
+    let mut tx = connection.begin().await?;
     order_service::store::insert_order(&mut tx, &order).await?;
     let event_id = outbox.enqueue(&mut tx, &event).await?;
     tx.commit().await?;
@@ -71,13 +77,17 @@ pub enum SteadyProducer {
     Order,
 }
 
-/// One `OrderCreated` outbox row in a transaction of its own (`synchronous_commit` on).
-pub async fn outbox_row_transaction(pool: &PgPool, outbox: &Outbox) -> Result<Uuid> {
-    let mut tx = pool.begin().await?;
+/// One `OrderCreated` outbox row as a transaction of its own: a single `INSERT` outside a
+/// transaction block (`synchronous_commit` on), one round trip, as the Debezium peer's pgbench
+/// script. An explicit `BEGIN`/`COMMIT` would put a client round trip between the row's
+/// `clock_timestamp()` and its commit, and the measured latency would include it.
+pub async fn outbox_row_transaction(
+    connection: &mut PgConnection,
+    outbox: &Outbox,
+) -> Result<Uuid> {
     let event_id = outbox
-        .enqueue(&mut tx, &sample_order().created_event())
+        .enqueue_on(connection, &sample_order().created_event())
         .await?;
-    tx.commit().await?;
     Ok(event_id)
 }
 
@@ -229,6 +239,15 @@ pub async fn produce_at_rate(
             Arc::clone(&failed),
         );
         tasks.push(tokio::spawn(async move {
+            // A connection per worker, held for the run: no pool hand-off (and its liveness
+            // ping) per event.
+            let mut connection = match pool.acquire().await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "a steady-state producer cannot connect");
+                    return;
+                }
+            };
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= total {
@@ -237,8 +256,10 @@ pub async fn produce_at_rate(
                 tokio::time::sleep_until(start + Duration::from_secs_f64(index as f64 / rate))
                     .await;
                 let result = match producer {
-                    SteadyProducer::Order => order_transaction(&pool, &outbox).await,
-                    SteadyProducer::OutboxRow => outbox_row_transaction(&pool, &outbox).await,
+                    SteadyProducer::Order => order_transaction_on(&mut connection, &outbox).await,
+                    SteadyProducer::OutboxRow => {
+                        outbox_row_transaction(&mut connection, &outbox).await
+                    }
                 };
                 match result {
                     Ok(_) => committed.fetch_add(1, Ordering::Relaxed),
