@@ -186,7 +186,9 @@ rabbitmq_up() {
   "$bin/rabbitmq-plugins" --offline enable rabbitmq_management >"$dir/log/plugins.log" 2>&1 \
     || { cat "$dir/log/plugins.log" >&2; die "could not enable rabbitmq_management"; }
   log "starting RabbitMQ on 127.0.0.1:$RABBITMQ_PORT (management on $RABBITMQ_MANAGEMENT_PORT)"
-  nohup "$bin/rabbitmq-server" >"$dir/log/server.out" 2>&1 </dev/null &
+  # A session of its own: the broker outlives the shell (or test) that started it, also when that
+  # caller's process group is killed (pg_ctl daemonizes PostgreSQL the same way).
+  setsid nohup "$bin/rabbitmq-server" >"$dir/log/server.out" 2>&1 </dev/null &
   local deadline=$((SECONDS + 120))
   until port_open 127.0.0.1 "$RABBITMQ_PORT" && port_open 127.0.0.1 "$RABBITMQ_MANAGEMENT_PORT"; do
     if [ $SECONDS -ge $deadline ]; then
