@@ -304,6 +304,15 @@ impl RelayProcess {
         Usage::of(self.pid)
     }
 
+    /// Our relay's `/metrics` text (`None` for Debezium, or when it does not answer).
+    pub async fn metrics_text(&self) -> Option<String> {
+        let port = self.http_port?;
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -92,6 +92,9 @@ pub struct SteadySummary {
     pub peak_rss_mb: Option<Summary>,
     pub cpu_s: Option<Summary>,
     pub missing_events: u64,
+    /// Our relay's commit-to-publish p99 (upper bucket bound), ms: how much of the latency
+    /// was spent before the event reached RabbitMQ.
+    pub relay_commit_to_publish_p99_ms: Option<Summary>,
 }
 
 impl SteadySummary {
@@ -124,6 +127,9 @@ impl SteadySummary {
                 .iter()
                 .map(|run| run.committed.saturating_sub(run.received as u64))
                 .sum(),
+            relay_commit_to_publish_p99_ms: figure(&|run| {
+                run.relay_commit_to_publish.map(|q| q.p99_at_most_ms)
+            }),
         }
     }
 }
@@ -455,7 +461,7 @@ impl Report {
         if !self.steady.is_empty() {
             let _ = writeln!(
                 out,
-                "\n-- steady state, commit-to-arrival latency ms\n{:<30} {:>7} {:>18} {:>16} {:>18} {:>18} {:>18} {:>8} {:>14}",
+                "\n-- steady state, commit-to-arrival latency ms\n{:<30} {:>7} {:>18} {:>16} {:>18} {:>18} {:>18} {:>8} {:>14} {:>16}",
                 "relay",
                 "rate",
                 "achieved/s",
@@ -464,12 +470,13 @@ impl Report {
                 "p99.9",
                 "max",
                 "keeps up",
-                "peak RSS MiB"
+                "peak RSS MiB",
+                "p99 to publish"
             );
             for s in &self.steady {
                 let _ = writeln!(
                     out,
-                    "{:<30} {:>7.0} {:>18} {:>16} {:>18} {:>18} {:>18} {:>8} {:>14}",
+                    "{:<30} {:>7.0} {:>18} {:>16} {:>18} {:>18} {:>18} {:>8} {:>14} {:>16}",
                     s.relay,
                     s.target_rate,
                     show(s.achieved_rate, 0),
@@ -478,9 +485,17 @@ impl Report {
                     show(s.p999_ms, 1),
                     show(s.max_ms, 1),
                     if s.keeps_up { "yes" } else { "NO" },
-                    show(s.peak_rss_mb, 1)
+                    show(s.peak_rss_mb, 1),
+                    s.relay_commit_to_publish_p99_ms
+                        .map_or_else(|| "n/a".to_owned(), |p| format!("<= {}", p.display(1)))
                 );
             }
+            let _ = writeln!(
+                out,
+                "(p99 to publish: our relay's own histogram, source commit to the event handed to \
+                 RabbitMQ, as the upper bound of its bucket; the rest of the latency is the broker \
+                 and the consumer)"
+            );
         }
         if !self.http.is_empty() {
             let _ = writeln!(

@@ -87,6 +87,53 @@ impl Percentiles {
     }
 }
 
+/// Upper bounds of the p50 and p99 of a Prometheus histogram, in milliseconds: the smallest
+/// bucket bound that holds at least that share of the observations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BucketQuantiles {
+    pub count: u64,
+    pub p50_at_most_ms: f64,
+    pub p99_at_most_ms: f64,
+}
+
+impl BucketQuantiles {
+    /// Reads histogram `name` (seconds, no labels) from Prometheus text; `None` when it is
+    /// missing or empty.
+    pub fn from_prometheus(text: &str, name: &str) -> Option<Self> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (bound, count) = rest.split_once("\"} ")?;
+                let bound = if bound == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    bound.parse().ok()?
+                };
+                Some((bound, count.trim().parse::<f64>().ok()? as u64))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let count = buckets.last()?.1;
+        if count == 0 {
+            return None;
+        }
+        let at_most = |share: f64| {
+            let needed = (share * count as f64).ceil() as u64;
+            buckets
+                .iter()
+                .find(|(_, cumulative)| *cumulative >= needed)
+                .map_or(f64::INFINITY, |(bound, _)| bound * 1000.0)
+        };
+        Some(Self {
+            count,
+            p50_at_most_ms: at_most(0.5),
+            p99_at_most_ms: at_most(0.99),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -117,5 +164,20 @@ mod tests {
     fn display_shows_the_range_only_for_several_runs() {
         assert_eq!(Summary::of(&[2.0]).unwrap().display(1), "2.0");
         assert_eq!(Summary::of(&[1.0, 2.0, 3.0]).unwrap().display(0), "2 [1–3]");
+    }
+
+    #[test]
+    fn bucket_quantiles_are_the_first_bound_holding_the_share() {
+        let text = "# TYPE x histogram\n\
+            x_bucket{le=\"0.001\"} 40\n\
+            x_bucket{le=\"0.005\"} 90\n\
+            x_bucket{le=\"0.01\"} 99\n\
+            x_bucket{le=\"+Inf\"} 100\n\
+            x_sum 0.5\nx_count 100\n";
+        let quantiles = BucketQuantiles::from_prometheus(text, "x").unwrap();
+        assert_eq!(quantiles.count, 100);
+        assert_eq!(quantiles.p50_at_most_ms, 5.0);
+        assert_eq!(quantiles.p99_at_most_ms, 10.0);
+        assert!(BucketQuantiles::from_prometheus(text, "y").is_none());
     }
 }

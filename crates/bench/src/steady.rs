@@ -28,12 +28,14 @@ use uuid::Uuid;
 
 use crate::infra::{BenchDb, BenchVhost, QUEUE};
 use crate::relays::{Programs, RelayKind, RelayProcess, RelayTarget};
-use crate::stats::Percentiles;
+use crate::stats::{BucketQuantiles, Percentiles};
 use crate::workload::{
     SteadyProducer, install_event_time_log, logged_event_times, one_event, produce_at_rate,
     unix_micros_now,
 };
 
+/// outbox-relay's histogram of commit-to-publish seconds (`outbox_relay::telemetry`).
+const RELAY_COMMIT_TO_PUBLISH: &str = "outbox_relay_commit_to_publish_seconds";
 /// The slot of the relay under test.
 const SLOT: &str = "bench_steady";
 /// Longest wait for a relay to deliver the warm-up event (Debezium's JVM start).
@@ -65,6 +67,9 @@ pub struct SteadyRun {
     pub lag_unit: &'static str,
     pub peak_rss_mb: f64,
     pub cpu_s: f64,
+    /// Our relay's own view (its `/metrics` at the end of the run): commit to publish, i.e.
+    /// the part of the latency spent before the event reached RabbitMQ.
+    pub relay_commit_to_publish: Option<BucketQuantiles>,
 }
 
 /// What one steady-state run measures.
@@ -133,6 +138,10 @@ async fn run_on(
     )
     .await?;
     let outcome = measure(db, &consumer, &mut process, spec).await;
+    let relay_commit_to_publish = process
+        .metrics_text()
+        .await
+        .and_then(|text| BucketQuantiles::from_prometheus(&text, RELAY_COMMIT_TO_PUBLISH));
     let usage = process.usage();
     let finished = process.stop(Duration::from_secs(60)).await;
     let arrivals = consumer.stop().await;
@@ -197,6 +206,7 @@ async fn run_on(
         lag_unit: if kind.uses_slot() { "bytes" } else { "rows" },
         peak_rss_mb: usage.peak_rss_mb,
         cpu_s: usage.cpu_s,
+        relay_commit_to_publish,
     })
 }
 
