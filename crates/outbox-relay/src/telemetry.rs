@@ -323,7 +323,10 @@ pub fn init_logging(format: LogFormat) {
     if !user_asked_for_lapin && let Ok(directive) = "lapin::returned_messages=error".parse() {
         filter = filter.add_directive(directive);
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only on a terminal: `make up` and compose send the logs to files.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
