@@ -432,12 +432,30 @@ fn amqp_name(
 }
 
 fn parse_amqp_url(url: &str) -> Result<AMQPUri, ConfigError> {
+    // The AMQP URI parser passes a malformed %-escape through as text, which would then fail
+    // later as a wrong password or an unknown vhost.
+    if !percent_escapes_are_valid(url) {
+        return Err(ConfigError::new(
+            "AMQP_URL",
+            "has an invalid %-escape (a % must be followed by two hex digits)",
+        ));
+    }
     // The parser's message may quote the URL, password included: keep only a generic reason.
     url.parse::<AMQPUri>().map_err(|_| {
         ConfigError::new(
             "AMQP_URL",
             "not a valid AMQP URL (expected amqp://user:password@host:port/vhost)",
         )
+    })
+}
+
+fn percent_escapes_are_valid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().all(|(index, &byte)| {
+        byte != b'%'
+            || bytes
+                .get(index + 1..index + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
     })
 }
 
@@ -546,6 +564,8 @@ mod tests {
             ("DATABASE_URL", "mysql://x"),
             ("RABBITMQ_PORT", "five"),
             ("AMQP_URL", "http://user:hunter2@x"),
+            ("AMQP_URL", "amqp://user:hunter2%zz@x:5672/%2f"),
+            ("AMQP_URL", "amqp://user:hunter2@x:5672/vhost%2"),
             ("RABBITMQ_QUEUE_TYPE", "stream"),
             ("RABBITMQ_PREFETCH", "0"),
             ("RABBITMQ_PREFETCH", "100000"),
