@@ -8,13 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use sqlx::{Connection, PgConnection};
-use test_support::{EVENTUALLY, TestDatabase, TestVhost, unique_suffix, wait_until};
-use tokio::process::{Child, Command};
+use test_support::process::{ServiceCommand, ServiceProcess, free_port};
+use test_support::{EVENTUALLY, ManagementApi, TestDatabase, TestVhost, unique_suffix, wait_until};
 
 /// The relay's provisioning, as `scripts/provision-relay-role.sh` runs it.
 const PROVISIONING_SQL: &str = include_str!("../../../scripts/sql/relay-role.sql");
@@ -23,155 +22,29 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A workspace binary next to this test's profile directory (`<target>/<profile>/deps/..`).
-fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary location")?;
-    let path = profile_dir.join(name);
-    ensure!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Something the test read from a binary: a log file or an HTTP body.
 struct Captured {
     what: String,
     text: String,
 }
 
-/// A binary spawned with exactly `env` (nothing inherited), its stdout and stderr in `log`.
-struct Process {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
+/// How long a binary may take to exit after SIGTERM (its shutdown logs count too).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Workspace binary `name` with exactly `env` (nothing inherited) at `RUST_LOG=debug`, its
+/// stdout and stderr in `log`.
+fn debug_command(name: &str, env: &[(&str, String)], log: PathBuf) -> Result<ServiceCommand> {
+    Ok(ServiceCommand::workspace(name)?
+        .env_clear()
+        .envs(env.iter().cloned())
+        .env("RUST_LOG", "debug")
+        .log_file(log))
 }
 
-impl Process {
-    fn spawn(name: &'static str, env: &[(&str, String)], log: PathBuf) -> Result<Self> {
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(binary(name)?)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {name}"))?;
-        Ok(Self { name, child, log })
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_healthy(&mut self, port: u16) -> Result<()> {
-        let url = format!("http://127.0.0.1:{port}/health");
-        let deadline = std::time::Instant::now() + EVENTUALLY;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status}:\n{}", self.name, self.output());
-            }
-            if let Ok(response) = reqwest::get(&url).await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "{} not healthy at {url}:\n{}",
-                self.name,
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself; kills it otherwise.
-    async fn exit_within(mut self, timeout: Duration) -> Result<(Option<ExitStatus>, String)> {
-        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Some(status?),
-            Err(_) => {
-                self.child.kill().await?;
-                None
-            }
-        };
-        Ok((status, self.output()))
-    }
-
-    /// SIGTERM (its shutdown logs count too), then the output.
-    async fn terminate(mut self) -> String {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-        }
-        let _ = self.child.kill().await;
-        self.output()
-    }
-}
-
-/// The RabbitMQ management API of the test broker.
-struct Management {
-    base: String,
-    user: String,
-    password: String,
-}
-
-impl Management {
-    fn from_env() -> Result<Self> {
-        let url = reqwest::Url::parse(&test_support::rabbitmq_api_url())?;
-        let user = url.username().to_owned();
-        let password = url.password().unwrap_or_default().to_owned();
-        let mut base = url.clone();
-        base.set_username("").ok();
-        base.set_password(None).ok();
-        Ok(Self {
-            base: base.as_str().trim_end_matches('/').to_owned(),
-            user,
-            password,
-        })
-    }
-
-    async fn put(&self, path: &str, body: serde_json::Value) -> Result<()> {
-        let response = reqwest::Client::new()
-            .put(format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.password))
-            .json(&body)
-            .send()
-            .await?;
-        ensure!(
-            response.status().is_success(),
-            "PUT {path}: {}",
-            response.status()
-        );
-        Ok(())
-    }
-
-    async fn delete(&self, path: &str) -> Result<()> {
-        reqwest::Client::new()
-            .delete(format!("{}{path}", self.base))
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await?;
-        Ok(())
-    }
+/// SIGTERM, then everything the process wrote.
+async fn terminate(mut process: ServiceProcess) -> String {
+    let _ = process.terminate(SHUTDOWN_GRACE).await;
+    process.output()
 }
 
 /// The servers' resources for one run, with a distinctive password for each credential.
@@ -233,15 +106,15 @@ impl World {
             .execute(pool)
             .await?;
         }
-        let api = Management::from_env()?;
+        let api = ManagementApi::from_env()?;
         api.put(
             &format!("/api/users/{}", world.amqp_user),
-            serde_json::json!({"password": world.amqp_password, "tags": ""}),
+            Some(serde_json::json!({"password": world.amqp_password, "tags": ""})),
         )
         .await?;
         api.put(
             &format!("/api/permissions/{}/{}", world.vhost.name, world.amqp_user),
-            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+            Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
         )
         .await?;
         Ok(world)
@@ -354,7 +227,7 @@ impl World {
                 .await?;
         }
         admin.close().await?;
-        Management::from_env()?
+        ManagementApi::from_env()?
             .delete(&format!("/api/users/{}", self.amqp_user))
             .await?;
         self.vhost.delete().await?;
@@ -406,7 +279,7 @@ async fn run(world: &World) -> Result<()> {
 /// An order flows to a shipment; returns every service's log and HTTP bodies.
 async fn normal_flow(world: &World) -> Result<Vec<Captured>> {
     let (order_port, shipment_port, relay_port) = (free_port(), free_port(), free_port());
-    let mut shipment = Process::spawn(
+    let shipment = debug_command(
         "shipment-service",
         &world.shipment_env(
             world.pg_url(
@@ -418,21 +291,27 @@ async fn normal_flow(world: &World) -> Result<Vec<Captured>> {
             shipment_port,
         ),
         world.log("normal-shipment-service"),
-    )?;
-    shipment.wait_healthy(shipment_port).await?;
-    let mut order = Process::spawn(
+    )?
+    .http_port(shipment_port)
+    .start(EVENTUALLY)
+    .await?;
+    let order = debug_command(
         "order-service",
         &world.order_env(&world.app_password, order_port),
         world.log("normal-order-service"),
-    )?;
-    order.wait_healthy(order_port).await?;
+    )?
+    .http_port(order_port)
+    .start(EVENTUALLY)
+    .await?;
     world.provision_relay().await?;
-    let mut relay = Process::spawn(
+    let relay = debug_command(
         "outbox-relay",
         &world.relay_env(&world.relay_password, amqp_port(), relay_port),
         world.log("normal-outbox-relay"),
-    )?;
-    relay.wait_healthy(relay_port).await?;
+    )?
+    .http_port(relay_port)
+    .start(EVENTUALLY)
+    .await?;
 
     let sample =
         std::fs::read_to_string(repo_root().join("resources/data/create-order-request.json"))?;
@@ -481,9 +360,9 @@ async fn normal_flow(world: &World) -> Result<Vec<Captured>> {
             });
         }
     }
-    let relay_log = relay.terminate().await;
-    let order_log = order.terminate().await;
-    let shipment_log = shipment.terminate().await;
+    let relay_log = terminate(relay).await;
+    let order_log = terminate(order).await;
+    let shipment_log = terminate(shipment).await;
     // The logs are worth searching: debug lines, and the relay names its role and database.
     for (name, log) in [
         ("outbox-relay", &relay_log),
@@ -643,9 +522,10 @@ async fn error_paths(world: &World) -> Result<Vec<Captured>> {
     for (index, case) in cases.into_iter().enumerate() {
         let log = world.log(&format!("error-{index}"));
         running.spawn(async move {
-            let process = Process::spawn(case.binary, &case.env, log)?;
+            let mut process = debug_command(case.binary, &case.env, log)?.spawn()?;
             let output = if case.exits {
-                let (status, output) = process.exit_within(EVENTUALLY).await?;
+                let status = process.exit_within(EVENTUALLY).await?;
+                let output = process.output();
                 match status {
                     Some(status) if !status.success() => {}
                     other => bail!(
@@ -655,14 +535,15 @@ async fn error_paths(world: &World) -> Result<Vec<Captured>> {
                 }
                 output
             } else {
-                let mentions = case.mentions.clone();
-                let log = process.log.clone();
                 let _ = wait_until("the retry warning", EVENTUALLY, || async {
-                    let output = std::fs::read_to_string(&log).unwrap_or_default();
-                    mentions.iter().any(|m| output.contains(m)).then_some(())
+                    let output = process.output();
+                    case.mentions
+                        .iter()
+                        .any(|m| output.contains(m))
+                        .then_some(())
                 })
                 .await;
-                process.terminate().await
+                terminate(process).await
             };
             ensure!(
                 case.mentions.iter().any(|m| output.contains(m)),

@@ -5,132 +5,36 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use sqlx::PgPool;
+use test_support::process::{ServiceCommand, ServiceProcess, free_port};
 use test_support::{EVENTUALLY, TestDatabase, TestVhost, unique_suffix, wait_until};
-use tokio::process::{Child, Command};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The directory holding the workspace's binaries: this test runs from `<target>/<profile>/deps`.
-fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary location")?;
-    let path = profile_dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} is missing: run `cargo build --workspace --bins` first (make test does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+/// How long each service may take to exit after SIGTERM at the end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One running binary; killed when dropped. Its output goes to a log file shown on failure.
-struct Service {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Service {
-    async fn start(name: &'static str, env: Vec<(String, String)>, log_dir: &Path) -> Result<Self> {
-        let log = log_dir.join(format!("{name}.log"));
-        let child = Self::spawn(name, &env, &log)?;
-        Ok(Self {
-            name,
-            child,
-            log,
-            env,
-        })
-    }
-
-    fn spawn(name: &str, env: &[(String, String)], log: &Path) -> Result<Child> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = Command::new(binary(name)?)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {name}"))?;
-        Ok(child)
-    }
-
-    async fn sigkill(&mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    async fn restart(&mut self) -> Result<()> {
-        self.child = Self::spawn(self.name, &self.env, &self.log)?;
-        Ok(())
-    }
-
-    async fn wait_healthy(&mut self, port: u16) -> Result<()> {
-        let client = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{port}/health");
-        let deadline = std::time::Instant::now() + EVENTUALLY;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited with {status} during start-up:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            if let Ok(response) = client.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("{} not healthy at {url}:\n{}", self.name, self.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    async fn terminate(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-            let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
-        }
-        let _ = self.child.kill().await;
-    }
+/// Starts workspace binary `name` with `env`, its output appended to `<log_dir>/<name>.log`,
+/// and waits until its `/health` on `port` answers.
+async fn start(
+    name: &str,
+    port: u16,
+    env: &[(&str, String)],
+    log_dir: &Path,
+) -> Result<ServiceProcess> {
+    ServiceCommand::workspace(name)?
+        .http_port(port)
+        .envs(env.iter().cloned())
+        .env("RUST_LOG", "info")
+        .log_file(log_dir.join(format!("{name}.log")))
+        .start(EVENTUALLY)
+        .await
 }
 
 async fn shipments_for(pool: &PgPool, order_id: &str) -> i64 {
@@ -169,66 +73,52 @@ async fn an_order_flows_to_a_shipment_and_survives_a_relay_crash() -> Result<()>
 
     let (order_port, shipment_port, relay_port) = (free_port(), free_port(), free_port());
     let suffix = unique_suffix();
-    let env = |pairs: &[(&str, String)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect::<Vec<_>>()
-    };
-
-    let mut shipment_service = Service::start(
+    let shipment_service = start(
         "shipment-service",
-        env(&[
+        shipment_port,
+        &[
             ("DATABASE_URL", shipments_db.url.clone()),
             ("AMQP_URL", vhost.amqp_url.clone()),
             ("SERVER_PORT", shipment_port.to_string()),
-        ]),
+        ],
         &log_dir,
     )
     .await?;
-    shipment_service.wait_healthy(shipment_port).await?;
-
-    let mut order_service = Service::start(
+    let order_service = start(
         "order-service",
-        env(&[
+        order_port,
+        &[
             ("DATABASE_URL", orders_db.url.clone()),
             ("SERVER_PORT", order_port.to_string()),
-        ]),
+        ],
         &log_dir,
     )
     .await?;
-    order_service.wait_healthy(order_port).await?;
-
-    let mut relay = Service::start(
+    let relay = start(
         "outbox-relay",
-        env(&[
+        relay_port,
+        &[
             ("DATABASE_URL", orders_db.url.clone()),
             ("AMQP_URL", vhost.amqp_url.clone()),
             ("RELAY_SLOT", format!("e2e_{suffix}")),
             ("RELAY_PUBLICATION", format!("e2e_{suffix}")),
             ("RELAY_HTTP_PORT", relay_port.to_string()),
-        ]),
+        ],
         &log_dir,
     )
     .await?;
-    relay.wait_healthy(relay_port).await?;
 
-    let result = run_flows(
-        &orders_db,
-        &shipments_db,
-        order_port,
-        &mut relay,
-        relay_port,
-    )
-    .await;
+    let mut services = [shipment_service, order_service, relay];
+    let [_, _, relay] = &mut services;
+    let result = run_flows(&orders_db, &shipments_db, order_port, relay).await;
     if result.is_err() {
-        for service in [&shipment_service, &order_service, &relay] {
-            eprintln!("--- {} log ---\n{}", service.name, service.log_tail());
+        for service in &services {
+            eprintln!("--- {} log ---\n{}", service.name(), service.log_tail(40));
         }
     }
-    relay.terminate().await;
-    order_service.terminate().await;
-    shipment_service.terminate().await;
+    for service in services.iter_mut().rev() {
+        let _ = service.terminate(SHUTDOWN_GRACE).await;
+    }
     orders_db.drop_database().await?;
     shipments_db.drop_database().await?;
     vhost.delete().await?;
@@ -239,8 +129,7 @@ async fn run_flows(
     orders_db: &TestDatabase,
     shipments_db: &TestDatabase,
     order_port: u16,
-    relay: &mut Service,
-    relay_port: u16,
+    relay: &mut ServiceProcess,
 ) -> Result<()> {
     let client = reqwest::Client::new();
     let order_url = format!("http://127.0.0.1:{order_port}");
@@ -297,14 +186,14 @@ async fn run_flows(
     .await?;
 
     // Crash the relay, keep producing, restart it: nothing is lost, nothing applied twice.
-    relay.sigkill().await?;
+    relay.kill9().await?;
     let mut more_orders = Vec::new();
     for _ in 0..20 {
         let order = create_order(&client, &order_url, &sample).await?;
         more_orders.push(order["id"].as_str().context("order id")?.to_owned());
     }
-    relay.restart().await?;
-    relay.wait_healthy(relay_port).await?;
+    relay.restart()?;
+    relay.wait_healthy(EVENTUALLY).await?;
     wait_until(
         "a shipment for every order created while the relay was down",
         EVENTUALLY,

@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use common::{Fixture, Row, bind_queue, insert_transaction};
+use common::{Fixture, Row, bind_queue, insert_transaction, metrics_text};
 use outbox_relay::config::Cli;
 use outbox_relay::{Config, Relay, RunningRelay};
 use test_support::{EVENTUALLY, wait_until};
@@ -22,15 +20,6 @@ const PUBLISH_COUNT: &str = "outbox_relay_commit_to_publish_seconds_count";
 const PUBLISH_SUM: &str = "outbox_relay_commit_to_publish_seconds_sum";
 /// A delay of a day or more would be an epoch or unit error, not a slow relay.
 const DAY_SECONDS: f64 = 86_400.0;
-
-async fn metrics_text(http_addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{http_addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// The value of an unlabelled sample, 0 when the metric has none yet.
 fn sample(metrics: &str, name: &str) -> f64 {

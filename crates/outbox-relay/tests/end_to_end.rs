@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, Row, bind_queue, current_wal_lsn, insert_transaction, slot_confirmed};
+use common::{
+    Fixture, Row, bind_queue, current_wal_lsn, insert_transaction, metrics_text, slot_confirmed,
+};
 use outbox_relay::Relay;
 use outbox_relay::config::Cli;
 use test_support::{EVENTUALLY, wait_until};
@@ -106,12 +108,7 @@ async fn plain_events_arrive_in_commit_order_with_their_metadata() {
         .unwrap();
     assert_eq!(health["ready"], true, "{health}");
     assert_eq!(health["events_confirmed"], 6, "{health}");
-    let metrics = reqwest::get(format!("http://{}/metrics", relay.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(relay.http_addr()).await;
     assert!(
         metrics.contains(r#"outbox_relay_events_confirmed_total{exchange="order.events"}"#),
         "{metrics}"

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Collector, Fixture, RelayProcess, bind_queue, free_port, insert_series};
+use common::{
+    Collector, Fixture, bind_queue, insert_series, spawn_relay, stop_relay, wait_streaming,
+};
+use test_support::process::free_port;
 
 const EVENTS: usize = 100_000;
 /// Generous cap on the relay's peak RSS; the window holds at most 1024 events by default.
@@ -17,8 +20,8 @@ async fn a_100k_row_transaction_streams_in_bounded_memory() {
     let fixture = Fixture::new("relay_bigtx").await;
     let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
     let collector = Collector::start(&queue).await;
-    let mut relay = RelayProcess::spawn(&fixture.env(free_port()));
-    relay.wait_streaming().await;
+    let mut relay = spawn_relay(&fixture.env(free_port()));
+    wait_streaming(&relay).await;
 
     insert_series(&fixture.db.pool, 0, EVENTS, EVENTS).await;
     collector.wait_all(EVENTS, Duration::from_secs(300)).await;
@@ -32,7 +35,7 @@ async fn a_100k_row_transaction_streams_in_bounded_memory() {
         peak_kib < PEAK_RSS_CAP_KIB,
         "peak RSS {peak_kib} KiB exceeds {PEAK_RSS_CAP_KIB} KiB"
     );
-    assert!(relay.terminate().await.success());
+    stop_relay(&mut relay).await;
     collector.stop();
     queue.close().await;
     fixture.cleanup().await;

@@ -9,8 +9,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Collector, Fixture, RelayProcess, bind_queue, free_port, insert_series};
-use test_support::{EVENTUALLY, unique_suffix, wait_until};
+use common::{
+    Collector, Fixture, bind_queue, insert_series, spawn_relay, stop_relay, wait_streaming,
+};
+use test_support::process::free_port;
+use test_support::{EVENTUALLY, unique_suffix};
 
 const EVENTS: usize = 10_000;
 
@@ -102,8 +105,8 @@ async fn broker_restart_with(settings: &[(&str, &str)]) {
     for (name, value) in settings {
         env.insert((*name).into(), (*value).into());
     }
-    let mut relay = RelayProcess::spawn(&env);
-    relay.wait_streaming().await;
+    let mut relay = spawn_relay(&env);
+    wait_streaming(&relay).await;
 
     let pool = fixture.db.pool.clone();
     let writer = tokio::spawn(async move {
@@ -112,41 +115,35 @@ async fn broker_restart_with(settings: &[(&str, &str)]) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
-    wait_until(
-        "events confirmed before the restart",
-        EVENTUALLY,
-        || async {
-            relay
-                .health()
-                .await
-                .filter(|(_, body)| body["events_confirmed"].as_u64().unwrap_or(0) >= 1000)
-        },
-    )
-    .await
-    .unwrap();
+    relay
+        .wait_health(
+            "events confirmed before the restart",
+            EVENTUALLY,
+            |_, body| body["events_confirmed"].as_u64().unwrap_or(0) >= 1000,
+        )
+        .await
+        .unwrap();
     let queue_name = queue.queue.clone();
     queue.close().await;
 
     node.run("rabbitmq-down");
-    wait_until("relay notices the broker is gone", EVENTUALLY, || async {
-        relay
-            .health()
-            .await
-            .filter(|(code, body)| *code == 503 && body["broker_connected"] == false)
-    })
-    .await
-    .unwrap();
+    relay
+        .wait_health(
+            "relay notices the broker is gone",
+            EVENTUALLY,
+            |code, body| code == 503 && body["broker_connected"] == false,
+        )
+        .await
+        .unwrap();
     node.run("rabbitmq-up");
     writer.await.unwrap();
 
-    wait_until("relay reconnected", Duration::from_secs(60), || async {
-        relay
-            .health()
-            .await
-            .filter(|(_, body)| body["broker_connected"] == true)
-    })
-    .await
-    .unwrap();
+    relay
+        .wait_health("relay reconnected", Duration::from_secs(60), |_, body| {
+            body["broker_connected"] == true
+        })
+        .await
+        .unwrap();
     let queue = common::open_queue(&node.amqp_url(), &queue_name).await;
     let collector = Collector::start(&queue).await;
     collector.wait_all(EVENTS, Duration::from_secs(120)).await;
@@ -155,7 +152,7 @@ async fn broker_restart_with(settings: &[(&str, &str)]) {
         collector.received()
     );
     collector.stop();
-    assert!(relay.terminate().await.success());
+    stop_relay(&mut relay).await;
     queue.close().await;
     fixture.cleanup().await;
     drop(node);

@@ -4,14 +4,15 @@
 
 mod common;
 
-use common::{Fixture, RelayProcess, current_wal_lsn, free_port, slot_confirmed};
+use common::{Fixture, current_wal_lsn, slot_confirmed, spawn_relay, stop_relay, wait_streaming};
+use test_support::process::free_port;
 use test_support::{EVENTUALLY, wait_until};
 
 #[tokio::test]
 async fn slot_advances_while_only_other_tables_change() {
     let fixture = Fixture::new("relay_idle").await;
-    let mut relay = RelayProcess::spawn(&fixture.env(free_port()));
-    relay.wait_streaming().await;
+    let mut relay = spawn_relay(&fixture.env(free_port()));
+    wait_streaming(&relay).await;
     let before = slot_confirmed(&fixture.db.pool, &fixture.slot)
         .await
         .unwrap();
@@ -38,6 +39,6 @@ async fn slot_advances_while_only_other_tables_change() {
     .await
     .unwrap();
     eprintln!("idle outbox: slot advanced {} bytes", confirmed - before);
-    assert!(relay.terminate().await.success());
+    stop_relay(&mut relay).await;
     fixture.cleanup().await;
 }

@@ -8,8 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Fixture, RelayProcess, bind_queue, current_wal_lsn, free_port, insert_series, slot_confirmed,
+    Fixture, bind_queue, current_wal_lsn, insert_series, slot_confirmed, spawn_relay, stop_relay,
+    wait_streaming,
 };
+use test_support::process::free_port;
 use test_support::{EVENTUALLY, wait_until};
 
 const EVENTS: usize = 50;
@@ -17,8 +19,8 @@ const EVENTS: usize = 50;
 #[tokio::test]
 async fn nothing_is_lost_while_no_queue_is_bound() {
     let fixture = Fixture::new("relay_unroutable").await;
-    let relay = RelayProcess::spawn(&fixture.env(free_port()));
-    relay.wait_streaming().await;
+    let mut relay = spawn_relay(&fixture.env(free_port()));
+    wait_streaming(&relay).await;
     let before = slot_confirmed(&fixture.db.pool, &fixture.slot)
         .await
         .unwrap();
@@ -26,14 +28,12 @@ async fn nothing_is_lost_while_no_queue_is_bound() {
     insert_series(&fixture.db.pool, 0, EVENTS, 10).await;
     let written = current_wal_lsn(&fixture.db.pool).await;
 
-    let (code, health) = wait_until("relay reports the stall", EVENTUALLY, || async {
-        relay
-            .health()
-            .await
-            .filter(|(_, body)| !body["stalled"].is_null())
-    })
-    .await
-    .unwrap();
+    let (code, health) = relay
+        .wait_health("relay reports the stall", EVENTUALLY, |_, body| {
+            !body["stalled"].is_null()
+        })
+        .await
+        .unwrap();
     assert_eq!(code, 503, "{health}");
     assert!(
         health["unroutable_events"].as_u64().unwrap() >= 1,
@@ -43,12 +43,7 @@ async fn nothing_is_lost_while_no_queue_is_bound() {
         health["stalled"].as_str().unwrap().contains("order.events"),
         "{health}"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", relay.http_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await.unwrap();
     assert!(
         metrics.contains(r#"outbox_relay_unroutable_total{reason="returned"}"#),
         "{metrics}"
@@ -84,11 +79,10 @@ async fn nothing_is_lost_while_no_queue_is_bound() {
     }
     assert_eq!(first_seen, (0..EVENTS as u64).collect::<Vec<_>>());
 
-    wait_until("relay ready again", EVENTUALLY, || async {
-        relay.health().await.filter(|(code, _)| *code == 200)
-    })
-    .await
-    .unwrap();
+    relay
+        .wait_health("relay ready again", EVENTUALLY, |code, _| code == 200)
+        .await
+        .unwrap();
     wait_until("slot passes the delivered events", EVENTUALLY, || async {
         slot_confirmed(&fixture.db.pool, &fixture.slot)
             .await
@@ -100,8 +94,7 @@ async fn nothing_is_lost_while_no_queue_is_bound() {
         "unroutable: {EVENTS} events, {} messages received after binding",
         received.len()
     );
-    let mut relay = relay;
-    assert!(relay.terminate().await.success());
+    stop_relay(&mut relay).await;
     queue.close().await;
     fixture.cleanup().await;
 }

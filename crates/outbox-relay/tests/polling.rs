@@ -10,7 +10,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Collector, Fixture, Received, bind_queue, insert_series};
+use common::{
+    Collector, Fixture, Received, add_destination_column, assert_dead_lettered, bind_queue,
+    insert_series, metrics_text, outbox_rows, routed_by_destination, start_error,
+    wait_stall_cleared, wait_stalled, wait_table_empty,
+};
 use outbox_relay::config::Cli;
 use outbox_relay::{Config, Relay};
 use sqlx::PgPool;
@@ -46,22 +50,6 @@ async fn insert_stamped(pool: &PgPool, aggregate: &str, n: i64, stamp_ms: i64) -
     .await
     .unwrap();
     id
-}
-
-async fn outbox_rows(pool: &PgPool) -> i64 {
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders.outbox_event")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    count
-}
-
-async fn wait_table_empty(pool: &PgPool) {
-    wait_until("outbox table emptied", EVENTUALLY, || async {
-        (outbox_rows(pool).await == 0).then_some(())
-    })
-    .await
-    .unwrap();
 }
 
 fn numbers(received: &[Received]) -> Vec<u64> {
@@ -189,12 +177,7 @@ async fn rows_stay_while_no_queue_is_bound_and_all_arrive_once_bound() {
     for n in 0..30 {
         insert_stamped(&fixture.db.pool, "agg", n, n).await;
     }
-    let report = wait_until("stall reported", EVENTUALLY, || async {
-        let report = relay.status().report();
-        report.stalled.is_some().then_some(report)
-    })
-    .await
-    .unwrap();
+    let report = wait_stalled(&relay).await;
     assert!(!report.ready, "{report:?}");
     assert!(report.unroutable_events >= 1, "{report:?}");
     assert!(
@@ -205,12 +188,7 @@ async fn rows_stay_while_no_queue_is_bound_and_all_arrive_once_bound() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(relay.status().report().stalled.is_some());
     assert_eq!(outbox_rows(&fixture.db.pool).await, 30);
-    let metrics = reqwest::get(format!("http://{}/metrics", relay.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(relay.http_addr()).await;
     assert!(
         metrics.contains(r#"outbox_relay_unroutable_total{reason="returned"}"#),
         "{metrics}"
@@ -227,22 +205,11 @@ async fn rows_stay_while_no_queue_is_bound_and_all_arrive_once_bound() {
         .await;
     assert_eq!(first_arrivals(&received), (0..30).collect::<Vec<u64>>());
     wait_table_empty(&fixture.db.pool).await;
-    wait_until("stall cleared", EVENTUALLY, || async {
-        relay.status().report().ready.then_some(())
-    })
-    .await
-    .unwrap();
+    wait_stall_cleared(&relay).await;
 
     relay.shutdown().await.unwrap();
     queue.close().await;
     fixture.cleanup().await;
-}
-
-async fn add_destination_column(pool: &PgPool) {
-    sqlx::query("ALTER TABLE orders.outbox_event ADD COLUMN destination text")
-        .execute(pool)
-        .await
-        .unwrap();
 }
 
 /// Inserts event `n` with a routing column that may be NULL.
@@ -257,16 +224,6 @@ async fn insert_with_destination(pool: &PgPool, n: i64, destination: Option<&str
     id
 }
 
-fn routed_by_destination(fixture: &Fixture, dead_letter_exchange: Option<&str>) -> Config {
-    Config::from_cli(Cli {
-        route_by_field: Some("destination".into()),
-        route_topic_replacement: Some("${routedByValue}".into()),
-        dead_letter_exchange: dead_letter_exchange.map(Into::into),
-        ..polling_cli(fixture)
-    })
-    .unwrap()
-}
-
 #[tokio::test]
 async fn an_unroutable_row_stalls_the_table_until_it_is_fixed() {
     let fixture = Fixture::new("relay_poll_row_stall").await;
@@ -277,18 +234,13 @@ async fn an_unroutable_row_stalls_the_table_until_it_is_fixed() {
     let first = insert_with_destination(pool, 0, Some("order.events")).await;
     let bad = insert_with_destination(pool, 1, None).await;
     let after = insert_with_destination(pool, 2, Some("order.events")).await;
-    let relay = Relay::start(routed_by_destination(&fixture, None))
+    let relay = Relay::start(routed_by_destination(polling_cli(&fixture), None))
         .await
         .unwrap();
 
     let received = queue.take(1, EVENTUALLY).await;
     assert_eq!(received[0].message_id(), Some(first.to_string()));
-    let report = wait_until("stall reported", EVENTUALLY, || async {
-        let report = relay.status().report();
-        report.stalled.is_some().then_some(report)
-    })
-    .await
-    .unwrap();
+    let report = wait_stalled(&relay).await;
     let reason = report.stalled.clone().unwrap();
     assert!(
         reason.contains("destination") && reason.contains("route.by.field"),
@@ -315,11 +267,7 @@ async fn an_unroutable_row_stalls_the_table_until_it_is_fixed() {
     let ids: Vec<_> = received.iter().map(|m| m.message_id().unwrap()).collect();
     assert_eq!(ids, vec![bad.to_string(), after.to_string()]);
     wait_table_empty(pool).await;
-    wait_until("stall cleared", EVENTUALLY, || async {
-        relay.status().report().ready.then_some(())
-    })
-    .await
-    .unwrap();
+    wait_stall_cleared(&relay).await;
 
     relay.shutdown().await.unwrap();
     queue.close().await;
@@ -380,24 +328,17 @@ async fn an_unroutable_row_goes_to_the_dead_letter_exchange_and_is_deleted() {
     let first = insert_with_destination(pool, 0, Some("order.events")).await;
     let bad = insert_with_destination(pool, 1, None).await;
     let after = insert_with_destination(pool, 2, Some("order.events")).await;
-    let relay = Relay::start(routed_by_destination(&fixture, Some("outbox.dead-letter")))
-        .await
-        .unwrap();
+    let relay = Relay::start(routed_by_destination(
+        polling_cli(&fixture),
+        Some("outbox.dead-letter"),
+    ))
+    .await
+    .unwrap();
 
     let routed = queue.take(2, EVENTUALLY).await;
     let ids: Vec<_> = routed.iter().map(|m| m.message_id().unwrap()).collect();
     assert_eq!(ids, vec![first.to_string(), after.to_string()]);
-    let dead = dead_letters.take(1, EVENTUALLY).await;
-    assert_eq!(dead.len(), 1);
-    let body = dead[0].body_json();
-    assert_eq!(body["id"], bad.to_string());
-    assert!(body["destination"].is_null());
-    let reason = dead[0].header("x-outbox-relay-error").unwrap();
-    assert!(reason.contains("destination"), "{reason}");
-    assert_eq!(
-        dead[0].header("x-outbox-relay-table").as_deref(),
-        Some("orders.outbox_event")
-    );
+    assert_dead_lettered(&dead_letters, &bad.to_string()).await;
     wait_table_empty(pool).await;
     let report = relay.status().report();
     assert!(report.stalled.is_none(), "{report:?}");
@@ -443,37 +384,21 @@ async fn an_aborted_relay_loses_nothing_after_a_restart() {
     fixture.cleanup().await;
 }
 
-async fn start_error(config: Config) -> String {
-    match Relay::start(config).await {
-        Ok(relay) => {
-            relay.shutdown().await.unwrap();
-            panic!("the relay started")
-        }
-        Err(error) => error.to_string(),
-    }
-}
-
 #[tokio::test]
 async fn start_checks_name_the_table_and_the_missing_privilege() {
     let fixture = Fixture::new("relay_poll_checks").await;
-    let missing = start_error(
-        Config::from_cli(Cli {
-            tables: Some("orders.no_such_table".into()),
-            ..polling_cli(&fixture)
-        })
-        .unwrap(),
-    )
+    let missing = start_error(Cli {
+        tables: Some("orders.no_such_table".into()),
+        ..polling_cli(&fixture)
+    })
     .await;
     assert!(missing.contains("orders.no_such_table"), "{missing}");
     assert!(missing.contains("does not exist"), "{missing}");
 
-    let no_id = start_error(
-        Config::from_cli(Cli {
-            field_event_id: Some("event_id".into()),
-            ..polling_cli(&fixture)
-        })
-        .unwrap(),
-    )
+    let no_id = start_error(Cli {
+        field_event_id: Some("event_id".into()),
+        ..polling_cli(&fixture)
+    })
     .await;
     assert!(
         no_id.contains("event_id") && no_id.contains("RELAY_FIELD_EVENT_ID"),
@@ -490,17 +415,14 @@ async fn start_checks_name_the_table_and_the_missing_privilege() {
     ] {
         sqlx::query(&statement).execute(admin).await.unwrap();
     }
-    let as_role = || {
-        Config::from_cli(Cli {
-            database_url: Some(format!(
-                "postgres://{role}:pw@{}:{}/{}",
-                fixture.db.options.get_host(),
-                fixture.db.options.get_port(),
-                fixture.db.name
-            )),
-            ..polling_cli(&fixture)
-        })
-        .unwrap()
+    let as_role = || Cli {
+        database_url: Some(format!(
+            "postgres://{role}:pw@{}:{}/{}",
+            fixture.db.options.get_host(),
+            fixture.db.options.get_port(),
+            fixture.db.name
+        )),
+        ..polling_cli(&fixture)
     };
     let no_delete = start_error(as_role()).await;
     assert!(
@@ -528,7 +450,9 @@ async fn start_checks_name_the_table_and_the_missing_privilege() {
         .await
         .unwrap();
     let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
-    let relay = Relay::start(as_role()).await.unwrap();
+    let relay = Relay::start(Config::from_cli(as_role()).unwrap())
+        .await
+        .unwrap();
     insert_stamped(admin, "agg", 0, 0).await;
     assert_eq!(queue.take(1, EVENTUALLY).await.len(), 1);
     wait_table_empty(admin).await;

@@ -7,20 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::Fixture;
+use common::{Fixture, start_error};
 use outbox_relay::config::Cli;
-use outbox_relay::{Config, Relay};
-
-async fn start_error(cli: Cli) -> String {
-    let config = Config::from_cli(cli).unwrap();
-    match Relay::start(config).await {
-        Ok(relay) => {
-            relay.shutdown().await.unwrap();
-            panic!("the relay started")
-        }
-        Err(error) => error.to_string(),
-    }
-}
+use test_support::process::free_port;
 
 #[tokio::test]
 async fn role_without_replication_privilege_is_refused() {
@@ -96,7 +85,7 @@ async fn existing_publication_without_the_table_is_refused() {
 #[tokio::test]
 async fn unreachable_or_refusing_servers_are_named() {
     let fixture = Fixture::new("relay_err_down").await;
-    let closed_port = common::free_port();
+    let closed_port = free_port();
     let message = start_error(Cli {
         database_url: Some(format!(
             "postgres://postgres:secret@127.0.0.1:{closed_port}/orderdb"

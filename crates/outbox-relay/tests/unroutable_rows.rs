@@ -7,17 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, Row, bind_queue, current_wal_lsn, slot_confirmed};
-use outbox_relay::config::Cli;
-use outbox_relay::{Config, Relay};
-use test_support::{EVENTUALLY, wait_until};
-
-async fn add_nullable_route_column(fixture: &Fixture) {
-    sqlx::query("ALTER TABLE orders.outbox_event ADD COLUMN destination text")
-        .execute(&fixture.db.pool)
-        .await
-        .unwrap();
-}
+use common::{
+    Fixture, Row, add_destination_column, assert_dead_lettered, bind_queue, current_wal_lsn,
+    routed_by_destination, slot_confirmed, wait_stalled,
+};
+use outbox_relay::Relay;
+use test_support::EVENTUALLY;
 
 async fn insert_with_destination(fixture: &Fixture, row: &Row, destination: Option<&str>) {
     sqlx::query(
@@ -39,18 +34,11 @@ async fn insert_with_destination(fixture: &Fixture, row: &Row, destination: Opti
 #[tokio::test]
 async fn a_row_with_a_null_routing_value_stalls_the_relay() {
     let fixture = Fixture::new("relay_row_stall").await;
-    add_nullable_route_column(&fixture).await;
+    add_destination_column(&fixture.db.pool).await;
     let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
-    let relay = Relay::start(
-        Config::from_cli(Cli {
-            route_by_field: Some("destination".into()),
-            route_topic_replacement: Some("${routedByValue}".into()),
-            ..fixture.cli()
-        })
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    let relay = Relay::start(routed_by_destination(fixture.cli(), None))
+        .await
+        .unwrap();
 
     let first = Row::order("agg", "First", 0);
     insert_with_destination(&fixture, &first, Some("order.events")).await;
@@ -62,12 +50,7 @@ async fn a_row_with_a_null_routing_value_stalls_the_relay() {
 
     let received = queue.take(1, EVENTUALLY).await;
     assert_eq!(received[0].message_id(), Some(first.id.to_string()));
-    let report = wait_until("stall reported", EVENTUALLY, || async {
-        let report = relay.status().report();
-        report.stalled.is_some().then_some(report)
-    })
-    .await
-    .unwrap();
+    let report = wait_stalled(&relay).await;
     let reason = report.stalled.unwrap();
     assert!(
         reason.contains("destination") && reason.contains("route.by.field"),
@@ -93,18 +76,13 @@ async fn a_row_with_a_null_routing_value_stalls_the_relay() {
 #[tokio::test]
 async fn a_row_with_a_null_routing_value_goes_to_the_dead_letter_exchange() {
     let fixture = Fixture::new("relay_row_dlx").await;
-    add_nullable_route_column(&fixture).await;
+    add_destination_column(&fixture.db.pool).await;
     let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
     let dead_letters = bind_queue(&fixture.vhost.amqp_url, "outbox.dead-letter").await;
-    let relay = Relay::start(
-        Config::from_cli(Cli {
-            route_by_field: Some("destination".into()),
-            route_topic_replacement: Some("${routedByValue}".into()),
-            dead_letter_exchange: Some("outbox.dead-letter".into()),
-            ..fixture.cli()
-        })
-        .unwrap(),
-    )
+    let relay = Relay::start(routed_by_destination(
+        fixture.cli(),
+        Some("outbox.dead-letter"),
+    ))
     .await
     .unwrap();
 
@@ -122,17 +100,7 @@ async fn a_row_with_a_null_routing_value_goes_to_the_dead_letter_exchange() {
         ids,
         vec![rows[0].0.id.to_string(), rows[2].0.id.to_string()]
     );
-    let dead = dead_letters.take(1, EVENTUALLY).await;
-    assert_eq!(dead.len(), 1);
-    let body = dead[0].body_json();
-    assert_eq!(body["id"], rows[1].0.id.to_string());
-    assert!(body["destination"].is_null());
-    let reason = dead[0].header("x-outbox-relay-error").unwrap();
-    assert!(reason.contains("destination"), "{reason}");
-    assert_eq!(
-        dead[0].header("x-outbox-relay-table").as_deref(),
-        Some("orders.outbox_event")
-    );
+    assert_dead_lettered(&dead_letters, &rows[1].0.id.to_string()).await;
     let report = relay.status().report();
     assert!(report.stalled.is_none());
     assert_eq!(report.unroutable_events, 1);

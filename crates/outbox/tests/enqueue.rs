@@ -6,7 +6,7 @@
 use events::{DomainEvent, LineStatus, OrderEvent, OrderLineUpdated};
 use outbox::{Outbox, OutboxError};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use test_support::TestDatabase;
 use uuid::Uuid;
 
@@ -38,6 +38,17 @@ fn line_updated() -> OrderEvent {
     })
 }
 
+/// A transaction that has written one business row, for the event to join.
+async fn begin_with_a_business_row(pool: &PgPool) -> Transaction<'_, Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
+        .bind(Uuid::new_v4())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 async fn count(pool: &PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM orders.{table}"))
         .fetch_one(pool)
@@ -51,12 +62,7 @@ async fn the_event_commits_with_the_business_rows() {
     let outbox = Outbox::new("orders.outbox_event").unwrap();
     let event = line_updated();
 
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
-        .bind(Uuid::new_v4())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = begin_with_a_business_row(&db.pool).await;
     let event_id = outbox.enqueue(&mut tx, &event).await.unwrap();
     // Not visible to others before the commit.
     assert_eq!(count(&db.pool, "outbox_event").await, 0);
@@ -91,12 +97,7 @@ async fn a_rolled_back_transaction_leaves_no_row() {
     let db = database_with_outbox().await;
     let outbox = Outbox::new("orders.outbox_event").unwrap();
 
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
-        .bind(Uuid::new_v4())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = begin_with_a_business_row(&db.pool).await;
     outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
     tx.rollback().await.unwrap();
 
@@ -123,12 +124,7 @@ async fn delete_after_insert_leaves_the_table_empty_and_the_insert_in_the_wal() 
         .unwrap()
         .delete_after_insert(true);
 
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
-        .bind(Uuid::new_v4())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = begin_with_a_business_row(&db.pool).await;
     let event_id = outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
     tx.commit().await.unwrap();
 
@@ -214,12 +210,7 @@ async fn a_missing_table_is_a_database_error_and_the_caller_rolls_back() {
     let db = database_with_outbox().await;
     let outbox = Outbox::new("orders.no_such_table").unwrap();
 
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO orders.business_row (id) VALUES ($1)")
-        .bind(Uuid::new_v4())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = begin_with_a_business_row(&db.pool).await;
     let error = outbox.enqueue(&mut tx, &line_updated()).await.unwrap_err();
     assert!(matches!(error, OutboxError::Database(_)), "{error:?}");
     assert!(error.to_string().contains("no_such_table"), "{error}");

@@ -6,7 +6,10 @@
 //! - [`TestDatabase::create`]: a fresh database with a unique name, dropped by
 //!   [`TestDatabase::drop_database`] together with any replication slots on it;
 //! - [`TestVhost::create`]: a fresh RabbitMQ virtual host, deleted by [`TestVhost::delete`];
-//! - [`wait_until`]: polls a condition with a generous timeout instead of sleeping a fixed time.
+//! - [`ManagementApi`]: PUT/DELETE on the RabbitMQ management API (users, permissions);
+//! - [`wait_until`]: polls a condition with a generous timeout instead of sleeping a fixed time;
+//! - [`process`]: the workspace's binaries as child processes (spawn, wait for `/health`,
+//!   SIGKILL, restart, SIGTERM), for the end-to-end and fault tests.
 //!
 //! Server addresses come from `TEST_PG_URL` (an admin connection string, default
 //! `postgres://postgres:postgres@127.0.0.1:5432/postgres`), `TEST_AMQP_URL` (default
@@ -20,6 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+pub mod process;
 
 /// Admin connection string of the test PostgreSQL server.
 pub fn pg_admin_url() -> String {
@@ -173,29 +178,16 @@ impl TestVhost {
     /// Creates vhost `t_<prefix>_<unique>` and grants the test user every permission on it.
     pub async fn create(prefix: &str) -> Result<Self> {
         let name = format!("t_{prefix}_{}", unique_suffix());
-        let client = reqwest::Client::new();
         let api = ManagementApi::from_env()?;
-        let response = client
-            .put(format!("{}/api/vhosts/{name}", api.base))
-            .basic_auth(&api.user, Some(&api.password))
-            .send()
+        api.put(&format!("/api/vhosts/{name}"), None)
             .await
-            .context("cannot reach the RabbitMQ management API: run `scripts/infra.sh up` (make test does)")?;
-        if !response.status().is_success() {
-            bail!("creating vhost {name}: HTTP {}", response.status());
-        }
-        let response = client
-            .put(format!("{}/api/permissions/{name}/{}", api.base, api.user))
-            .basic_auth(&api.user, Some(&api.password))
-            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!(
-                "granting permissions on vhost {name}: HTTP {}",
-                response.status()
-            );
-        }
+            .with_context(|| format!("creating vhost {name}"))?;
+        api.put(
+            &format!("/api/permissions/{name}/{}", api.user),
+            Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await
+        .with_context(|| format!("granting permissions on vhost {name}"))?;
         Ok(Self {
             amqp_url: format!("{}/{name}", amqp_base_url()),
             name,
@@ -204,13 +196,9 @@ impl TestVhost {
 
     /// Deletes the vhost with everything in it.
     pub async fn delete(self) -> Result<()> {
-        let api = ManagementApi::from_env()?;
-        reqwest::Client::new()
-            .delete(format!("{}/api/vhosts/{}", api.base, self.name))
-            .basic_auth(&api.user, Some(&api.password))
-            .send()
-            .await?;
-        Ok(())
+        ManagementApi::from_env()?
+            .delete(&format!("/api/vhosts/{}", self.name))
+            .await
     }
 
     /// Number of messages ready in `queue` of this vhost, per the management API (which lags
@@ -226,14 +214,25 @@ impl TestVhost {
     }
 }
 
-struct ManagementApi {
+/// The RabbitMQ management API of the test broker ([`rabbitmq_api_url`]), with its credentials.
+pub struct ManagementApi {
     base: String,
-    user: String,
+    pub user: String,
     password: String,
 }
 
+/// Without the password.
+impl std::fmt::Debug for ManagementApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementApi")
+            .field("base", &self.base)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ManagementApi {
-    fn from_env() -> Result<Self> {
+    pub fn from_env() -> Result<Self> {
         let url =
             reqwest::Url::parse(&rabbitmq_api_url()).context("TEST_RABBITMQ_API is not a URL")?;
         let user = if url.username().is_empty() {
@@ -250,6 +249,33 @@ impl ManagementApi {
             user,
             password,
         })
+    }
+
+    /// PUT `path` (e.g. `/api/vhosts/x`) with an optional JSON body; fails unless it succeeds.
+    pub async fn put(&self, path: &str, body: Option<serde_json::Value>) -> Result<()> {
+        let mut request = reqwest::Client::new()
+            .put(format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.context(
+            "cannot reach the RabbitMQ management API: run `scripts/infra.sh up` (make test does)",
+        )?;
+        if !response.status().is_success() {
+            bail!("PUT {path}: HTTP {}", response.status());
+        }
+        Ok(())
+    }
+
+    /// DELETE `path` (what is already gone counts as deleted).
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        reqwest::Client::new()
+            .delete(format!("{}{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?;
+        Ok(())
     }
 }
 

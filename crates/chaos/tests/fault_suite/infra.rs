@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use test_support::process::{file_tail, free_port};
 use tokio::process::Command;
 
 /// Prefix of the run folders, under /var/tmp (reachable by the `postgres` user).
@@ -82,8 +83,8 @@ impl PrivateInfra {
         std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
         let rabbitmq_port = free_rabbitmq_port()?;
         let infra = Self {
-            pg_port: free_port()?,
-            management_port: free_port()?,
+            pg_port: free_port(),
+            management_port: free_port(),
             rabbitmq_port,
             dir,
             stopped: false,
@@ -226,7 +227,7 @@ impl PrivateInfra {
         if !status.success() {
             bail!(
                 "infra.sh {command} failed ({status}):\n{}",
-                tail(&log_path, 30)
+                file_tail(&log_path, 30)
             );
         }
         Ok(())
@@ -413,12 +414,6 @@ async fn wait_port_closed(port: u16, what: &str) -> Result<()> {
     .await
 }
 
-/// A port nobody listens on now.
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// A port for RabbitMQ whose Erlang distribution port (port + 20000, per infra.sh) is free too.
 fn free_rabbitmq_port() -> Result<u16> {
     for _ in 0..200 {
@@ -430,11 +425,4 @@ fn free_rabbitmq_port() -> Result<u16> {
         }
     }
     bail!("no free port pair for RabbitMQ (AMQP and distribution) found")
-}
-
-/// The last `lines` lines of a text file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

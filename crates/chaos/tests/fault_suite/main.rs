@@ -31,12 +31,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use test_support::process::{ServiceProcess, free_port};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, ORDER_QUEUE};
-use crate::infra::{PgStop, PrivateInfra, RUN_MARKER, RabbitMqRestart, free_port};
+use crate::infra::{PgStop, PrivateInfra, RUN_MARKER, RabbitMqRestart};
 use crate::load::{LoadOutcome, LoadSettings};
-use crate::services::{Service, metric_sum};
+use crate::services::metric_sum;
 
 /// How long a service may take to become healthy again after a fault.
 const RECOVERY: Duration = Duration::from_secs(120);
@@ -240,9 +241,9 @@ impl fmt::Display for Report {
 /// The three services and what the run learns from them.
 struct System {
     http: reqwest::Client,
-    order_service: Service,
-    shipment_service: Service,
-    relay: Service,
+    order_service: ServiceProcess,
+    shipment_service: ServiceProcess,
+    relay: ServiceProcess,
     tally: Tally,
     rng: StdRng,
 }
@@ -259,8 +260,8 @@ impl System {
                 .collect::<Vec<_>>()
         };
         let log_dir = infra.log_dir();
-        let port = free_port()?;
-        let order_service = Service::start(
+        let port = free_port();
+        let order_service = services::start(
             "order-service",
             port,
             env(&[
@@ -269,11 +270,10 @@ impl System {
                 ("DB_POOL_SIZE", "20".to_owned()),
             ]),
             &log_dir,
-            &http,
         )
         .await?;
-        let port = free_port()?;
-        let shipment_service = Service::start(
+        let port = free_port();
+        let shipment_service = services::start(
             "shipment-service",
             port,
             env(&[
@@ -282,11 +282,10 @@ impl System {
                 ("SERVER_PORT", port.to_string()),
             ]),
             &log_dir,
-            &http,
         )
         .await?;
-        let port = free_port()?;
-        let relay = Service::start(
+        let port = free_port();
+        let relay = services::start(
             "outbox-relay",
             port,
             env(&[
@@ -297,7 +296,6 @@ impl System {
                 ("RELAY_HTTP_PORT", port.to_string()),
             ]),
             &log_dir,
-            &http,
         )
         .await?;
         Ok(Self {
@@ -314,14 +312,14 @@ impl System {
     async fn inject(&mut self, fault: Fault, infra: &PrivateInfra, plan: &Plan) -> Result<String> {
         match fault {
             Fault::KillRelay => {
-                if let Ok(text) = self.relay.metrics(&self.http).await {
+                if let Ok(text) = self.relay.metrics().await {
                     self.tally.add_relay(&text);
                 }
-                self.relay.sigkill().await?;
+                self.relay.kill9().await?;
                 let down = Duration::from_millis(self.rng.random_range(0..1_500));
                 tokio::time::sleep(down).await;
                 self.relay.restart()?;
-                self.relay.wait_healthy(&self.http, RECOVERY).await?;
+                self.relay.wait_healthy(RECOVERY).await?;
                 Ok(format!(
                     "relay SIGKILLed, restarted after {} ms",
                     down.as_millis()
@@ -329,16 +327,14 @@ impl System {
             }
             Fault::KillShipmentService => {
                 let consuming = self.wait_consuming().await;
-                if let Ok(text) = self.shipment_service.metrics(&self.http).await {
+                if let Ok(text) = self.shipment_service.metrics().await {
                     self.tally.add_shipment_service(&text);
                 }
-                self.shipment_service.sigkill().await?;
+                self.shipment_service.kill9().await?;
                 let down = Duration::from_millis(self.rng.random_range(0..1_000));
                 tokio::time::sleep(down).await;
                 self.shipment_service.restart()?;
-                self.shipment_service
-                    .wait_healthy(&self.http, RECOVERY)
-                    .await?;
+                self.shipment_service.wait_healthy(RECOVERY).await?;
                 Ok(format!(
                     "shipment-service SIGKILLed {}, restarted after {} ms",
                     if consuming {
@@ -352,10 +348,8 @@ impl System {
             Fault::RestartRabbitMq => {
                 let started = Instant::now();
                 let (stopped, up) = infra.restart_rabbitmq(plan.rabbitmq_restart).await?;
-                self.shipment_service
-                    .wait_healthy(&self.http, RECOVERY)
-                    .await?;
-                self.relay.wait_healthy(&self.http, RECOVERY).await?;
+                self.shipment_service.wait_healthy(RECOVERY).await?;
+                self.relay.wait_healthy(RECOVERY).await?;
                 Ok(format!(
                     "RabbitMQ {}: stopped in {:.1} s, started in {:.1} s; everything healthy again after {:.1} s",
                     plan.rabbitmq_restart.describe(),
@@ -367,13 +361,9 @@ impl System {
             Fault::RestartPostgres => {
                 let started = Instant::now();
                 infra.restart_postgres(plan.postgres_stop).await?;
-                self.order_service
-                    .wait_healthy(&self.http, RECOVERY)
-                    .await?;
-                self.shipment_service
-                    .wait_healthy(&self.http, RECOVERY)
-                    .await?;
-                self.relay.wait_healthy(&self.http, RECOVERY).await?;
+                self.order_service.wait_healthy(RECOVERY).await?;
+                self.shipment_service.wait_healthy(RECOVERY).await?;
+                self.relay.wait_healthy(RECOVERY).await?;
                 Ok(format!(
                     "PostgreSQL {} and started; everything healthy again after {:.1} s",
                     plan.postgres_stop.describe(),
@@ -400,7 +390,7 @@ impl System {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut before = None;
         while Instant::now() < deadline {
-            if let Ok(text) = self.shipment_service.metrics(&self.http).await {
+            if let Ok(text) = self.shipment_service.metrics().await {
                 let now = consumed(&text);
                 if before.is_some_and(|before| now > before) {
                     return true;
@@ -414,9 +404,9 @@ impl System {
 
     /// Final reads of the counters of the processes still running.
     async fn read_final_counters(&mut self) -> Result<()> {
-        let text = self.shipment_service.metrics(&self.http).await?;
+        let text = self.shipment_service.metrics().await?;
         self.tally.add_shipment_service(&text);
-        let text = self.relay.metrics(&self.http).await?;
+        let text = self.relay.metrics().await?;
         self.tally.add_relay(&text);
         Ok(())
     }
@@ -425,17 +415,17 @@ impl System {
         for service in [&self.order_service, &self.shipment_service, &self.relay] {
             eprintln!(
                 "--- {} (started {} times), last lines ---\n{}",
-                service.name,
-                service.starts,
+                service.name(),
+                service.starts(),
                 service.log_tail(40)
             );
         }
     }
 
     async fn terminate(self) {
-        self.relay.terminate().await;
-        self.shipment_service.terminate().await;
-        self.order_service.terminate().await;
+        services::terminate(self.relay).await;
+        services::terminate(self.shipment_service).await;
+        services::terminate(self.order_service).await;
     }
 }
 
@@ -552,7 +542,7 @@ async fn wait_drained(
         let queued = audit::queue_depth(amqp_url, ORDER_QUEUE).await.ok();
         let in_flight = system
             .relay
-            .metrics(&system.http)
+            .metrics()
             .await
             .ok()
             .map(|text| metric_sum(&text, "outbox_relay_in_flight_events", None));

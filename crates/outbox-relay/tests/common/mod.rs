@@ -1,10 +1,12 @@
 //! Helpers shared by the relay's integration tests: an outbox database, a queue bound to an
-//! exchange, relay configuration for in-process and spawned relays, consuming messages.
+//! exchange, relay configuration for in-process and spawned relays, consuming messages, the
+//! relay binary as a process (SIGKILL and standby scenarios), and small fixtures for stalls,
+//! unroutable rows and start errors.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use lapin::options::{
@@ -13,10 +15,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use outbox_relay::Config;
 use outbox_relay::config::Cli;
+use outbox_relay::{Config, HealthReport, Relay, RunningRelay};
 use sqlx::PgPool;
-use test_support::{TestDatabase, TestVhost, unique_suffix, wait_until};
+use test_support::process::{ServiceCommand, ServiceProcess};
+use test_support::{EVENTUALLY, TestDatabase, TestVhost, unique_suffix, wait_until};
 
 /// The outbox table of `crates/outbox`, plus an unrelated table in the same schema.
 pub const OUTBOX_DDL: &[&str] = &[
@@ -364,92 +367,40 @@ pub async fn slot_active(pool: &PgPool, slot: &str) -> bool {
     row.is_some_and(|(active,)| active)
 }
 
-/// A free TCP port on loopback (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// How long a relay process may take to exit after SIGTERM.
+pub const GRACEFUL_EXIT: Duration = Duration::from_secs(60);
+
+/// The relay binary as a child process with exactly `env` (its output shown only when
+/// `RELAY_TEST_LOGS` is set); its HTTP port is the env's `RELAY_HTTP_PORT`.
+pub fn spawn_relay(env: &HashMap<String, String>) -> ServiceProcess {
+    let http_port: u16 = env
+        .get("RELAY_HTTP_PORT")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let mut command = ServiceCommand::new("outbox-relay", env!("CARGO_BIN_EXE_outbox-relay"))
+        .env_clear()
+        .envs(env)
+        .http_port(http_port);
+    if std::env::var_os("RELAY_TEST_LOGS").is_some() {
+        command = command.inherit_output();
+    }
+    command.spawn().unwrap()
 }
 
-/// The relay binary as a child process.
-pub struct RelayProcess {
-    pub child: tokio::process::Child,
-    pub http_port: u16,
-}
-
-impl RelayProcess {
-    pub fn spawn(env: &HashMap<String, String>) -> Self {
-        let http_port: u16 = env
-            .get("RELAY_HTTP_PORT")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-        command
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        if std::env::var_os("RELAY_TEST_LOGS").is_none() {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = command.spawn().unwrap();
-        Self { child, http_port }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
-
-    /// Peak resident memory (VmHWM) in KiB, while the process lives.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find(|line| line.starts_with("VmHWM:"))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse().ok())
-    }
-
-    pub async fn kill9(&mut self) {
-        self.child.kill().await.unwrap();
-    }
-
-    /// SIGTERM, then waits for the exit status.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.pid().to_string();
-        let status = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
-    pub async fn health(&self) -> Option<(u16, serde_json::Value)> {
-        let response = reqwest::get(format!("http://127.0.0.1:{}/health", self.http_port))
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.json().await.ok()?))
-    }
-
-    /// Waits until `/health` says the relay streams.
-    pub async fn wait_streaming(&self) {
-        wait_until("relay streaming", test_support::EVENTUALLY, || async {
-            self.health()
-                .await
-                .filter(|(_, body)| body["streaming"] == true)
-                .map(|_| ())
+/// Waits until the relay's `/health` says it streams.
+pub async fn wait_streaming(relay: &ServiceProcess) {
+    relay
+        .wait_health("relay streaming", EVENTUALLY, |_, body| {
+            body["streaming"] == true
         })
         .await
         .unwrap();
-    }
+}
+
+/// SIGTERM; asserts a graceful, successful exit.
+pub async fn stop_relay(relay: &mut ServiceProcess) {
+    let status = relay.terminate(GRACEFUL_EXIT).await.unwrap();
+    assert!(status.success(), "graceful exit after SIGTERM: {status}");
 }
 
 /// `crates/outbox-relay` (for resources and scripts).
@@ -546,4 +497,248 @@ impl Collector {
     pub fn stop(self) {
         self.task.abort();
     }
+}
+
+/// A relay process run through SIGKILLs while a writer inserts numbered events: what the
+/// test checks and cleans up afterwards.
+pub struct CrashRun {
+    pub relay: ServiceProcess,
+    pub collector: Collector,
+    pub queue: BoundQueue,
+    pub events: usize,
+    pub crashes: usize,
+}
+
+/// Starts a relay with `env`, writes `events` numbered events (50 a transaction) in the
+/// background, SIGKILLs the relay `crashes` times (after each even share of the events has
+/// arrived) and restarts it with the same `env`; returns once the writer is done and every
+/// event arrived.
+pub async fn sigkill_mid_stream(
+    fixture: &Fixture,
+    env: &HashMap<String, String>,
+    events: usize,
+    crashes: usize,
+) -> CrashRun {
+    let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
+    let collector = Collector::start(&queue).await;
+    let mut relay = spawn_relay(env);
+    wait_streaming(&relay).await;
+
+    let pool = fixture.db.pool.clone();
+    let writer = tokio::spawn(async move { insert_series(&pool, 0, events, 50).await });
+    for crash in 1..=crashes {
+        let target = crash * events / (crashes + 1);
+        wait_until(
+            "events flowing before the crash",
+            Duration::from_secs(120),
+            || async { (collector.received() >= target).then_some(()) },
+        )
+        .await
+        .unwrap();
+        relay.kill9().await.unwrap();
+        relay = spawn_relay(env);
+    }
+    writer.await.unwrap();
+    collector.wait_all(events, Duration::from_secs(180)).await;
+    CrashRun {
+        relay,
+        collector,
+        queue,
+        events,
+        crashes,
+    }
+}
+
+impl CrashRun {
+    /// Prints what arrived (as `label`), stops the relay asserting a graceful exit, and closes
+    /// the queue.
+    pub async fn finish(mut self, label: &str) {
+        let (events, crashes) = (self.events, self.crashes);
+        let received = self.collector.received();
+        eprintln!(
+            "{label}: {events} events, {crashes} crashes, {received} messages received \
+             ({} duplicates)",
+            received - events
+        );
+        stop_relay(&mut self.relay).await;
+        self.collector.stop();
+        self.queue.close().await;
+    }
+}
+
+/// Two relay processes on one source: the active one streaming, the second standing by.
+pub struct StandbyPair {
+    pub active: ServiceProcess,
+    pub standby: ServiceProcess,
+    pub collector: Collector,
+    pub queue: BoundQueue,
+}
+
+impl StandbyPair {
+    /// Starts the active relay and waits until it streams, then the second one, and checks that
+    /// it stands by: `/health` answers 503, not streaming.
+    pub async fn start(fixture: &Fixture, env: impl Fn() -> HashMap<String, String>) -> Self {
+        let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
+        let collector = Collector::start(&queue).await;
+        let active = spawn_relay(&env());
+        wait_streaming(&active).await;
+        let standby = spawn_relay(&env());
+        let (code, health) = standby
+            .wait_health("second relay stands by", EVENTUALLY, |_, body| {
+                body["standby"] == true
+            })
+            .await
+            .unwrap();
+        assert_eq!(code, 503, "a standby is not ready: {health}");
+        assert_eq!(health["streaming"], false);
+        Self {
+            active,
+            standby,
+            collector,
+            queue,
+        }
+    }
+
+    /// Writes `events` numbered events in the background, `per_tx` a transaction, and waits
+    /// until a third of them arrived; returns the writer.
+    pub async fn write_events(
+        &self,
+        fixture: &Fixture,
+        events: usize,
+        per_tx: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = fixture.db.pool.clone();
+        let writer = tokio::spawn(async move { insert_series(&pool, 0, events, per_tx).await });
+        wait_until("events flowing", EVENTUALLY, || async {
+            (self.collector.received() >= events / 3).then_some(())
+        })
+        .await
+        .unwrap();
+        writer
+    }
+
+    /// SIGKILLs the active relay and waits until the standby streams, then for the writer and
+    /// every event; returns how long the takeover took.
+    pub async fn kill_active(
+        &mut self,
+        writer: tokio::task::JoinHandle<()>,
+        events: usize,
+    ) -> Duration {
+        self.active.kill9().await.unwrap();
+        let killed_at = std::time::Instant::now();
+        wait_streaming(&self.standby).await;
+        let takeover = killed_at.elapsed();
+        writer.await.unwrap();
+        self.collector
+            .wait_all(events, Duration::from_secs(120))
+            .await;
+        takeover
+    }
+
+    /// Prints the takeover (as `label`), stops the standby asserting a graceful exit, and closes
+    /// the queue.
+    pub async fn finish(mut self, label: &str, events: usize, takeover: Duration) {
+        eprintln!(
+            "{label}: took over {:.2} s after SIGKILL; {events} events, {} received",
+            takeover.as_secs_f64(),
+            self.collector.received()
+        );
+        stop_relay(&mut self.standby).await;
+        self.collector.stop();
+        self.queue.close().await;
+    }
+}
+
+/// Rows left in the outbox table.
+pub async fn outbox_rows(pool: &PgPool) -> i64 {
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders.outbox_event")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    count
+}
+
+/// Waits until the polling source deleted every row it published.
+pub async fn wait_table_empty(pool: &PgPool) {
+    wait_until("outbox table emptied", EVENTUALLY, || async {
+        (outbox_rows(pool).await == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The error of a relay that must not start (fails the test if it starts).
+pub async fn start_error(cli: Cli) -> String {
+    match Relay::start(Config::from_cli(cli).unwrap()).await {
+        Ok(relay) => {
+            relay.shutdown().await.unwrap();
+            panic!("the relay started")
+        }
+        Err(error) => error.to_string(),
+    }
+}
+
+/// Waits until the in-process relay reports a stall; returns that report.
+pub async fn wait_stalled(relay: &RunningRelay) -> HealthReport {
+    wait_until("stall reported", EVENTUALLY, || async {
+        let report = relay.status().report();
+        report.stalled.is_some().then_some(report)
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the in-process relay is ready again after a stall.
+pub async fn wait_stall_cleared(relay: &RunningRelay) {
+    wait_until("stall cleared", EVENTUALLY, || async {
+        relay.status().report().ready.then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The text of an in-process relay's `/metrics`.
+pub async fn metrics_text(http_addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{http_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Adds a nullable `destination` column to route rows by.
+pub async fn add_destination_column(pool: &PgPool) {
+    sqlx::query("ALTER TABLE orders.outbox_event ADD COLUMN destination text")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// `cli` routing each row to the exchange named in its `destination` column, rows the router
+/// cannot route going to `dead_letter_exchange` if given.
+pub fn routed_by_destination(cli: Cli, dead_letter_exchange: Option<&str>) -> Config {
+    Config::from_cli(Cli {
+        route_by_field: Some("destination".into()),
+        route_topic_replacement: Some("${routedByValue}".into()),
+        dead_letter_exchange: dead_letter_exchange.map(Into::into),
+        ..cli
+    })
+    .unwrap()
+}
+
+/// Takes the one dead letter of the row `id`, whose `destination` was NULL, and checks that it
+/// carries the row, the reason and the table.
+pub async fn assert_dead_lettered(dead_letters: &BoundQueue, id: &str) {
+    let dead = dead_letters.take(1, EVENTUALLY).await;
+    assert_eq!(dead.len(), 1);
+    let body = dead[0].body_json();
+    assert_eq!(body["id"], id);
+    assert!(body["destination"].is_null());
+    let reason = dead[0].header("x-outbox-relay-error").unwrap();
+    assert!(reason.contains("destination"), "{reason}");
+    assert_eq!(
+        dead[0].header("x-outbox-relay-table").as_deref(),
+        Some("orders.outbox_event")
+    );
 }

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use shipment_service::Application;
-use test_support::{TestDatabase, TestVhost, wait_until};
+use test_support::wait_until;
 use uuid::Uuid;
 
 use crate::support::*;
@@ -17,14 +16,10 @@ async fn backlog_of_events_is_consumed() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(10_000);
-    test_support::init_tracing();
-    let db = TestDatabase::create("shipment").await.unwrap();
-    let vhost = TestVhost::create("shipment").await.unwrap();
     let prefetch = std::env::var("BACKLOG_PREFETCH").unwrap_or_else(|_| "50".to_owned());
-    let config = config_for(&db, &vhost, &[("RABBITMQ_PREFETCH", &prefetch)]);
     // Build declares the topology; the consumer only runs once started below.
-    let app = Application::build(config).await.unwrap();
-    let publisher = Publisher::connect(&vhost).await;
+    let built = build_app(&[("RABBITMQ_PREFETCH", &prefetch)], |_| {}).await;
+    let publisher = &built.publisher;
     let orders: Vec<Order> = (0..events / 2).map(|_| Order::new(2)).collect();
     for order in &orders {
         let created = order.created();
@@ -49,7 +44,7 @@ async fn backlog_of_events_is_consumed() {
     publisher.channel.wait_for_confirms().await.unwrap();
 
     let started = Instant::now();
-    let app = start(app, db, vhost, publisher);
+    let app = built.start();
     let expected = (orders.len() * 2) as i64;
     wait_until(
         "the backlog to be applied",

@@ -26,13 +26,7 @@ async fn the_same_event_three_times_makes_one_shipment() {
 
     assert_eq!(app.shipment_count(order.id).await, 1);
     assert_eq!(app.count("shipment_line").await, 3); // 2 lines + 1 of the sync order
-    let consumed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM shipments.consumed_message WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-    assert_eq!(consumed, 1);
+    assert_eq!(app.consumed_count(event_id).await, 1);
     app.cleanup().await;
 }
 
@@ -40,10 +34,7 @@ async fn the_same_event_three_times_makes_one_shipment() {
 async fn order_created_makes_a_shipment_with_its_lines() {
     let app = spawn_app().await;
     let order = Order::new(2);
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &order.created())
-        .await;
-    app.wait_for_shipment(order.id).await;
+    app.create_order(&order).await;
 
     let (customer, date, status): (i32, chrono::DateTime<chrono::Utc>, String) = sqlx::query_as(
         "SELECT customer_id, order_date, status FROM shipments.shipment WHERE order_id = $1",
@@ -156,13 +147,7 @@ async fn debezium_samples_are_applied_exactly_once() {
 
     assert_eq!(app.shipment_count(order_id).await, 1);
     assert_eq!(app.shipment_status(order_id).await.unwrap(), "PENDING");
-    let consumed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM shipments.consumed_message WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-    assert_eq!(consumed, 1);
+    assert_eq!(app.consumed_count(event_id).await, 1);
     app.cleanup().await;
 }
 
@@ -263,10 +248,7 @@ async fn an_update_before_its_order_is_applied_when_the_order_arrives() {
     .unwrap();
     assert_eq!(app.shipment_count(order.id).await, 0);
 
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &order.created())
-        .await;
-    app.wait_for_shipment(order.id).await;
+    app.create_order(&order).await;
     assert_eq!(app.line_status(order.lines[1]).await.unwrap(), "CANCELLED");
     assert_eq!(app.line_status(order.lines[0]).await.unwrap(), "ENTERED");
     assert_eq!(app.count("pending_line_update").await, 0);
@@ -325,10 +307,7 @@ async fn with_a_prefetch_window_every_order_ends_in_its_final_state() {
 async fn events_keep_being_applied_after_the_database_drops_our_sessions() {
     let app = spawn_app().await;
     let first = Order::new(1);
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &first.created())
-        .await;
-    app.wait_for_shipment(first.id).await;
+    app.create_order(&first).await;
 
     // Every session on the service's database goes (as in a PostgreSQL restart or failover).
     let mut admin =
@@ -347,26 +326,16 @@ async fn events_keep_being_applied_after_the_database_drops_our_sessions() {
     );
 
     let second = Order::new(1);
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &second.created())
-        .await;
-    app.wait_for_shipment(second.id).await;
+    app.create_order(&second).await;
     assert_eq!(app.shipment_count(second.id).await, 1);
     app.cleanup().await;
 }
 
 #[tokio::test]
 async fn one_batch_with_early_updates_duplicates_and_later_updates_ends_right() {
-    test_support::init_tracing();
-    let db = test_support::TestDatabase::create("shipment")
-        .await
-        .unwrap();
-    let vhost = test_support::TestVhost::create("shipment").await.unwrap();
     // Built, not started: everything below is delivered as one batch.
-    let app = shipment_service::Application::build(config_for(&db, &vhost, &[]))
-        .await
-        .unwrap();
-    let publisher = Publisher::connect(&vhost).await;
+    let built = build_app(&[], |_| {}).await;
+    let publisher = &built.publisher;
     let early = Order::new(2); // an update before its order, in the same batch
     let stored = Order::new(2); // an update parked by an earlier batch
     let plain = Order::new(2); // created, then updated twice in the batch
@@ -378,7 +347,7 @@ async fn one_batch_with_early_updates_duplicates_and_later_updates_ends_right() 
     .bind(parked_before)
     .bind(stored.id)
     .bind(stored.lines[1])
-    .execute(&db.pool)
+    .execute(&built.db.pool)
     .await
     .unwrap();
     let created_id = Uuid::new_v4();
@@ -395,7 +364,7 @@ async fn one_batch_with_early_updates_duplicates_and_later_updates_ends_right() 
     for (id, payload) in &events {
         publisher.publish_plain(*id, payload).await;
     }
-    let app = start(app, db, vhost, publisher);
+    let app = built.start();
     app.wait_for_shipment(stored.id).await;
     app.sync().await;
 

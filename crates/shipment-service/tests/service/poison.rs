@@ -58,10 +58,7 @@ async fn each_poison_kind_is_dead_lettered_with_its_reason() {
         app.publisher.publish(body, properties.clone()).await;
     }
     // The next good message is processed.
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &order.created())
-        .await;
-    app.wait_for_shipment(order.id).await;
+    app.create_order(&order).await;
 
     let letters = take_dead_letters(&app, cases.len()).await;
     assert_eq!(letters.len(), cases.len());
@@ -167,13 +164,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_max_attempts() {
     );
     // Nothing of it was committed.
     assert_eq!(app.shipment_count(order.id).await, 0);
-    let consumed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM shipments.consumed_message WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-    assert_eq!(consumed, 0);
+    assert_eq!(app.consumed_count(event_id).await, 0);
     app.cleanup().await;
 }
 
@@ -193,16 +184,9 @@ async fn a_rejected_event_inside_a_batch_rolls_back_only_itself() {
 }
 
 async fn bad_message_inside_a_batch(bad_body: Vec<u8>, reason: &str) {
-    test_support::init_tracing();
-    let db = test_support::TestDatabase::create("shipment")
-        .await
-        .unwrap();
-    let vhost = test_support::TestVhost::create("shipment").await.unwrap();
     // Built, not started: the messages below wait in the queue and arrive as one batch.
-    let app = shipment_service::Application::build(config_for(&db, &vhost, &[]))
-        .await
-        .unwrap();
-    let publisher = Publisher::connect(&vhost).await;
+    let built = build_app(&[], |_| {}).await;
+    let publisher = &built.publisher;
     // An order without lines: an update for Uuid::nil() would otherwise be parked, not rejected.
     let nil_order = json!({"eventType": "OrderCreated", "id": Uuid::nil(), "customerId": 1, "orderDate": "2024-01-01T00:00:00Z"});
     publisher.publish_plain(Uuid::new_v4(), &nil_order).await;
@@ -223,7 +207,7 @@ async fn bad_message_inside_a_batch(bad_body: Vec<u8>, reason: &str) {
             .publish_plain(Uuid::new_v4(), &order.created())
             .await;
     }
-    let app = start(app, db, vhost, publisher);
+    let app = built.start();
     for order in &orders {
         app.wait_for_shipment(order.id).await;
     }

@@ -43,10 +43,7 @@ async fn quorum_queues_on_request() {
     let dlq = app.vhost.queue_json(DLQ).await.unwrap();
     assert_eq!(dlq["type"], "quorum", "{dlq}");
     let order = Order::new(1);
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &order.created())
-        .await;
-    app.wait_for_shipment(order.id).await;
+    app.create_order(&order).await;
     app.cleanup().await;
 }
 
@@ -84,10 +81,7 @@ async fn a_wrong_password_fails_without_revealing_it() {
 async fn shutdown_leaves_unhandled_messages_in_the_queue() {
     let mut app = spawn_app().await;
     let order = Order::new(1);
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &order.created())
-        .await;
-    app.wait_for_shipment(order.id).await;
+    app.create_order(&order).await;
     app.stop().await;
 
     // Published while stopped: stays in the queue for the next start.

@@ -55,6 +55,19 @@ pub async fn spawn_app_with(
     extra: &[(&str, &str)],
     customize: impl FnOnce(&mut Config),
 ) -> TestApp {
+    build_app(extra, customize).await.start()
+}
+
+/// The app built (its topology declared) but not started, with its database, vhost and a
+/// publisher: messages published now wait in the queue, and arrive as one batch once started.
+pub struct BuiltApp {
+    pub app: Application,
+    pub db: TestDatabase,
+    pub vhost: TestVhost,
+    pub publisher: Publisher,
+}
+
+pub async fn build_app(extra: &[(&str, &str)], customize: impl FnOnce(&mut Config)) -> BuiltApp {
     test_support::init_tracing();
     let db = TestDatabase::create("shipment").await.unwrap();
     let vhost = TestVhost::create("shipment").await.unwrap();
@@ -62,28 +75,30 @@ pub async fn spawn_app_with(
     customize(&mut config);
     let app = Application::build(config).await.unwrap();
     let publisher = Publisher::connect(&vhost).await;
-    start(app, db, vhost, publisher)
-}
-
-pub fn start(
-    app: Application,
-    db: TestDatabase,
-    vhost: TestVhost,
-    publisher: Publisher,
-) -> TestApp {
-    let port = app.port();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        port,
+    BuiltApp {
+        app,
         db,
         vhost,
         publisher,
-        http: reqwest::Client::new(),
-        stop: Some(stop),
-        task: Some(task),
+    }
+}
+
+impl BuiltApp {
+    pub fn start(self) -> TestApp {
+        let port = self.app.port();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(self.app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            port,
+            db: self.db,
+            vhost: self.vhost,
+            publisher: self.publisher,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 }
 
@@ -152,6 +167,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// How many times event `event_id` was recorded as consumed (exactly once means 1).
+    pub async fn consumed_count(&self, event_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM shipments.consumed_message WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM shipments.{table}"))
             .fetch_one(self.pool())
@@ -168,14 +192,18 @@ impl TestApp {
         .unwrap();
     }
 
-    /// Publishes a fresh order and waits for its shipment: every message published before it
-    /// has then been handled (one consumer, in queue order).
-    pub async fn sync(&self) {
-        let order = Order::new(1);
+    /// Publishes `order`'s OrderCreated (under a fresh event id) and waits for its shipment.
+    pub async fn create_order(&self, order: &Order) {
         self.publisher
             .publish_plain(Uuid::new_v4(), &order.created())
             .await;
         self.wait_for_shipment(order.id).await;
+    }
+
+    /// Publishes a fresh order and waits for its shipment: every message published before it
+    /// has then been handled (one consumer, in queue order).
+    pub async fn sync(&self) {
+        self.create_order(&Order::new(1)).await;
     }
 
     /// Waits until the service's queue has no ready and no unacked message (per the
