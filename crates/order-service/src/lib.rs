@@ -6,7 +6,7 @@
 //! - [`config`]: environment variables (`SERVER_PORT`, `DB_*`, `DATABASE_URL`, ...), checked at
 //!   start-up; [`ENV_VARS`] lists every one the binary reads.
 //! - [`startup`]: [`Application::build`] (database, listener, router) and
-//!   [`Application::run_until_stopped`]; [`shutdown_signal`] for SIGINT/SIGTERM.
+//!   [`Application::run_until_stopped`].
 //! - [`database`]: creates the database if missing, the pool (`search_path` = `DB_SCHEMA`) and
 //!   the embedded migrations in `migrations/`.
 //! - [`routes`]: the handlers; [`extract`]: body and path extractors with JSON rejections;
@@ -28,4 +28,4 @@ pub mod telemetry;
 pub use config::{Config, ConfigError, ENV_VARS, Secret};
 pub use domain::Order;
 pub use error::ApiError;
-pub use startup::{Application, StartupError, shutdown_signal};
+pub use startup::{Application, StartupError};

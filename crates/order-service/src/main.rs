@@ -2,11 +2,12 @@
 //! or SIGINT.
 
 use anyhow::Context;
-use order_service::{Application, Config, shutdown_signal, telemetry};
+use order_service::{Application, Config, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid configuration")?;
+    let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     telemetry::init_tracing(&config.log_filter, config.database.debug)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -21,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("order-service cannot start")?;
     application
-        .run_until_stopped(shutdown_signal())
+        .run_until_stopped(shutdown)
         .await
         .context("order-service failed while serving")
 }

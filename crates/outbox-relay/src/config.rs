@@ -58,32 +58,7 @@ pub const ENV_VARS: &[&str] = &[
     "RUST_LOG",
 ];
 
-/// A value that must never be printed (passwords, URLs with passwords).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it (the connection).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use service_kit::Secret;
 
 /// An invalid setting, named as the user wrote it.
 #[derive(Debug, thiserror::Error)]

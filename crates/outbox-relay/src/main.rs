@@ -8,21 +8,8 @@ use anyhow::Context;
 async fn main() -> anyhow::Result<()> {
     let config = outbox_relay::Config::from_env_and_args()?;
     outbox_relay::telemetry::init_logging(config.log_format);
-    let shutdown = shutdown_signal().context("cannot install the signal handlers")?;
+    let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     outbox_relay::run(config, shutdown)
         .await
         .context("outbox-relay stopped")
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
-        }
-    })
 }
