@@ -96,6 +96,13 @@ start_service order-service "http://127.0.0.1:${ORDER_PORT:-3000}/health" \
 # the table owner creates that role and the publication once the tables exist.
 export RELAY_DB_USER=${RELAY_DB_USER:-outbox_relay} RELAY_DB_PASSWORD=${RELAY_DB_PASSWORD:-outbox_relay}
 DB_NAME=orderdb "$REPO/scripts/provision-relay-role.sh"
+# While the relay is down its slot keeps every WAL segment written since (by any database on
+# the server, tests included); say so when that is a lot, as the relay reads through it first.
+slot_behind=$(PGPASSWORD=${DB_PASSWORD:-postgres} psql -h "${DB_HOST:-127.0.0.1}" -p "${DB_PORT:-5432}" \
+  -U "${DB_USER:-postgres}" -d orderdb -Atc "SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), \
+  confirmed_flush_lsn)) FROM pg_replication_slots WHERE slot_name = 'outbox_relay' AND \
+  pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) > 256 * 1024 * 1024" 2>/dev/null || true)
+[ -z "$slot_behind" ] || log "the relay's slot outbox_relay is $slot_behind of WAL behind (kept while the relay was not running); it reads through that before new events flow"
 # The credentials go through the environment (a prefix assignment), not on env's command line.
 DB_USER=$RELAY_DB_USER DB_PASSWORD=$RELAY_DB_PASSWORD \
   start_service outbox-relay "http://127.0.0.1:${RELAY_HTTP_PORT:-8080}/health" \
