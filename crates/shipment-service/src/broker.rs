@@ -16,6 +16,8 @@ use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKin
 use crate::config::BrokerSettings;
 use crate::event::Poison;
 
+/// How long closing a connection may take before it is dropped anyway.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A broker operation failed; the session is abandoned and reopened.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -137,11 +139,21 @@ impl BrokerSession {
 
     /// Stops consuming and closes the connection; unacked deliveries go back to the queue.
     pub async fn close(self) {
-        let _ = self
-            .consume_channel
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let _ = self.connection.close(200, "shutdown".into()).await;
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            self.consume_channel
+                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await;
+        self.abandon("shutdown").await;
+    }
+
+    /// Closes the connection after it failed. Bounded: on a connection whose I/O already died,
+    /// lapin's close can wait forever for a close-ok that never comes, and the consumer would
+    /// never reconnect (seen in the fault suite after a broker restart).
+    pub async fn abandon(&self, reason: &str) {
+        let _ =
+            tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, reason.into())).await;
     }
 
     /// Publishes `delivery`'s body and properties to the dead-letter exchange with the reason

@@ -118,7 +118,7 @@ impl Consumer {
                 }
                 Stop::Lost(error) => {
                     tracing::warn!(%error, "lost the RabbitMQ session; unacked messages return to the queue");
-                    let _ = current.connection.close(200, "reconnecting".into()).await;
+                    current.abandon("reconnecting").await;
                     if sleep_or_shutdown(pause, &shutdown).await {
                         return;
                     }
