@@ -47,8 +47,7 @@ use crate::sink::{AmqpSink, Outcome, OutgoingMessage, PendingConfirm, SinkError}
 use crate::source::{self, ReplicationStream, SourceEvent, StreamError};
 use crate::telemetry::{
     CommitDelays, CommitTime, ExchangeCounters, ExchangeMetrics, IN_FLIGHT, LAG_BYTES,
-    OLDEST_UNCONFIRMED_AGE, PUBLISH_CONFIRM_SECONDS, RECONNECTS, RelayStatus, UNROUTABLE,
-    unix_micros_now,
+    OLDEST_UNCONFIRMED_AGE, RECONNECTS, RelayStatus, UNROUTABLE, unix_micros_now,
 };
 use crate::window::InFlightWindow;
 
@@ -441,8 +440,8 @@ impl Pipeline {
                     return;
                 };
                 if let Some(published_at) = event.published_at {
-                    metrics::histogram!(PUBLISH_CONFIRM_SECONDS)
-                        .record(published_at.elapsed().as_secs_f64());
+                    self.commit_delays
+                        .confirm_took(published_at.elapsed().as_secs_f64());
                 }
                 self.commit_delays
                     .confirmed(event.message.commit_time, unix_micros_now());

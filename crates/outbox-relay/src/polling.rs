@@ -92,8 +92,7 @@ use crate::sink::{AmqpSink, Outcome, OutgoingMessage};
 use crate::source::{self, StartError};
 use crate::telemetry::{
     CommitDelays, CommitTime, ExchangeCounters, ExchangeMetrics, IN_FLIGHT, OLDEST_UNCONFIRMED_AGE,
-    POLLING_BACKLOG_ROWS, PUBLISH_CONFIRM_SECONDS, RECONNECTS, RelayStatus, UNROUTABLE,
-    unix_micros_now,
+    POLLING_BACKLOG_ROWS, RECONNECTS, RelayStatus, UNROUTABLE, unix_micros_now,
 };
 
 /// The column the polling source orders by when the table has it.
@@ -847,7 +846,7 @@ impl Poller {
             let message = &event.message;
             match outcome {
                 Outcome::Delivered => {
-                    metrics::histogram!(PUBLISH_CONFIRM_SECONDS).record(confirm_seconds);
+                    commit_delays.confirm_took(confirm_seconds);
                     if let Some(stamped) = event.stamped {
                         commit_delays.confirmed(stamped, confirmed_at);
                     }

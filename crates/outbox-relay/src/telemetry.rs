@@ -166,11 +166,13 @@ fn delay_seconds(commit: CommitTime, now_micros: i64) -> f64 {
 /// `events_confirmed_total`). The replication source uses the transaction's commit time; the
 /// polling source the row's `timestamp` column, and records nothing for a row without one.
 /// "Now" is this host's wall clock: a commit that looks later than now (clock skew between
-/// hosts) records 0. The handles are registered once, not looked up per event.
+/// hosts) records 0. Also the publish-to-confirm time (`publish_confirm_seconds`). The
+/// handles are registered once, not looked up by name per event.
 #[derive(Debug, Clone)]
 pub(crate) struct CommitDelays {
     to_publish: Histogram,
     to_confirm: Histogram,
+    publish_to_confirm: Histogram,
 }
 
 impl CommitDelays {
@@ -178,7 +180,13 @@ impl CommitDelays {
         Self {
             to_publish: histogram!(COMMIT_TO_PUBLISH_SECONDS),
             to_confirm: histogram!(COMMIT_TO_CONFIRM_SECONDS),
+            publish_to_confirm: histogram!(PUBLISH_CONFIRM_SECONDS),
         }
+    }
+
+    /// The broker took `seconds` from the publish to its confirm.
+    pub(crate) fn confirm_took(&self, seconds: f64) {
+        self.publish_to_confirm.record(seconds);
     }
 
     pub(crate) fn published(&self, commit: CommitTime, now_micros: i64) {
