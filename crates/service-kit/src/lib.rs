@@ -1,6 +1,8 @@
 //! What order-service, shipment-service and outbox-relay share at their edges: [`Secret`], a
 //! setting that must never be printed, and [`shutdown_signal`], the SIGTERM/SIGINT future their
-//! `main` runs until.
+//! `main` runs until; [`migrate`], migrations that adopt a database the original system created.
+
+pub mod migrate;
 
 use std::fmt;
 use std::future::Future;
