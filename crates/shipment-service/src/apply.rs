@@ -12,10 +12,17 @@
 //!
 //! Effects:
 //! - `OrderCreated` → a `shipment` row and a `shipment_line` per order line, then any
-//!   `pending_line_update` rows of that order applied in arrival order.
+//!   `pending_line_update` rows of that order applied in arrival order. Without `lineItems`
+//!   (the original producer's shape) the shipment's lines are unknown (`lines_known = false`).
 //! - `OrderLineUpdated` → the line takes the new status and the shipment's status is recomputed
 //!   ([`ShipmentStatus::of_lines`]). If the order is not here yet, the update is parked in
 //!   `pending_line_update` ([`Outcome::Parked`]): no lost update, no requeue loop.
+//!   A line the shipment does not know is recorded with its new status (no item, no quantity)
+//!   when the shipment's lines are unknown; when they are known (they came with the order), it
+//!   contradicts the order and is rejected.
+//! - A shipment whose lines are unknown stays PENDING: the lines it heard of may not be all of
+//!   them, so their being cancelled or shipped says nothing about the rest
+//!   ([`ShipmentStatus::of_shipment`]).
 //!
 //! Why the outcome does not depend on delivery order: a line changes at most once
 //! (ENTERED → CANCELLED or SHIPPED, enforced by the order-service), updates that precede their
@@ -91,6 +98,16 @@ impl ShipmentStatus {
         }
     }
 
+    /// The status of a shipment: [`ShipmentStatus::of_lines`] when `lines_known`, else PENDING
+    /// (the lines it heard of may not be all of its lines).
+    pub fn of_shipment(lines_known: bool, lines: &[LineStatus]) -> Self {
+        if lines_known {
+            Self::of_lines(lines)
+        } else {
+            ShipmentStatus::Pending
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ShipmentStatus::Pending => "PENDING",
@@ -135,9 +152,40 @@ struct ShipmentState {
     id: Uuid,
     /// Created by this batch (inserted at the end) rather than read from the table.
     is_new: bool,
+    /// Whether `lines` are all the order's lines (its OrderCreated listed them).
+    lines_known: bool,
+    /// In position order; lines learnt from updates come after the order's own.
     lines: Vec<(Uuid, LineStatus)>,
     /// Lines of a stored shipment whose status this batch changed.
     changed_lines: Vec<Uuid>,
+    /// Lines a stored shipment learnt of in this batch (to insert).
+    recorded_lines: Vec<Uuid>,
+}
+
+impl ShipmentState {
+    fn status(&self) -> ShipmentStatus {
+        let current: Vec<LineStatus> = self.lines.iter().map(|(_, status)| *status).collect();
+        ShipmentStatus::of_shipment(self.lines_known, &current)
+    }
+
+    /// Applies `update` to the lines and notes what a stored shipment must write.
+    fn apply(&mut self, update: &OrderLineUpdated) -> Result<Outcome, String> {
+        let change = transition(&mut self.lines, self.lines_known, update)?;
+        if !self.is_new {
+            match change {
+                Change::Recorded => self.recorded_lines.push(update.order_line_id),
+                // A line recorded earlier in this batch is inserted with its latest status.
+                Change::Applied if !self.recorded_lines.contains(&update.order_line_id) => {
+                    self.changed_lines.push(update.order_line_id)
+                }
+                Change::Applied | Change::Unchanged => {}
+            }
+        }
+        Ok(match change {
+            Change::Applied | Change::Recorded => Outcome::Applied,
+            Change::Unchanged => Outcome::Unchanged,
+        })
+    }
 }
 
 /// A line update waiting for its order: stored (`stored`) or parked by this batch.
@@ -150,7 +198,7 @@ struct ParkedUpdate {
 
 fn order_id_of(event: &IncomingEvent) -> Uuid {
     match &event.kind {
-        EventKind::OrderCreated(created) => created.id,
+        EventKind::OrderCreated { order, .. } => order.id,
         EventKind::OrderLineUpdated(updated) => updated.order_id,
     }
 }
@@ -201,7 +249,10 @@ async fn apply_in(
             continue;
         }
         let outcome = match &event.kind {
-            EventKind::OrderCreated(created) => {
+            EventKind::OrderCreated {
+                order: created,
+                lines_known,
+            } => {
                 if shipments.contains_key(&created.id) {
                     return Err(ApplyError::Rejected(format!(
                         "order {} already has a shipment (created by another event id)",
@@ -211,12 +262,14 @@ async fn apply_in(
                 let mut state = ShipmentState {
                     id: Uuid::now_v7(),
                     is_new: true,
+                    lines_known: *lines_known,
                     lines: created
                         .line_items
                         .iter()
                         .map(|l| (l.id, l.status))
                         .collect(),
                     changed_lines: Vec::new(),
+                    recorded_lines: Vec::new(),
                 };
                 if let Some(waiting) = parked.get_mut(&created.id) {
                     apply_parked(&mut state, waiting);
@@ -226,14 +279,7 @@ async fn apply_in(
                 Outcome::Applied
             }
             EventKind::OrderLineUpdated(update) => match shipments.get_mut(&update.order_id) {
-                Some(state) => {
-                    let outcome =
-                        transition(&mut state.lines, update).map_err(ApplyError::Rejected)?;
-                    if outcome == Outcome::Applied && !state.is_new {
-                        state.changed_lines.push(update.order_line_id);
-                    }
-                    outcome
-                }
+                Some(state) => state.apply(update).map_err(ApplyError::Rejected)?,
                 None => {
                     parked
                         .entry(update.order_id)
@@ -251,30 +297,34 @@ async fn apply_in(
     }
 
     write_new_shipments(tx, &new_shipments, &shipments).await?;
+    write_recorded_lines(tx, &shipments).await?;
     write_changed_lines(tx, &shipments).await?;
     write_parked(tx, &parked, &stored_before).await?;
     Ok(outcomes)
 }
+
+/// order_id, id, lines_known, line ids and statuses in position order.
+type StoredShipment = (Uuid, Uuid, bool, Vec<Uuid>, Vec<String>);
 
 /// The stored shipments of `order_ids`, with their lines in order.
 async fn load_shipments(
     tx: &mut Transaction<'_, Postgres>,
     order_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, ShipmentState>, ApplyError> {
-    let rows: Vec<(Uuid, Uuid, Vec<Uuid>, Vec<String>)> = sqlx::query_as(
-        "SELECT s.order_id, s.id, \
+    let rows: Vec<StoredShipment> = sqlx::query_as(
+        "SELECT s.order_id, s.id, s.lines_known, \
                 coalesce(array_agg(l.order_line_id ORDER BY l.position) \
                          FILTER (WHERE l.order_line_id IS NOT NULL), '{}'), \
                 coalesce(array_agg(l.status ORDER BY l.position) \
                          FILTER (WHERE l.order_line_id IS NOT NULL), '{}') \
          FROM shipment s LEFT JOIN shipment_line l ON l.shipment_id = s.id \
-         WHERE s.order_id = ANY($1) GROUP BY s.order_id, s.id",
+         WHERE s.order_id = ANY($1) GROUP BY s.order_id, s.id, s.lines_known",
     )
     .bind(order_ids)
     .fetch_all(&mut **tx)
     .await?;
     let mut shipments = HashMap::with_capacity(rows.len());
-    for (order_id, id, line_ids, statuses) in rows {
+    for (order_id, id, lines_known, line_ids, statuses) in rows {
         let lines = line_ids
             .into_iter()
             .zip(statuses.iter())
@@ -285,8 +335,10 @@ async fn load_shipments(
             ShipmentState {
                 id,
                 is_new: false,
+                lines_known,
                 lines,
                 changed_lines: Vec::new(),
+                recorded_lines: Vec::new(),
             },
         );
     }
@@ -325,7 +377,7 @@ async fn load_parked(
 /// One that does not fit the order stays parked (its message was acked long ago): logged and
 /// counted for an operator.
 fn apply_parked(state: &mut ShipmentState, waiting: &mut Vec<ParkedUpdate>) {
-    waiting.retain(|parked| match transition(&mut state.lines, &parked.update) {
+    waiting.retain(|parked| match state.apply(&parked.update) {
         Ok(_) => false,
         Err(reason) => {
             tracing::error!(event_id = %parked.event_id, order_id = %parked.update.order_id, %reason,
@@ -346,44 +398,48 @@ async fn write_new_shipments(
     }
     let mut ids = Vec::with_capacity(created.len());
     let mut statuses = Vec::with_capacity(created.len());
-    let mut line_shipments = Vec::new();
-    let mut line_ids = Vec::new();
-    let mut line_positions = Vec::new();
-    let mut line_items = Vec::new();
-    let mut line_quantities = Vec::new();
-    let mut line_statuses = Vec::new();
+    let mut lines_known = Vec::with_capacity(created.len());
+    let mut lines = NewLines::default();
     for order in created {
         let Some(state) = shipments.get(&order.id) else {
             continue;
         };
-        let current: Vec<LineStatus> = state.lines.iter().map(|(_, status)| *status).collect();
         ids.push(state.id);
-        statuses.push(ShipmentStatus::of_lines(&current).as_str());
-        for (position, (item, (line_id, status))) in
-            order.line_items.iter().zip(&state.lines).enumerate()
-        {
-            line_shipments.push(state.id);
-            line_ids.push(*line_id);
-            line_positions.push(i32::try_from(position + 1).unwrap_or(i32::MAX));
-            line_items.push(item.item.as_str());
-            line_quantities.push(item.quantity);
-            line_statuses.push(status.as_str());
+        statuses.push(state.status().as_str());
+        lines_known.push(state.lines_known);
+        // The order's own lines first (same positions), then any learnt from parked updates.
+        for (index, (line_id, status)) in state.lines.iter().enumerate() {
+            let item = order.line_items.get(index);
+            lines.push(
+                state.id,
+                *line_id,
+                index,
+                item.map(|item| item.item.as_str()),
+                item.map(|item| item.quantity),
+                *status,
+            );
         }
     }
     let order_ids: Vec<Uuid> = created.iter().map(|order| order.id).collect();
     let customer_ids: Vec<i32> = created.iter().map(|order| order.customer_id).collect();
     let order_dates: Vec<chrono::DateTime<chrono::Utc>> =
         created.iter().map(|order| order.order_date).collect();
+    // No conflict target: the original's table may lack the unique index on order_id (see the
+    // migration); the advisory lock and the read in `apply_in` already exclude a second
+    // shipment of an order, and a conflict on any unique index still counts as one.
+    // `order_date` may be the original's `timestamp` column: PostgreSQL converts in the
+    // session time zone, UTC.
     let inserted = sqlx::query(
-        "INSERT INTO shipment (id, order_id, customer_id, order_date, status) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[], $5::text[]) \
-         ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO shipment (id, order_id, customer_id, order_date, status, lines_known) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[], $5::text[], $6::bool[]) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&ids)
     .bind(&order_ids)
     .bind(&customer_ids)
     .bind(&order_dates)
     .bind(&statuses)
+    .bind(&lines_known)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -392,33 +448,90 @@ async fn write_new_shipments(
             "an order already has a shipment (created by another event id)".to_owned(),
         ));
     }
-    if line_ids.is_empty() {
-        return Ok(());
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO shipment_line (order_line_id, shipment_id, position, item, quantity, status) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[], $6::text[]) \
-         ON CONFLICT (order_line_id) DO NOTHING",
-    )
-    .bind(&line_ids)
-    .bind(&line_shipments)
-    .bind(&line_positions)
-    .bind(&line_items)
-    .bind(&line_quantities)
-    .bind(&line_statuses)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted != line_ids.len() as u64 {
-        return Err(ApplyError::Rejected(format!(
-            "{} order line ids already belong to another shipment",
-            line_ids.len() as u64 - inserted
-        )));
-    }
-    Ok(())
+    lines.insert(tx).await
 }
 
-/// Status changes of stored lines, and the status of their shipments.
+/// Rows for `shipment_line`, as parallel arrays for one `UNNEST` insert.
+#[derive(Debug, Default)]
+struct NewLines<'a> {
+    shipments: Vec<Uuid>,
+    ids: Vec<Uuid>,
+    positions: Vec<i32>,
+    items: Vec<Option<&'a str>>,
+    quantities: Vec<Option<i32>>,
+    statuses: Vec<&'static str>,
+}
+
+impl<'a> NewLines<'a> {
+    /// A line at `index` (from 0) of its shipment; item and quantity are unknown for a line
+    /// learnt from an update.
+    fn push(
+        &mut self,
+        shipment: Uuid,
+        id: Uuid,
+        index: usize,
+        item: Option<&'a str>,
+        quantity: Option<i32>,
+        status: LineStatus,
+    ) {
+        self.shipments.push(shipment);
+        self.ids.push(id);
+        self.positions
+            .push(i32::try_from(index + 1).unwrap_or(i32::MAX));
+        self.items.push(item);
+        self.quantities.push(quantity);
+        self.statuses.push(status.as_str());
+    }
+
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), ApplyError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO shipment_line (order_line_id, shipment_id, position, item, quantity, status) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[], $6::text[]) \
+             ON CONFLICT (order_line_id) DO NOTHING",
+        )
+        .bind(&self.ids)
+        .bind(&self.shipments)
+        .bind(&self.positions)
+        .bind(&self.items)
+        .bind(&self.quantities)
+        .bind(&self.statuses)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if inserted != self.ids.len() as u64 {
+            return Err(ApplyError::Rejected(format!(
+                "{} order line ids already belong to another shipment",
+                self.ids.len() as u64 - inserted
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Lines that stored shipments learnt of from updates in this batch.
+async fn write_recorded_lines(
+    tx: &mut Transaction<'_, Postgres>,
+    shipments: &HashMap<Uuid, ShipmentState>,
+) -> Result<(), ApplyError> {
+    let mut lines = NewLines::default();
+    for state in shipments
+        .values()
+        .filter(|state| !state.recorded_lines.is_empty())
+    {
+        for (index, (line_id, status)) in state.lines.iter().enumerate() {
+            if state.recorded_lines.contains(line_id) {
+                lines.push(state.id, *line_id, index, None, None, *status);
+            }
+        }
+    }
+    lines.insert(tx).await
+}
+
+/// Status changes of stored lines, and the status (and `updated_at`) of the stored shipments
+/// whose lines changed or grew in this batch.
 async fn write_changed_lines(
     tx: &mut Transaction<'_, Postgres>,
     shipments: &HashMap<Uuid, ShipmentState>,
@@ -427,21 +540,19 @@ async fn write_changed_lines(
     let mut line_statuses = Vec::new();
     let mut shipment_ids = Vec::new();
     let mut shipment_statuses = Vec::new();
-    for state in shipments
-        .values()
-        .filter(|state| !state.changed_lines.is_empty())
-    {
+    for state in shipments.values().filter(|state| {
+        !state.is_new && (!state.changed_lines.is_empty() || !state.recorded_lines.is_empty())
+    }) {
         for (line_id, status) in &state.lines {
             if state.changed_lines.contains(line_id) {
                 line_ids.push(*line_id);
                 line_statuses.push(status.as_str());
             }
         }
-        let current: Vec<LineStatus> = state.lines.iter().map(|(_, status)| *status).collect();
         shipment_ids.push(state.id);
-        shipment_statuses.push(ShipmentStatus::of_lines(&current).as_str());
+        shipment_statuses.push(state.status().as_str());
     }
-    if line_ids.is_empty() {
+    if shipment_ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
@@ -524,19 +635,37 @@ fn advisory_key(order_id: Uuid) -> i64 {
     i64::from_be_bytes(key)
 }
 
-/// Moves the line named by `update` to its new status in `lines`, or says why it cannot.
+/// What an update did to a shipment's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The line moved to the new status.
+    Applied,
+    /// The line already had the new status.
+    Unchanged,
+    /// A line the shipment did not know of, added with the new status.
+    Recorded,
+}
+
+/// Moves the line named by `update` to its new status in `lines`, or says why it cannot. A line
+/// not in `lines` is added when `lines_known` is false (the order came without its lines), and
+/// contradicts the order otherwise.
 fn transition(
-    lines: &mut [(Uuid, LineStatus)],
+    lines: &mut Vec<(Uuid, LineStatus)>,
+    lines_known: bool,
     update: &OrderLineUpdated,
-) -> Result<Outcome, String> {
+) -> Result<Change, String> {
     let Some((_, current)) = lines.iter_mut().find(|(id, _)| *id == update.order_line_id) else {
-        return Err(format!(
-            "order {} has no line {}",
-            update.order_id, update.order_line_id
-        ));
+        if lines_known {
+            return Err(format!(
+                "order {} has no line {}",
+                update.order_id, update.order_line_id
+            ));
+        }
+        lines.push((update.order_line_id, update.new_status));
+        return Ok(Change::Recorded);
     };
     if *current == update.new_status {
-        return Ok(Outcome::Unchanged);
+        return Ok(Change::Unchanged);
     }
     if *current != update.old_status || !current.can_become(update.new_status) {
         return Err(format!(
@@ -545,7 +674,7 @@ fn transition(
         ));
     }
     *current = update.new_status;
-    Ok(Outcome::Applied)
+    Ok(Change::Applied)
 }
 
 fn parse_status(text: &str) -> Result<LineStatus, ApplyError> {
@@ -590,24 +719,61 @@ mod tests {
             new_status: new,
         };
         assert_eq!(
-            transition(&mut lines, &update(Entered, Cancelled)),
-            Ok(Outcome::Applied)
+            transition(&mut lines, true, &update(Entered, Cancelled)),
+            Ok(Change::Applied)
         );
         assert_eq!(lines[0].1, Cancelled);
         assert_eq!(
-            transition(&mut lines, &update(Entered, Cancelled)),
-            Ok(Outcome::Unchanged)
+            transition(&mut lines, true, &update(Entered, Cancelled)),
+            Ok(Change::Unchanged)
         );
-        let conflict = transition(&mut lines, &update(Entered, Shipped)).unwrap_err();
+        let conflict = transition(&mut lines, true, &update(Entered, Shipped)).unwrap_err();
         assert!(conflict.contains("is CANCELLED"), "{conflict}");
         let stranger = OrderLineUpdated {
             order_line_id: Uuid::new_v4(),
             ..update(Entered, Shipped)
         };
         assert!(
-            transition(&mut lines, &stranger)
+            transition(&mut lines, true, &stranger)
                 .unwrap_err()
                 .contains("has no line")
+        );
+        assert_eq!(lines.len(), 1);
+
+        // Lines unknown (the original producer's OrderCreated): the stranger is recorded.
+        assert_eq!(
+            transition(&mut lines, false, &stranger),
+            Ok(Change::Recorded)
+        );
+        assert_eq!(lines[1], (stranger.order_line_id, Shipped));
+        assert_eq!(
+            transition(&mut lines, false, &stranger),
+            Ok(Change::Unchanged)
+        );
+        let conflict = OrderLineUpdated {
+            new_status: Cancelled,
+            ..stranger
+        };
+        assert!(transition(&mut lines, false, &conflict).is_err());
+    }
+
+    #[test]
+    fn unknown_lines_keep_the_shipment_pending() {
+        assert_eq!(
+            ShipmentStatus::of_shipment(false, &[Cancelled, Cancelled]),
+            ShipmentStatus::Pending
+        );
+        assert_eq!(
+            ShipmentStatus::of_shipment(false, &[Shipped]),
+            ShipmentStatus::Pending
+        );
+        assert_eq!(
+            ShipmentStatus::of_shipment(true, &[Cancelled]),
+            ShipmentStatus::Cancelled
+        );
+        assert_eq!(
+            ShipmentStatus::of_shipment(true, &[Shipped]),
+            ShipmentStatus::Shipped
         );
     }
 

@@ -1,12 +1,29 @@
 //! The PostgreSQL side at start-up: creates the database and schema if missing, runs the embedded
-//! migrations, and opens the pool every query uses (its `search_path` is `DB_SCHEMA`).
+//! migrations, and opens the pool every query uses (its `search_path` is `DB_SCHEMA`, its
+//! `TimeZone` UTC).
+//!
+//! The database may be one the original NodeJS service created: its tables exist without our
+//! migration history. [`service_kit::migrate::migrate_adopting`] recognises it by its
+//! `consumed_message` table, skips our baseline migration and runs the later ones, which add
+//! what our code needs to the original's tables (see `migrations/`).
 
 use std::time::{Duration, Instant};
 
+use service_kit::migrate::{Baseline, SchemaOrigin, migrate_adopting};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::DatabaseSettings;
+
+/// The embedded migrations.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Our first migration, whose tables the original system's database already has.
+const BASELINE: Baseline<'static> = Baseline {
+    version: 20261127000001,
+    marker_table: "consumed_message",
+};
 
 /// Why the database could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +99,13 @@ async fn try_prepare(settings: &DatabaseSettings) -> Result<PgPool, DatabaseErro
         }
         Err(error) => return Err(connect_error(error)),
     }
-    let options: PgConnectOptions = settings
-        .connect_options()
-        .options([("search_path", settings.schema.as_str())]);
+    // TimeZone UTC: the original's columns are `timestamp` (without time zone) holding UTC wall
+    // time, as its NodeJS services wrote it; our timestamptz values are converted to and from
+    // them in the session time zone. Explicit, whatever the server's or database's default.
+    let options: PgConnectOptions = settings.connect_options().options([
+        ("search_path", settings.schema.as_str()),
+        ("TimeZone", "UTC"),
+    ]);
     let pool = PgPoolOptions::new()
         .max_connections(5)
         // Short, so that an unreachable database surfaces as an error the consumer retries.
@@ -102,8 +123,27 @@ async fn try_prepare(settings: &DatabaseSettings) -> Result<PgPool, DatabaseErro
         schema: settings.schema.clone(),
         source,
     })?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
+    if migrate_adopting(&pool, &MIGRATOR, BASELINE).await? == SchemaOrigin::Original {
+        tracing::info!(schema = %settings.schema, "adopted the original system's shipment tables; their rows are kept");
+    }
+    warn_without_unique_order_id(&pool).await;
     Ok(pool)
+}
+
+/// The migrations create the unique index on `shipment.order_id` only when the original's rows
+/// allow it; the service works without it, but an operator should know.
+async fn warn_without_unique_order_id(pool: &PgPool) {
+    let present: Result<bool, _> =
+        sqlx::query_scalar("SELECT to_regclass('shipment_order_id_key') IS NOT NULL")
+            .fetch_one(pool)
+            .await;
+    if let Ok(false) = present {
+        tracing::warn!(
+            "shipment has several rows for one order_id (from the original system), so the unique \
+             index on order_id is missing; remove the duplicates and run \
+             CREATE UNIQUE INDEX shipment_order_id_key ON shipment (order_id)"
+        );
+    }
 }
 
 async fn create_database(settings: &DatabaseSettings) -> Result<(), DatabaseError> {

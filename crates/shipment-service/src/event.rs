@@ -3,6 +3,11 @@
 //! Both wire formats of the relay are understood (plain payload body, Debezium envelope) through
 //! `wire_format::decode`. Anything that can never be applied — not JSON, no event id, an unknown
 //! `eventType`, missing or ill-typed fields — is a [`Poison`] with a reason an operator can read.
+//!
+//! Both producers' shapes are accepted: ours sends `OrderCreated` with `lineItems`, the original
+//! NodeJS producer without (`{id, eventType, orderDate, customerId}`). An absent (or `null`)
+//! `lineItems` means the order's lines are unknown, which is not the same as `lineItems: []`,
+//! an order known to have no lines (`lines_known` of [`EventKind::OrderCreated`]).
 
 use std::fmt;
 
@@ -22,7 +27,13 @@ pub struct IncomingEvent {
 /// The events this service applies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    OrderCreated(OrderCreated),
+    OrderCreated {
+        /// The order; its `line_items` are empty when `lines_known` is false.
+        order: OrderCreated,
+        /// Whether the payload listed the order's lines (`lineItems`, possibly empty). The
+        /// original producer never does: the shipment then learns lines from line updates.
+        lines_known: bool,
+    },
     OrderLineUpdated(OrderLineUpdated),
 }
 
@@ -30,7 +41,7 @@ impl EventKind {
     /// The `eventType` spelling, used as a metric label.
     pub fn type_name(&self) -> &'static str {
         match self {
-            EventKind::OrderCreated(_) => "OrderCreated",
+            EventKind::OrderCreated { .. } => "OrderCreated",
             EventKind::OrderLineUpdated(_) => "OrderLineUpdated",
         }
     }
@@ -133,11 +144,15 @@ pub fn parse(
     let mut payload = received.payload;
     let kind = match event_type {
         "OrderCreated" => {
-            // The captured Debezium sample carries no lineItems: an order without lines.
+            // The original producer (and the captured Debezium sample) sends no lineItems: the
+            // lines are unknown, to be learnt from line updates.
+            let mut lines_known = true;
             if let Some(object) = payload.as_object_mut() {
-                object
-                    .entry("lineItems")
-                    .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                let line_items = object.entry("lineItems").or_insert(serde_json::Value::Null);
+                if line_items.is_null() {
+                    lines_known = false;
+                    *line_items = serde_json::Value::Array(Vec::new());
+                }
             }
             let created: OrderCreated = serde_json::from_value(payload).map_err(|error| {
                 Poison::new(
@@ -149,7 +164,10 @@ pub fn parse(
             validate_created(&created).map_err(|detail| {
                 Poison::new(PoisonReason::InvalidPayload, detail).of_type(event_type)
             })?;
-            EventKind::OrderCreated(created)
+            EventKind::OrderCreated {
+                order: created,
+                lines_known,
+            }
         }
         "OrderLineUpdated" => {
             let updated: OrderLineUpdated = serde_json::from_value(payload).map_err(|error| {
@@ -234,11 +252,55 @@ mod tests {
     fn plain_order_created() {
         let event = parse(created_body().as_bytes(), Some(EVENT), &[]).unwrap();
         assert_eq!(event.id.to_string(), EVENT);
-        let EventKind::OrderCreated(created) = event.kind else {
+        let EventKind::OrderCreated {
+            order: created,
+            lines_known,
+        } = event.kind
+        else {
             panic!("not OrderCreated")
         };
         assert_eq!(created.customer_id, 3);
         assert_eq!(created.line_items.len(), 1);
+        assert!(lines_known);
+    }
+
+    #[test]
+    fn absent_line_items_are_unknown_lines_and_empty_ones_are_none() {
+        let original = format!(
+            r#"{{"id":"{ORDER}","eventType":"OrderCreated","orderDate":"2019-01-31T12:13:01.000Z","customerId":123}}"#
+        );
+        let explicit_null = original.replace("\"customerId\"", r#""lineItems":null,"customerId""#);
+        let empty = original.replace("\"customerId\"", r#""lineItems":[],"customerId""#);
+        for (body, known) in [(original, false), (explicit_null, false), (empty, true)] {
+            let event = parse(body.as_bytes(), Some(EVENT), &[]).unwrap();
+            let EventKind::OrderCreated { order, lines_known } = event.kind else {
+                panic!("not OrderCreated: {body}")
+            };
+            assert_eq!(lines_known, known, "{body}");
+            assert!(order.line_items.is_empty());
+            assert_eq!(order.customer_id, 123);
+        }
+        // lineItems of the wrong type is still poison, not "unknown".
+        let wrong = created_body().replace(r#""lineItems":["#, r#""lineItems":"none","x":["#);
+        assert_eq!(
+            parse(wrong.as_bytes(), Some(EVENT), &[])
+                .unwrap_err()
+                .reason,
+            PoisonReason::InvalidPayload
+        );
+    }
+
+    #[test]
+    fn the_original_line_update_shape() {
+        let body = format!(
+            r#"{{"orderId":"{ORDER}","orderLineId":"{LINE}","oldStatus":"ENTERED","newStatus":"CANCELLED"}}"#
+        );
+        let headers = vec![("eventType".to_owned(), "OrderLineUpdated".to_owned())];
+        let event = parse(body.as_bytes(), Some(EVENT), &headers).unwrap();
+        let EventKind::OrderLineUpdated(update) = event.kind else {
+            panic!("not OrderLineUpdated")
+        };
+        assert_eq!(update.order_line_id.to_string(), LINE);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The HTTP API: `GET /shipments` (paged, `?orderId=`), `GET /shipments/{id}`, `GET /health`,
-//! `GET /metrics`. Every error is JSON `{error, message, field?}` built in one place
+//! `GET /metrics`. Every error is JSON `{error, message, field?, statusCode}` built in one place
 //! ([`ApiError`]).
+//!
+//! Clients of the original (NestJS) service read `statusCode` from its error bodies
+//! `{statusCode, message, error}` and `health` from its `{"health": true}`: both keys are added
+//! to ours. Its `error` (the reason phrase) clashes with ours (a code such as `not_found`), so
+//! ours keeps its meaning.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,7 +48,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// An HTTP error; its response is `{error, message, field?}`.
+/// An HTTP error; its response is `{error, message, field?, statusCode}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -64,6 +69,9 @@ struct ErrorBody<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The HTTP status again, as the original's NestJS bodies have it.
+    #[serde(rename = "statusCode")]
+    status_code: u16,
 }
 
 impl IntoResponse for ApiError {
@@ -97,6 +105,7 @@ impl IntoResponse for ApiError {
             error,
             message,
             field,
+            status_code: status.as_u16(),
         };
         (status, Json(body)).into_response()
     }
@@ -172,6 +181,8 @@ async fn get_shipment(
 
 #[derive(Serialize)]
 struct HealthBody {
+    /// The original's answer: true only when healthy.
+    health: bool,
     status: &'static str,
     database: &'static str,
     broker: &'static str,
@@ -192,6 +203,7 @@ async fn health(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = HealthBody {
+        health: database_up && broker_up,
         status: word(database_up && broker_up),
         database: word(database_up),
         broker: word(broker_up),

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: environment variables ([`ENV_VARS`]), validated at start.
-//! - [`db`]: creates database and schema, runs the embedded migrations, opens the pool.
+//! - [`db`]: creates database and schema, runs the embedded migrations (adopting the original
+//!   system's tables when it finds them), opens the pool.
 //! - [`broker`]: RabbitMQ connection, topology, dead-letter publishing.
 //! - [`event`]: one AMQP message → a typed event, or the reason it is poison.
 //! - [`apply`]: the effect of each event, exactly once; the event id is recorded in the same

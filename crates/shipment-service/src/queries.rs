@@ -1,4 +1,9 @@
 //! Read queries behind the HTTP API: shipments with their lines.
+//!
+//! They also read the rows the original system wrote: its `order_date` is a nullable
+//! `timestamp` (UTC wall time; the session time zone is UTC, so `::timestamptz` reads it right
+//! and is a no-op on our timestamptz column); its shipments have no lines, and lines learnt
+//! from its updates have no item or quantity.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -12,8 +17,9 @@ pub struct ShipmentView {
     pub id: Uuid,
     pub order_id: Uuid,
     pub customer_id: i32,
-    #[serde(with = "events::utc_millis")]
-    pub order_date: DateTime<Utc>,
+    /// Null only for a shipment the original system stored without one.
+    #[serde(serialize_with = "optional_utc_millis")]
+    pub order_date: Option<DateTime<Utc>>,
     pub status: String,
     pub lines: Vec<ShipmentLineView>,
 }
@@ -23,9 +29,20 @@ pub struct ShipmentView {
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentLineView {
     pub order_line_id: Uuid,
-    pub item: String,
-    pub quantity: i32,
+    /// Null for a line known only from an `OrderLineUpdated` (its order came without lines).
+    pub item: Option<String>,
+    pub quantity: Option<i32>,
     pub status: String,
+}
+
+fn optional_utc_millis<S: serde::Serializer>(
+    value: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => events::utc_millis::serialize(value, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// One page of shipments, oldest first, with the total count for the filter.
@@ -38,7 +55,9 @@ pub struct ShipmentPage {
     pub total: i64,
 }
 
-type ShipmentRow = (Uuid, Uuid, i32, DateTime<Utc>, String);
+type ShipmentRow = (Uuid, Uuid, i32, Option<DateTime<Utc>>, String);
+/// shipment_id, order_line_id, item, quantity, status.
+type LineRow = (Uuid, Uuid, Option<String>, Option<i32>, String);
 
 /// Page `page` (from 0) of `size` shipments, optionally only the one of `order_id`.
 pub async fn list(
@@ -53,7 +72,7 @@ pub async fn list(
             .fetch_one(pool)
             .await?;
     let rows: Vec<ShipmentRow> = sqlx::query_as(
-        "SELECT id, order_id, customer_id, order_date, status FROM shipment \
+        "SELECT id, order_id, customer_id, order_date::timestamptz, status FROM shipment \
          WHERE $1::uuid IS NULL OR order_id = $1 ORDER BY id LIMIT $2 OFFSET $3",
     )
     .bind(order_id)
@@ -73,7 +92,8 @@ pub async fn list(
 /// The shipment `id` with its lines, if it exists.
 pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<ShipmentView>, sqlx::Error> {
     let row: Option<ShipmentRow> = sqlx::query_as(
-        "SELECT id, order_id, customer_id, order_date, status FROM shipment WHERE id = $1",
+        "SELECT id, order_id, customer_id, order_date::timestamptz, status FROM shipment \
+         WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -92,7 +112,7 @@ async fn with_lines(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
-    let lines: Vec<(Uuid, Uuid, String, i32, String)> = sqlx::query_as(
+    let lines: Vec<LineRow> = sqlx::query_as(
         "SELECT shipment_id, order_line_id, item, quantity, status FROM shipment_line \
          WHERE shipment_id = ANY($1) ORDER BY shipment_id, position",
     )

@@ -73,11 +73,14 @@ async fn bad_requests_get_json_errors_naming_the_field() {
         assert!(body["error"].is_string(), "{path}: {body}");
         assert!(body["message"].is_string(), "{path}: {body}");
         assert_eq!(body["field"].as_str(), field, "{path}: {body}");
+        // The original (NestJS) clients' key.
+        assert_eq!(body["statusCode"], status, "{path}: {body}");
     }
     let missing = Uuid::new_v4();
     let (status, body) = app.get(&format!("/shipments/{missing}")).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "not_found");
+    assert_eq!(body["statusCode"], 404);
     assert!(
         body["message"]
             .as_str()
@@ -89,6 +92,7 @@ async fn bad_requests_get_json_errors_naming_the_field() {
     assert_eq!(response.status().as_u16(), 405);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed");
+    assert_eq!(body["statusCode"], 405);
     app.cleanup().await;
 }
 
@@ -106,6 +110,8 @@ async fn health_and_metrics() {
     assert_eq!(health["status"], "UP");
     assert_eq!(health["database"], "UP");
     assert_eq!(health["broker"], "UP");
+    // The original's answer, alongside ours.
+    assert_eq!(health["health"], true);
 
     app.sync().await;
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
@@ -125,5 +131,31 @@ async fn health_and_metrics() {
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn health_is_false_when_the_broker_is_gone() {
+    let app = spawn_app().await;
+    test_support::wait_until("healthy", test_support::EVENTUALLY, || async {
+        let (status, body) = app.get("/health").await;
+        (status == 200 && body["health"] == true).then_some(())
+    })
+    .await
+    .unwrap();
+    // Deleting the vhost closes the service's connection, and it cannot reconnect.
+    test_support::ManagementApi::from_env()
+        .unwrap()
+        .delete(&format!("/api/vhosts/{}", app.vhost.name))
+        .await
+        .unwrap();
+    let body = test_support::wait_until("unhealthy", test_support::EVENTUALLY, || async {
+        let (status, body) = app.get("/health").await;
+        (status == 503).then_some(body)
+    })
+    .await
+    .unwrap();
+    assert_eq!(body["health"], false, "{body}");
+    assert_eq!(body["broker"], "DOWN", "{body}");
     app.cleanup().await;
 }

@@ -2,9 +2,11 @@
 //! its own database and vhost (see `support`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod adoption;
 mod backlog;
 mod consuming;
 mod http_api;
+mod original_events;
 mod poison;
 mod startup;
 mod support;

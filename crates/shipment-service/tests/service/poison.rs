@@ -187,8 +187,9 @@ async fn bad_message_inside_a_batch(bad_body: Vec<u8>, reason: &str) {
     // Built, not started: the messages below wait in the queue and arrive as one batch.
     let built = build_app(&[], |_| {}).await;
     let publisher = &built.publisher;
-    // An order without lines: an update for Uuid::nil() would otherwise be parked, not rejected.
-    let nil_order = json!({"eventType": "OrderCreated", "id": Uuid::nil(), "customerId": 1, "orderDate": "2024-01-01T00:00:00Z"});
+    // An order known to have no lines (`lineItems: []`): an update for Uuid::nil() would
+    // otherwise be parked, and without lineItems its line would be recorded, not rejected.
+    let nil_order = json!({"eventType": "OrderCreated", "id": Uuid::nil(), "customerId": 1, "orderDate": "2024-01-01T00:00:00Z", "lineItems": []});
     publisher.publish_plain(Uuid::new_v4(), &nil_order).await;
     let orders: Vec<Order> = (0..20).map(|_| Order::new(1)).collect();
     let bad_id = Uuid::new_v4();

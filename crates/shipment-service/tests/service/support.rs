@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde_json::{Value, json};
@@ -14,6 +16,7 @@ use test_support::{EVENTUALLY, TestDatabase, TestVhost, wait_until};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+use wire_format::{Header, HeaderKind, WireFormat};
 
 pub const EXCHANGE: &str = "order.events";
 pub const QUEUE: &str = "shipment.orders";
@@ -71,6 +74,17 @@ pub async fn build_app(extra: &[(&str, &str)], customize: impl FnOnce(&mut Confi
     test_support::init_tracing();
     let db = TestDatabase::create("shipment").await.unwrap();
     let vhost = TestVhost::create("shipment").await.unwrap();
+    build_app_on(db, vhost, extra, customize).await
+}
+
+/// [`build_app`] on a database (and vhost) the test prepared.
+pub async fn build_app_on(
+    db: TestDatabase,
+    vhost: TestVhost,
+    extra: &[(&str, &str)],
+    customize: impl FnOnce(&mut Config),
+) -> BuiltApp {
+    test_support::init_tracing();
     let mut config = config_for(&db, &vhost, extra);
     customize(&mut config);
     let app = Application::build(config).await.unwrap();
@@ -183,6 +197,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Messages waiting in the dead-letter queue now (a passive declare: exact, no lag).
+    pub async fn dead_letter_depth(&self) -> u32 {
+        let channel = self.publisher.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                DLQ.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel.close(200, "done".into()).await.ok();
+        queue.message_count()
+    }
+
     /// Waits until the shipment of `order_id` exists.
     pub async fn wait_for_shipment(&self, order_id: Uuid) {
         wait_until("the shipment", EVENTUALLY, || async {
@@ -284,6 +316,43 @@ impl Publisher {
             plain_properties(event_id, payload),
         )
         .await;
+    }
+
+    /// Publishes `payload` under `event_id` as the relay does in `format`: `plain` with
+    /// message_id and bare `id`/`eventType` headers, `debezium` with Debezium's JSON-envelope
+    /// headers and no message_id. `event_type` goes in the header (the original producer's
+    /// OrderLineUpdated payload has no `eventType`).
+    pub async fn publish_as(
+        &self,
+        format: WireFormat,
+        event_id: Uuid,
+        event_type: &str,
+        payload: &Value,
+    ) {
+        let id = event_id.to_string();
+        let encoded = wire_format::encode(
+            format,
+            &payload.to_string(),
+            &[
+                Header {
+                    name: "id",
+                    value: &id,
+                    kind: HeaderKind::Uuid,
+                },
+                Header {
+                    name: "eventType",
+                    value: event_type,
+                    kind: HeaderKind::String,
+                },
+            ],
+        )
+        .unwrap();
+        let mut properties =
+            BasicProperties::default().with_headers(string_table(&encoded.headers));
+        if format == WireFormat::Plain {
+            properties = properties.with_message_id(ShortString::from(id));
+        }
+        self.publish(&encoded.body, properties).await;
     }
 
     /// Publishes a body with headers given as strings (AMQP long strings).
@@ -430,6 +499,53 @@ impl Order {
             "orderLineId": self.lines[line],
             "newStatus": new_status,
             "oldStatus": "ENTERED",
+        })
+    }
+}
+
+/// The original system's shipment database (its DDL and rows, `resources/original`), in a
+/// database of the test's own.
+pub async fn original_shipment_db() -> TestDatabase {
+    let db = TestDatabase::create("shipment_orig").await.unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../resources/original");
+    for file in ["shipmentdb-schema.sql", "shipmentdb-rows.sql"] {
+        let sql = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        sqlx::raw_sql(&sql).execute(&db.pool).await.unwrap();
+    }
+    db
+}
+
+/// An order as the original NodeJS producer announces it: no lineItems, and line updates
+/// whose payload has no eventType (it travels in the header).
+#[derive(Debug, Clone)]
+pub struct OriginalOrder {
+    pub id: Uuid,
+    pub lines: Vec<Uuid>,
+}
+
+impl OriginalOrder {
+    pub fn new(lines: usize) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            lines: (0..lines).map(|_| Uuid::new_v4()).collect(),
+        }
+    }
+
+    pub fn created(&self) -> Value {
+        json!({
+            "id": self.id,
+            "eventType": "OrderCreated",
+            "orderDate": "2024-01-01T12:00:00.000Z",
+            "customerId": 7,
+        })
+    }
+
+    pub fn line_updated(&self, line: usize, new_status: &str) -> Value {
+        json!({
+            "orderId": self.id,
+            "orderLineId": self.lines[line],
+            "oldStatus": "ENTERED",
+            "newStatus": new_status,
         })
     }
 }
