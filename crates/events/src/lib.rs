@@ -9,6 +9,9 @@
 //!
 //! Timestamps are written as UTC with millisecond precision (`2024-01-01T12:00:00.000Z`), the
 //! format of the system we replace.
+//!
+//! Ids are UUID version 4 by default ([`IdFormat`]): the original system's consumers accept no
+//! other version.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +23,61 @@ use uuid::Uuid;
 
 /// The aggregate type of every order event: the relay routes it to exchange `order.events`.
 pub const ORDER_AGGREGATE_TYPE: &str = "order";
+
+/// Which kind of UUID a producer makes for new orders, lines and outbox events.
+///
+/// [`IdFormat::Uuid4`] (random) is the default: the original system's consumers validate every
+/// id of an event as a version 4 UUID and reject any other. [`IdFormat::Uuid7`] (time-ordered)
+/// keeps inserts at the right edge of the primary-key index and sorts by creation time, for
+/// deployments whose consumers all accept it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum IdFormat {
+    #[default]
+    Uuid4,
+    Uuid7,
+}
+
+impl IdFormat {
+    /// A new id of this format.
+    pub fn new_id(self) -> Uuid {
+        match self {
+            IdFormat::Uuid4 => Uuid::new_v4(),
+            IdFormat::Uuid7 => Uuid::now_v7(),
+        }
+    }
+
+    /// The spelling of the setting: `uuid4` or `uuid7`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdFormat::Uuid4 => "uuid4",
+            IdFormat::Uuid7 => "uuid7",
+        }
+    }
+}
+
+impl fmt::Display for IdFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An id format that is neither `uuid4` nor `uuid7`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an id format: expected uuid4 or uuid7")]
+pub struct UnknownIdFormat(pub String);
+
+impl FromStr for IdFormat {
+    type Err = UnknownIdFormat;
+
+    /// `uuid4` or `uuid7`, in any case, surrounding blanks ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "uuid4" => Ok(IdFormat::Uuid4),
+            "uuid7" => Ok(IdFormat::Uuid7),
+            _ => Err(UnknownIdFormat(s.to_owned())),
+        }
+    }
+}
 
 /// The status of one order line. Only `Entered` lines may change, to `Cancelled` or `Shipped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -250,6 +308,18 @@ mod tests {
         let offset = utc_millis::parse("2024-01-01T14:00:00+02:00").unwrap();
         assert_eq!(plain, offset);
         assert!(utc_millis::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn id_formats() {
+        assert_eq!(IdFormat::default(), IdFormat::Uuid4);
+        assert_eq!(IdFormat::Uuid4.new_id().get_version_num(), 4);
+        assert_eq!(IdFormat::Uuid7.new_id().get_version_num(), 7);
+        assert_eq!(" UUID7 ".parse::<IdFormat>().unwrap(), IdFormat::Uuid7);
+        assert_eq!("uuid4".parse::<IdFormat>().unwrap(), IdFormat::Uuid4);
+        for bad in ["", "v4", "uuid", "uuid1", "ulid"] {
+            assert!(bad.parse::<IdFormat>().is_err(), "{bad}");
+        }
     }
 
     #[test]

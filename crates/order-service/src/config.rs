@@ -9,6 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use events::{IdFormat, UnknownIdFormat};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
@@ -26,6 +27,7 @@ pub const ENV_VARS: &[&str] = &[
     "DB_POOL_SIZE",
     "DATABASE_URL",
     "OUTBOX_DELETE_AFTER_INSERT",
+    "ID_FORMAT",
     "RUST_LOG",
 ];
 
@@ -71,6 +73,9 @@ pub struct Config {
     /// `OUTBOX_DELETE_AFTER_INSERT`: delete each outbox row in its own transaction right after
     /// inserting it (the relay reads the insert from the WAL; the table stays empty).
     pub outbox_delete_after_insert: bool,
+    /// `ID_FORMAT`: `uuid4` (default, what the original system's consumers accept) or `uuid7`
+    /// (time-ordered), for new orders, lines and outbox events.
+    pub id_format: IdFormat,
     /// `RUST_LOG`: the tracing filter, `info` when unset.
     pub log_filter: String,
     /// Settings that are valid but surprising, to log once logging is set up.
@@ -106,8 +111,12 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// Connection options for the configured database, with the schema as `search_path` and
-    /// statement logging as `DB_DEBUG` asks.
+    /// Connection options for the configured database, with the schema as `search_path`, the
+    /// session time zone UTC and statement logging as `DB_DEBUG` asks.
+    ///
+    /// UTC matters on a database the original system created: its `timestamp` columns (without
+    /// time zone) hold UTC wall time, and PostgreSQL converts to and from them with the
+    /// session's zone.
     pub fn connect_options(&self) -> PgConnectOptions {
         let base = match &self.url {
             Some(url) => url.0.clone(),
@@ -120,7 +129,7 @@ impl DatabaseConfig {
         };
         let options = base
             .application_name("order-service")
-            .options([("search_path", self.schema.as_str())]);
+            .options([("search_path", self.schema.as_str()), ("TimeZone", "UTC")]);
         if self.debug {
             options
                 .log_statements(tracing::log::LevelFilter::Info)
@@ -233,6 +242,12 @@ impl Config {
                 get("OUTBOX_DELETE_AFTER_INSERT"),
                 false,
             )?,
+            id_format: match get("ID_FORMAT") {
+                None => IdFormat::default(),
+                Some(text) => text
+                    .parse()
+                    .map_err(|err: UnknownIdFormat| invalid("ID_FORMAT", err.to_string()))?,
+            },
             log_filter: get("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
             warnings,
         })
@@ -371,6 +386,7 @@ mod tests {
         assert_eq!(config.database.schema, "orders");
         assert!(!config.database.debug);
         assert!(!config.outbox_delete_after_insert);
+        assert_eq!(config.id_format, IdFormat::Uuid4);
         assert_eq!(config.log_filter, "info");
     }
 
@@ -388,6 +404,7 @@ mod tests {
             ("DB_DEBUG", "TRUE"),
             ("DB_POOL_SIZE", "4"),
             ("OUTBOX_DELETE_AFTER_INSERT", "yes"),
+            ("ID_FORMAT", "uuid7"),
             ("RUST_LOG", "debug"),
         ])
         .unwrap();
@@ -398,6 +415,7 @@ mod tests {
         assert!(config.database.debug);
         assert_eq!(config.database.pool_size, 4);
         assert!(config.outbox_delete_after_insert);
+        assert_eq!(config.id_format, IdFormat::Uuid7);
         assert_eq!(config.log_filter, "debug");
     }
 
@@ -425,6 +443,8 @@ mod tests {
             ("DB_POOL_SIZE", "many"),
             ("DB_NAME", "   "),
             ("OUTBOX_DELETE_AFTER_INSERT", "sometimes"),
+            ("ID_FORMAT", "uuid1"),
+            ("ID_FORMAT", "v4"),
             ("DATABASE_URL", "mysql://u:p@h/db"),
         ] {
             let message = error_of(&[(variable, value)]);
@@ -433,6 +453,30 @@ mod tests {
                 "{variable}={value}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn id_format_names_the_accepted_values() {
+        assert_eq!(
+            error_of(&[("ID_FORMAT", "uuid1")]),
+            "ID_FORMAT is invalid: \"uuid1\" is not an id format: expected uuid4 or uuid7"
+        );
+        assert_eq!(
+            config(&[("ID_FORMAT", " UUID4 ")]).unwrap().id_format,
+            IdFormat::Uuid4
+        );
+    }
+
+    #[test]
+    fn sessions_use_the_schema_and_utc() {
+        let options = config(&[("DB_SCHEMA", "sales")])
+            .unwrap()
+            .database
+            .connect_options();
+        assert_eq!(
+            options.get_options(),
+            Some("-c search_path=sales -c TimeZone=UTC")
+        );
     }
 
     #[test]

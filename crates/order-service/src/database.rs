@@ -1,11 +1,18 @@
 //! Reaching PostgreSQL at start-up: create the database if it is missing, connect the pool with
-//! `search_path` = `DB_SCHEMA`, create the schema and apply the embedded migrations.
+//! `search_path` = `DB_SCHEMA` and `TimeZone` = UTC, create the schema and apply the embedded
+//! migrations.
+//!
+//! A database the original system created is adopted: its tables are those of our first
+//! migration (the baseline) without sqlx's record of it, so the baseline is skipped there and
+//! the later migrations, written to be idempotent, add what the service needs without touching
+//! a row (`service_kit::migrate`).
 //!
 //! Creating the database lets `make up` (and docker) start the service against a bare server.
 //! Errors describe the target as `host:port/database as user`, never with the password.
 
 use std::time::Duration;
 
+use service_kit::migrate::{Baseline, SchemaOrigin, migrate_adopting};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -13,6 +20,13 @@ use crate::config::DatabaseConfig;
 
 /// The migrations in `crates/order-service/migrations`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Our first migration, which creates the tables the original system also has;
+/// `purchase_order` tells the original's database apart from a fresh one.
+pub const BASELINE: Baseline<'static> = Baseline {
+    version: 20260101000000,
+    marker_table: "purchase_order",
+};
 
 /// SQLSTATE `invalid_catalog_name`: the database does not exist.
 const UNDEFINED_DATABASE: &str = "3D000";
@@ -67,7 +81,8 @@ pub async fn connect_and_migrate(config: &DatabaseConfig) -> Result<PgPool, Data
 }
 
 /// Creates the schema (`DB_SCHEMA`, already checked to be a plain identifier) and applies the
-/// migrations into it; they use unqualified names, resolved through `search_path`.
+/// migrations into it; they use unqualified names, resolved through `search_path`. On the
+/// original system's database the baseline is skipped (see the module documentation).
 pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), DatabaseError> {
     let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
         .execute(pool)
@@ -82,7 +97,12 @@ pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), DatabaseError> {
             });
         }
     }
-    MIGRATOR.run(pool).await?;
+    if migrate_adopting(pool, &MIGRATOR, BASELINE).await? == SchemaOrigin::Original {
+        tracing::info!(
+            schema,
+            "adopted the original system's tables: every row kept, only missing columns and indexes added"
+        );
+    }
     Ok(())
 }
 

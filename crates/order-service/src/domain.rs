@@ -84,8 +84,9 @@ pub struct StatusChange {
     pub new_status: LineStatus,
 }
 
-/// An order as stored, and as the API answers it:
+/// An order as this service writes it, and as `POST /orders` answers it:
 /// `{id, customerId, orderDate, lineItems:[{id, item, quantity, totalPrice, status}]}`.
+/// Read back, it is a [`StoredOrder`] (same JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
@@ -106,6 +107,34 @@ pub struct OrderLine {
     #[serde(with = "rust_decimal::serde::float")]
     pub total_price: Decimal,
     pub status: LineStatus,
+}
+
+/// An order as read back from the tables, as `GET` and `PUT` answer it: the shape of [`Order`].
+///
+/// The original system's `order_line` columns other than `id` are nullable, and rows it wrote
+/// may hold NULLs. They are answered as JSON `null`, as the original did, rather than failing
+/// the whole order: the rest of the order is still the client's to read, and a line without a
+/// status cannot change (409). Orders this service writes never have them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredOrder {
+    pub id: Uuid,
+    pub customer_id: i32,
+    #[serde(with = "events::utc_millis")]
+    pub order_date: DateTime<Utc>,
+    pub line_items: Vec<StoredLine>,
+}
+
+/// One line of a [`StoredOrder`]; `None` where the column is NULL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredLine {
+    pub id: Uuid,
+    pub item: Option<String>,
+    pub quantity: Option<i32>,
+    #[serde(with = "rust_decimal::serde::float_option")]
+    pub total_price: Option<Decimal>,
+    pub status: Option<LineStatus>,
 }
 
 impl Order {

@@ -1,8 +1,9 @@
 //! The one error type of the HTTP API and its JSON rendering.
 //!
 //! Every failure a handler or extractor can meet becomes an [`ApiError`]; its single
-//! `IntoResponse` impl writes `{"error": <code>, "message": <text>, "field"?: <name>}` with the
-//! matching status. Bad input is 400 (or 404/409/413/415), never 5xx. Server-side failures are
+//! `IntoResponse` impl writes `{"statusCode": <status>, "error": <code>, "message": <text>,
+//! "field"?: <name>}` with the matching status. `statusCode` is the HTTP status as a number, the
+//! member the original system's (NestJS) error bodies have, for its clients. Bad input is 400 (or 404/409/413/415), never 5xx. Server-side failures are
 //! logged here with their cause and answered without internal detail.
 
 use axum::Json;
@@ -42,6 +43,14 @@ pub enum ApiError {
         current: LineStatus,
         requested: LineStatus,
     },
+    /// The line has no status (NULL, in a row the original system wrote): it cannot change.
+    #[error(
+        "order line {line_id} has no status, so it cannot become {requested}: only ENTERED lines change, to CANCELLED or SHIPPED"
+    )]
+    LineWithoutStatus {
+        line_id: Uuid,
+        requested: LineStatus,
+    },
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -74,7 +83,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::StatusConflict { .. } => StatusCode::CONFLICT,
+            Self::StatusConflict { .. } | Self::LineWithoutStatus { .. } => StatusCode::CONFLICT,
             Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,7 +100,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::OrderNotFound(_) => "order_not_found",
             Self::LineNotFound { .. } => "order_line_not_found",
-            Self::StatusConflict { .. } => "status_conflict",
+            Self::StatusConflict { .. } | Self::LineWithoutStatus { .. } => "status_conflict",
             Self::RouteNotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::DatabaseUnavailable(_) => "database_unavailable",
@@ -106,7 +115,7 @@ impl ApiError {
             Self::InvalidPathId { name, .. } => Some(name),
             Self::OrderNotFound(_) => Some("orderId"),
             Self::LineNotFound { .. } => Some("orderLineId"),
-            Self::StatusConflict { .. } => Some("newStatus"),
+            Self::StatusConflict { .. } | Self::LineWithoutStatus { .. } => Some("newStatus"),
             _ => None,
         }
     }
@@ -149,6 +158,9 @@ impl From<outbox::OutboxError> for ApiError {
 /// The JSON error body.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {
+    /// The HTTP status, as the original system's error bodies carry it.
+    #[serde(rename = "statusCode")]
+    pub status_code: u16,
     pub error: &'a str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,6 +180,7 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(status = status.as_u16(), error = %self, "request rejected"),
         }
         let body = ErrorBody {
+            status_code: status.as_u16(),
             error: self.code(),
             message: self.to_string(),
             field: self.field(),

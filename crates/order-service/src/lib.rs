@@ -3,15 +3,17 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: environment variables (`SERVER_PORT`, `DB_*`, `DATABASE_URL`, ...), checked at
+//! - [`config`]: environment variables (`SERVER_PORT`, `DB_*`, `DATABASE_URL`, `ID_FORMAT`, ...), checked at
 //!   start-up; [`ENV_VARS`] lists every one the binary reads.
 //! - [`startup`]: [`Application::build`] (database, listener, router) and
 //!   [`Application::run_until_stopped`].
-//! - [`database`]: creates the database if missing, the pool (`search_path` = `DB_SCHEMA`) and
-//!   the embedded migrations in `migrations/`.
+//! - [`database`]: creates the database if missing, the pool (`search_path` = `DB_SCHEMA`,
+//!   `TimeZone` = UTC) and the embedded migrations in `migrations/`, adopting a database the
+//!   original system created.
 //! - [`routes`]: the handlers; [`extract`]: body and path extractors with JSON rejections;
 //!   [`error`]: the one [`ApiError`] type and its JSON body.
-//! - [`domain`]: requests parsed into checked values, and the [`Order`] answered.
+//! - [`domain`]: requests parsed into checked values, the [`Order`] written and answered, and
+//!   the [`StoredOrder`] read back (nullable columns of the original system's rows as `None`).
 //! - [`store`]: all SQL; each change and its outbox event in one transaction.
 //! - [`telemetry`]: logs and the Prometheus metrics behind `GET /metrics`.
 
@@ -26,6 +28,6 @@ pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, ENV_VARS, Secret};
-pub use domain::Order;
+pub use domain::{Order, StoredOrder};
 pub use error::ApiError;
 pub use startup::{Application, StartupError};

@@ -59,7 +59,8 @@ impl Application {
                 schema: config.database.schema.clone(),
                 source,
             })?
-            .delete_after_insert(config.outbox_delete_after_insert);
+            .delete_after_insert(config.outbox_delete_after_insert)
+            .id_format(config.id_format);
         let address = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&address)
             .await
@@ -71,7 +72,7 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { address, source })?;
         let state = AppState {
-            store: OrderStore::new(pool.clone(), outbox),
+            store: OrderStore::new(pool.clone(), outbox, config.id_format),
             metrics: Metrics::new()?,
         };
         Ok(Self {

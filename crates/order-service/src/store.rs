@@ -3,15 +3,21 @@
 //!
 //! Table names are unqualified: the pool's connections have `search_path` set to `DB_SCHEMA`.
 //! All values are bound as parameters.
+//!
+//! Every statement works on our tables and on the original system's (adopted at start-up), whose
+//! types differ: `timestamp` without time zone (UTC wall time; the session's `TimeZone` is UTC,
+//! so PostgreSQL converts our `timestamptz` binds on assignment, and reads cast explicitly
+//! because sqlx decodes strictly), `varchar(255)` text, and nullable line columns, read into
+//! [`StoredOrder`]'s optional fields.
 
 use chrono::{DateTime, Utc};
-use events::{LineStatus, OrderEvent, OrderLineUpdated};
+use events::{IdFormat, LineStatus, OrderEvent, OrderLineUpdated};
 use outbox::Outbox;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, Order, OrderLine};
+use crate::domain::{NewOrder, Order, OrderLine, StoredLine, StoredOrder};
 use crate::error::ApiError;
 
 /// Reads and writes orders, publishing each change through the outbox.
@@ -19,18 +25,25 @@ use crate::error::ApiError;
 pub struct OrderStore {
     pool: PgPool,
     outbox: Outbox,
+    id_format: IdFormat,
 }
 
 /// The outcome of a committed change: the order as it now is, and the event written with it.
 #[derive(Debug, Clone)]
-pub struct Committed {
-    pub order: Order,
+pub struct Committed<O> {
+    pub order: O,
     pub event_type: &'static str,
 }
 
 impl OrderStore {
-    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
-        Self { pool, outbox }
+    /// `id_format` is for the ids of new orders and lines; the outbox has its own setting (the
+    /// service gives both the same, `ID_FORMAT`).
+    pub fn new(pool: PgPool, outbox: Outbox, id_format: IdFormat) -> Self {
+        Self {
+            pool,
+            outbox,
+            id_format,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -39,9 +52,9 @@ impl OrderStore {
 
     /// Inserts the order, its lines (status `ENTERED`) and its `OrderCreated` event in one
     /// transaction.
-    pub async fn create(&self, new_order: &NewOrder) -> Result<Committed, ApiError> {
+    pub async fn create(&self, new_order: &NewOrder) -> Result<Committed<Order>, ApiError> {
         let order = Order {
-            id: Uuid::now_v7(),
+            id: self.id_format.new_id(),
             customer_id: new_order.customer_id.value(),
             // PostgreSQL keeps microseconds: answer what a later GET will read.
             order_date: truncate_to_micros(new_order.order_date),
@@ -49,8 +62,7 @@ impl OrderStore {
                 .line_items
                 .iter()
                 .map(|line| OrderLine {
-                    // Time-ordered ids: reading lines by id returns them in request order.
-                    id: Uuid::now_v7(),
+                    id: self.id_format.new_id(),
                     item: line.item.as_str().to_owned(),
                     quantity: line.quantity.value(),
                     total_price: line.total_price.value(),
@@ -71,7 +83,7 @@ impl OrderStore {
     }
 
     /// The order with its lines, or `None`.
-    pub async fn find(&self, order_id: Uuid) -> Result<Option<Order>, ApiError> {
+    pub async fn find(&self, order_id: Uuid) -> Result<Option<StoredOrder>, ApiError> {
         let mut conn = self.pool.acquire().await?;
         find_order(&mut conn, order_id).await
     }
@@ -86,9 +98,10 @@ impl OrderStore {
         order_id: Uuid,
         line_id: Uuid,
         new_status: LineStatus,
-    ) -> Result<Committed, ApiError> {
+    ) -> Result<Committed<StoredOrder>, ApiError> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<(String,)> = sqlx::query_as(
+        // `status` is nullable in the original system's table.
+        let current: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT status FROM order_line WHERE id = $1 AND order_id = $2 FOR UPDATE",
         )
         .bind(line_id)
@@ -104,6 +117,12 @@ impl OrderStore {
             return Err(match order_exists {
                 Some(_) => ApiError::LineNotFound { order_id, line_id },
                 None => ApiError::OrderNotFound(order_id),
+            });
+        };
+        let Some(current) = current else {
+            return Err(ApiError::LineWithoutStatus {
+                line_id,
+                requested: new_status,
             });
         };
         let current = parse_status(&current)?;
@@ -137,7 +156,8 @@ impl OrderStore {
     }
 }
 
-/// Inserts the order row and all its lines (one statement for the lines, however many).
+/// Inserts the order row and all its lines (one statement for the lines, however many), each
+/// line with its `position` in `line_items` (0 for the first), by which they are read back.
 pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO purchase_order (id, customer_id, order_date) VALUES ($1, $2, $3)")
         .bind(order.id)
@@ -159,10 +179,11 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), 
         statuses.push(line.status.as_str());
     }
     sqlx::query(
-        "INSERT INTO order_line (id, order_id, item, quantity, total_price, status) \
-         SELECT line.id, $1, line.item, line.quantity, line.total_price, line.status \
+        "INSERT INTO order_line (id, order_id, item, quantity, total_price, status, position) \
+         SELECT line.id, $1, line.item, line.quantity, line.total_price, line.status, \
+                line.ordinality - 1 \
          FROM UNNEST($2::uuid[], $3::text[], $4::int4[], $5::numeric[], $6::text[]) \
-              AS line(id, item, quantity, total_price, status)",
+              WITH ORDINALITY AS line(id, item, quantity, total_price, status, ordinality)",
     )
     .bind(order.id)
     .bind(&ids)
@@ -175,22 +196,34 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), 
     Ok(())
 }
 
-/// Reads an order and its lines (in creation order).
+/// Reads an order and its lines, in request order. Lines written without a position (by the
+/// original system, or before positions were stored) come after the others, by id: the
+/// original's ids are random, so their order is stable but not the request's.
 pub async fn find_order(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> Result<Option<Order>, ApiError> {
-    let header: Option<(Uuid, i32, DateTime<Utc>)> =
-        sqlx::query_as("SELECT id, customer_id, order_date FROM purchase_order WHERE id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+) -> Result<Option<StoredOrder>, ApiError> {
+    // `::timestamptz`: a no-op on our column; on the original's `timestamp` column, its UTC wall
+    // time read in the session's zone (UTC).
+    let header: Option<(Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, customer_id, order_date::timestamptz FROM purchase_order WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some((id, customer_id, order_date)) = header else {
         return Ok(None);
     };
-    let rows: Vec<(Uuid, String, i32, Decimal, String)> = sqlx::query_as(
+    type LineRow = (
+        Uuid,
+        Option<String>,
+        Option<i32>,
+        Option<Decimal>,
+        Option<String>,
+    );
+    let rows: Vec<LineRow> = sqlx::query_as(
         "SELECT id, item, quantity, total_price, status FROM order_line \
-         WHERE order_id = $1 ORDER BY id",
+         WHERE order_id = $1 ORDER BY position NULLS LAST, id",
     )
     .bind(order_id)
     .fetch_all(&mut *conn)
@@ -198,16 +231,16 @@ pub async fn find_order(
     let line_items = rows
         .into_iter()
         .map(|(id, item, quantity, total_price, status)| {
-            Ok(OrderLine {
+            Ok(StoredLine {
                 id,
                 item,
                 quantity,
                 total_price,
-                status: parse_status(&status)?,
+                status: status.as_deref().map(parse_status).transpose()?,
             })
         })
         .collect::<Result<_, ApiError>>()?;
-    Ok(Some(Order {
+    Ok(Some(StoredOrder {
         id,
         customer_id,
         order_date,

@@ -19,6 +19,15 @@
 //! );
 //! ```
 //!
+//! The original system's own table has the same columns with `"timestamp" timestamp` (without
+//! time zone) and no `NOT NULL`s; the row is written the same way there. `"timestamp"` is
+//! `clock_timestamp()`, which PostgreSQL converts with the session's `TimeZone` when the column
+//! has no time zone: a pool with `TimeZone=UTC` (sqlx's default) writes UTC wall time, as the
+//! original did.
+//!
+//! Event ids are UUID version 4 by default, as the original's consumers require;
+//! [`Outbox::id_format`] picks version 7 instead.
+//!
 //! With [`Outbox::delete_after_insert`] the row is deleted in the same transaction right after
 //! it is inserted: the insert is still in the WAL for the relay, and the table stays empty, so
 //! nothing needs to clean it up.
@@ -47,6 +56,7 @@
 //! ```
 
 use events::DomainEvent;
+pub use events::IdFormat;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -73,6 +83,7 @@ pub struct Outbox {
     quoted_table: String,
     insert_sql: String,
     delete_sql: Option<String>,
+    id_format: IdFormat,
 }
 
 impl Outbox {
@@ -100,6 +111,7 @@ impl Outbox {
                  VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
             ),
             delete_sql: None,
+            id_format: IdFormat::default(),
             quoted_table: quoted,
         })
     }
@@ -112,8 +124,14 @@ impl Outbox {
         self
     }
 
-    /// Writes `event` inside `tx` and returns the new event id (a time-ordered UUIDv7). The event
-    /// becomes visible to the relay only when `tx` commits.
+    /// Which UUID version the event ids are: [`IdFormat::Uuid4`] unless set here.
+    pub fn id_format(mut self, id_format: IdFormat) -> Self {
+        self.id_format = id_format;
+        self
+    }
+
+    /// Writes `event` inside `tx` and returns the new event id (see [`Outbox::id_format`]). The
+    /// event becomes visible to the relay only when `tx` commits.
     pub async fn enqueue<E: DomainEvent>(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -132,7 +150,7 @@ impl Outbox {
             event_type: event.event_type().to_owned(),
             source,
         })?;
-        let id = Uuid::now_v7();
+        let id = self.id_format.new_id();
         sqlx::query(&self.insert_sql)
             .bind(id)
             .bind(event.aggregate_type())

@@ -1,10 +1,11 @@
 //! `Outbox::enqueue` against the real PostgreSQL: the event commits with the business rows or
 //! not at all, `delete_after_insert` leaves the table empty while the WAL keeps the insert, and
-//! any service's own event type can be written.
+//! any service's own event type can be written, and event ids follow the id format (v4 by
+//! default, v7 on request), also in a table with the original system's column types.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use events::{DomainEvent, LineStatus, OrderEvent, OrderLineUpdated};
-use outbox::{Outbox, OutboxError};
+use outbox::{IdFormat, Outbox, OutboxError};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 use test_support::TestDatabase;
@@ -83,7 +84,11 @@ async fn the_event_commits_with_the_business_rows() {
     .await
     .unwrap();
     assert_eq!(id, event_id);
-    assert_eq!(id.get_version_num(), 7);
+    assert_eq!(
+        id.get_version_num(),
+        4,
+        "v4 by default, as the original's consumers require"
+    );
     assert_eq!(aggregate_type, "order");
     assert_eq!(aggregate_id, event.order_id().to_string());
     assert_eq!(event_type, "OrderLineUpdated");
@@ -217,5 +222,73 @@ async fn a_missing_table_is_a_database_error_and_the_caller_rolls_back() {
     // The failed statement aborted the transaction: committing it cannot keep the business row.
     let _ = tx.commit().await;
     assert_eq!(count(&db.pool, "business_row").await, 0);
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn event_ids_follow_the_id_format() {
+    let db = database_with_outbox().await;
+    for (format, version) in [
+        (IdFormat::Uuid4, 4),
+        (IdFormat::Uuid7, 7),
+        (IdFormat::default(), 4),
+    ] {
+        let outbox = Outbox::new("orders.outbox_event")
+            .unwrap()
+            .id_format(format);
+        let mut tx = db.pool.begin().await.unwrap();
+        let event_id = outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
+        tx.commit().await.unwrap();
+        let stored: Uuid = sqlx::query_scalar("SELECT id FROM orders.outbox_event WHERE id = $1")
+            .bind(event_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored.get_version_num(), version, "{format}");
+    }
+    db.drop_database().await.unwrap();
+}
+
+/// The original system's outbox table: `"timestamp"` without time zone, every column nullable.
+#[tokio::test]
+async fn the_original_outbox_table_gets_utc_wall_time() {
+    let db = TestDatabase::create("outbox").await.unwrap();
+    for statement in [
+        "CREATE SCHEMA orders",
+        "CREATE TABLE orders.outbox_event (
+            id uuid PRIMARY KEY,
+            \"timestamp\" timestamp,
+            aggregate_id varchar(255),
+            aggregate_type varchar(255),
+            payload jsonb,
+            \"type\" varchar(255))",
+        // A database default far from UTC: the pool's session time zone must win.
+        &format!("ALTER DATABASE \"{}\" SET timezone = 'Asia/Tokyo'", db.name),
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let pool = sqlx::PgPool::connect_with(db.options.clone().options([("TimeZone", "UTC")]))
+        .await
+        .unwrap();
+    let outbox = Outbox::new("orders.outbox_event").unwrap();
+    let event = line_updated();
+
+    let mut tx = pool.begin().await.unwrap();
+    let event_id = outbox.enqueue(&mut tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // `now() AT TIME ZONE 'UTC'` is UTC wall time whatever the session's zone: the stored value
+    // is within a generous margin of it, and nine hours away from Tokyo's.
+    let (is_utc, payload): (bool, serde_json::Value) = sqlx::query_as(
+        "SELECT abs(extract(epoch FROM \"timestamp\" - (now() AT TIME ZONE 'UTC'))) < 3600, payload \
+         FROM orders.outbox_event WHERE id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(is_utc, "the timestamp is UTC wall time");
+    assert_eq!(payload, serde_json::to_value(&event).unwrap());
+    pool.close().await;
     db.drop_database().await.unwrap();
 }

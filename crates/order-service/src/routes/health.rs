@@ -1,5 +1,6 @@
-//! `GET /health`: 200 `{"status":"UP","database":"UP"}` when PostgreSQL answers, else 503 with
-//! `"DOWN"` and the reason.
+//! `GET /health`: 200 `{"status":"UP","database":"UP","health":true}` when PostgreSQL answers,
+//! else 503 with `"DOWN"`, `"health": false` and the reason. `health` is the original system's
+//! answer (`{"health": true}`), kept for its probes.
 
 use std::time::Duration;
 
@@ -26,13 +27,15 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     match problem {
         None => (
             StatusCode::OK,
-            Json(json!({"status": "UP", "database": "UP"})),
+            Json(json!({"status": "UP", "database": "UP", "health": true})),
         ),
         Some(reason) => {
             tracing::warn!(%reason, "health check: database down");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "DOWN", "database": "DOWN", "message": reason})),
+                Json(
+                    json!({"status": "DOWN", "database": "DOWN", "health": false, "message": reason}),
+                ),
             )
         }
     }

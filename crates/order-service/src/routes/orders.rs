@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use crate::domain::{NewOrder, Order, StatusChange};
+use crate::domain::{NewOrder, Order, StatusChange, StoredOrder};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OrderLinePath, OrderPath};
 use crate::routes::AppState;
@@ -25,7 +25,7 @@ pub async fn create_order(
 pub async fn get_order(
     State(state): State<AppState>,
     path: OrderPath,
-) -> Result<Json<Order>, ApiError> {
+) -> Result<Json<StoredOrder>, ApiError> {
     state
         .store
         .find(path.order_id)
@@ -40,7 +40,7 @@ pub async fn update_order_line(
     State(state): State<AppState>,
     path: OrderLinePath,
     JsonBody(body): JsonBody,
-) -> Result<Json<Order>, ApiError> {
+) -> Result<Json<StoredOrder>, ApiError> {
     let change = StatusChange::parse(&body)?;
     let committed = state
         .store

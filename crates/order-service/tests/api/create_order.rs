@@ -35,19 +35,34 @@ async fn the_sample_request_creates_the_order_and_its_event() {
             events: 1
         }
     );
-    let prices: Vec<String> = sqlx::query_scalar(
-        "SELECT total_price::text FROM orders.order_line WHERE order_id = $1::uuid ORDER BY id",
+    let prices: Vec<(String, Option<i32>)> = sqlx::query_as(
+        "SELECT total_price::text, position FROM orders.order_line WHERE order_id = $1::uuid \
+         ORDER BY position",
     )
     .bind(&order_id)
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
-    assert_eq!(prices, ["39.98", "29.99"]);
+    assert_eq!(
+        prices,
+        [("39.98".to_owned(), Some(0)), ("29.99".to_owned(), Some(1))]
+    );
 
     let events = app.outbox_rows().await;
     assert_eq!(events.len(), 1);
     let event = &events[0];
-    assert_eq!(event.id.get_version_num(), 7, "time-ordered event id");
+    assert_eq!(
+        event.id.get_version_num(),
+        4,
+        "event id v4 by default, as the original's consumers require"
+    );
+    assert_eq!(
+        uuid::Uuid::parse_str(&order_id).unwrap().get_version_num(),
+        4
+    );
+    for line_id in &line_ids {
+        assert_eq!(uuid::Uuid::parse_str(line_id).unwrap().get_version_num(), 4);
+    }
     assert_eq!(event.aggregate_type, "order");
     assert_eq!(event.aggregate_id, order_id);
     assert_eq!(event.event_type, "OrderCreated");
@@ -115,6 +130,10 @@ async fn lines_keep_their_request_order_and_prices() {
         .unwrap();
 
     assert_eq!(fetched, created);
+    let (_, line_ids) = crate::helpers::ids(&created);
+    let mut sorted = line_ids.clone();
+    sorted.sort();
+    assert_ne!(sorted, line_ids, "v4 ids: id order is not request order");
     for (i, line) in fetched["lineItems"].as_array().unwrap().iter().enumerate() {
         assert_eq!(line["item"], format!("item {i}"));
         assert_eq!(line["totalPrice"], json!(i as f64 + 0.5));

@@ -67,6 +67,12 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     test_support::init_tracing();
     let db = TestDatabase::create("orders").await.unwrap();
+    spawn_app_on(db, extra).await
+}
+
+/// Spawns the app over `db` as it is (e.g. made with the original system's DDL).
+pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
+    test_support::init_tracing();
     let mut vars: HashMap<String, String> = HashMap::from([
         ("DATABASE_URL".to_owned(), db.url.clone()),
         ("SERVER_PORT".to_owned(), "0".to_owned()),
@@ -227,19 +233,29 @@ impl TestApp {
     }
 
     /// Stops the app gracefully (asserting it stopped cleanly) and drops its database.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_database()
+            .await
+            .drop_database()
+            .await
+            .unwrap();
+    }
+
+    /// Stops the app gracefully (asserting it stopped cleanly) and hands back its database, to
+    /// start the service on it again.
+    pub async fn stop_keeping_database(mut self) -> TestDatabase {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
-        self.db.drop_database().await.unwrap();
+        self.db
     }
 }
 
-/// Asserts a JSON error response: its status, `error` code and `field`, and a non-empty
-/// `message`. Returns the body.
+/// Asserts a JSON error response: its status, `statusCode` (the same number, as the original's
+/// NestJS bodies), `error` code and `field`, and a non-empty `message`. Returns the body.
 pub async fn assert_error(
     response: Response,
     status: StatusCode,
@@ -253,6 +269,7 @@ pub async fn assert_error(
         .map(|value| value.to_str().unwrap().to_owned());
     assert_eq!(content_type.as_deref(), Some("application/json"));
     let body: Value = response.json().await.unwrap();
+    assert_eq!(body["statusCode"], status.as_u16(), "{body}");
     assert_eq!(body["error"], code, "{body}");
     assert!(
         body["message"].as_str().is_some_and(|m| !m.is_empty()),

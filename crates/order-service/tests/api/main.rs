@@ -10,5 +10,7 @@ mod create_order;
 mod fuzz;
 mod helpers;
 mod observability;
+mod original_contract;
+mod original_database;
 mod startup;
 mod update_line;

@@ -32,7 +32,11 @@ async fn health_reports_the_database_up() {
 
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body, json!({"status": "UP", "database": "UP"}));
+    assert_eq!(
+        body,
+        json!({"status": "UP", "database": "UP", "health": true}),
+        "ours and the original's {{\"health\": true}}"
+    );
     app.stop().await;
 }
 
@@ -136,6 +140,7 @@ async fn without_its_database_the_service_answers_503_and_writes_nothing() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "DOWN");
     assert_eq!(body["database"], "DOWN");
+    assert_eq!(body["health"], false);
 
     let response = app.post_order(&sample_create_request()).await;
     assert_error(
