@@ -1,19 +1,25 @@
 //! Settings of the relay: command-line flags and environment variables (clap), optionally a
-//! Debezium Server `application.properties` file, merged and validated into [`Config`].
+//! Debezium Server `application.properties` file (read as Debezium Server reads it, see
+//! [`DebeziumProperties`]), merged and validated into [`Config`].
 //!
 //! Precedence: a flag or environment variable wins over the properties file, which wins over
 //! the built-in default. Every invalid value fails at start with a [`ConfigError`] naming the
-//! setting (its environment variable, or the properties key it came from).
+//! setting (its environment variable, or the properties key it came from). What the relay
+//! notices but does not fail on (a properties key it ignores, and why) is kept in
+//! [`Config::notes`] and logged once logging is set up ([`Config::log_notes`]).
 
-use std::collections::HashMap;
+mod debezium_properties;
+
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use wire_format::WireFormat;
 
+pub use self::debezium_properties::{DebeziumProperties, EnvLookup, process_env};
 use crate::router::{ExchangeType, Placement, RouterConfig, RoutingKeySource, TableName};
+pub use crate::sink::MessageProperties;
 
 /// Every environment variable the binary reads (the docker-compose contract test checks it).
 pub const ENV_VARS: &[&str] = &[
@@ -33,6 +39,7 @@ pub const ENV_VARS: &[&str] = &[
     "RELAY_PUBLICATION",
     "RELAY_TABLES",
     "RELAY_WIRE_FORMAT",
+    "RELAY_MESSAGE_PROPERTIES",
     "RELAY_ROUTING_KEY",
     "RELAY_ROUTE_BY_FIELD",
     "RELAY_ROUTE_TOPIC_REPLACEMENT",
@@ -71,6 +78,47 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A `${variable}` placeholder with no value and no default, in `setting`.
+    #[error(
+        "{setting}: ${{{variable}}} is not set (no environment variable {variable}{alternatives} \
+         and no default)"
+    )]
+    Unset {
+        setting: String,
+        variable: String,
+        /// The other names tried, e.g. ` or A_B, no key a.b in the file,`.
+        alternatives: String,
+    },
+}
+
+/// Something the relay noticed about its settings without failing: a properties key it
+/// ignores, and why. Logged at start, one line each; never holds a setting's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigNote {
+    /// The key or variable it is about.
+    pub setting: String,
+    pub message: String,
+    /// A warning (the relay behaves differently from what the setting asks) or information.
+    pub warning: bool,
+}
+
+impl ConfigNote {
+    /// A setting the relay does not use, and why.
+    pub fn ignored(setting: &str, reason: impl fmt::Display) -> Self {
+        Self {
+            setting: setting.to_owned(),
+            message: format!("ignored: {reason}"),
+            warning: false,
+        }
+    }
+
+    pub fn warning(setting: &str, message: impl Into<String>) -> Self {
+        Self {
+            setting: setting.to_owned(),
+            message: message.into(),
+            warning: true,
+        }
+    }
 }
 
 fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
@@ -141,6 +189,12 @@ pub struct Cli {
     /// Debezium properties file].
     #[arg(long, env = "RELAY_WIRE_FORMAT")]
     pub wire_format: Option<String>,
+    /// AMQP properties of each message: debezium (delivery_mode 2 and headers only, exactly
+    /// what Debezium Server sets) | full (also content_type application/json, message_id = the
+    /// event id, timestamp = the commit time) [default: full with the plain wire format,
+    /// debezium with the debezium wire format].
+    #[arg(long, env = "RELAY_MESSAGE_PROPERTIES")]
+    pub message_properties: Option<String>,
     /// Routing key: empty | key | type [default: empty].
     #[arg(long, env = "RELAY_ROUTING_KEY")]
     pub routing_key: Option<String>,
@@ -180,7 +234,11 @@ pub struct Cli {
     /// Most message bytes in flight [default: 16777216].
     #[arg(long, env = "RELAY_WINDOW_BYTES")]
     pub window_bytes: Option<String>,
-    /// Debezium Server application.properties to read database.* and transforms.outbox.* from.
+    /// Debezium Server application.properties to read the database, slot, publication, table,
+    /// RabbitMQ connection and outbox router settings from; `${VAR}` / `${VAR:default}` are
+    /// expanded from the environment, and DEBEZIUM_* variables override keys, as Debezium
+    /// Server does. Its slot and publication defaults are Debezium's: debezium and
+    /// dbz_publication.
     #[arg(long, env = "RELAY_DEBEZIUM_PROPERTIES")]
     pub debezium_properties: Option<PathBuf>,
     /// Address of /health and /metrics [default: 127.0.0.1].
@@ -311,6 +369,8 @@ pub struct Config {
     pub publication: String,
     pub router: RouterConfig,
     pub wire_format: WireFormat,
+    /// The AMQP properties set on each message.
+    pub message_properties: MessageProperties,
     pub exchange_type: ExchangeType,
     pub dead_letter_exchange: Option<String>,
     pub window_events: usize,
@@ -324,6 +384,8 @@ pub struct Config {
     /// Where events come from.
     pub source: SourceKind,
     pub polling: PollingSettings,
+    /// Settings noticed but not failed on (ignored properties keys and why), for the log.
+    pub notes: Vec<ConfigNote>,
 }
 
 impl Config {
@@ -332,156 +394,31 @@ impl Config {
         Self::from_cli(Cli::parse())
     }
 
-    /// Merges flags/env with the Debezium properties file (if any) and the defaults.
+    /// Merges flags/env with the Debezium properties file (if any) and the defaults; the
+    /// file's placeholders and overrides come from the process's environment.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        Self::from_cli_with_env(cli, &process_env)
+    }
+
+    /// [`Config::from_cli`] with the properties file resolved against `env`.
+    pub fn from_cli_with_env(cli: Cli, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let properties = match &cli.debezium_properties {
-            Some(path) => Some(DebeziumProperties::read(path)?),
+            Some(path) => Some(DebeziumProperties::read(path, env)?),
             None => None,
         };
         build(cli, properties.as_ref())
     }
-}
 
-/// The subset of a Debezium Server `application.properties` the relay understands.
-#[derive(Debug, Clone, Default)]
-pub struct DebeziumProperties {
-    entries: HashMap<String, String>,
-    /// Prefix of the outbox EventRouter transform's keys, e.g. `debezium.transforms.outbox.`.
-    outbox_prefix: Option<String>,
-}
-
-impl DebeziumProperties {
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::PropertiesFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text)
-    }
-
-    /// Parses the Java properties format (`key=value`, `key: value`, `#`/`!` comments,
-    /// backslash line continuations and escapes).
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut entries = HashMap::new();
-        let mut logical = String::new();
-        for raw_line in text.lines() {
-            let line = raw_line.trim_start();
-            if logical.is_empty() && (line.is_empty() || line.starts_with(['#', '!'])) {
-                continue;
-            }
-            // An odd number of trailing backslashes continues the line.
-            let trailing = line.chars().rev().take_while(|c| *c == '\\').count();
-            if trailing % 2 == 1 {
-                logical.push_str(&line[..line.len() - 1]);
-                continue;
-            }
-            logical.push_str(line);
-            let (key, value) = split_property(&logical);
-            entries.insert(unescape(&key), unescape(value.trim_start()));
-            logical.clear();
-        }
-        if !logical.is_empty() {
-            let (key, value) = split_property(&logical);
-            entries.insert(unescape(&key), unescape(value.trim_start()));
-        }
-        let mut properties = Self {
-            entries,
-            outbox_prefix: None,
-        };
-        properties.outbox_prefix = properties.find_outbox_transform()?;
-        Ok(properties)
-    }
-
-    /// A raw value by its full key.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    }
-
-    /// A value of the outbox EventRouter transform, by its key below the transform
-    /// (e.g. `route.by.field`); returns the full key for error messages too.
-    fn outbox(&self, suffix: &str) -> Option<(String, &str)> {
-        let prefix = self.outbox_prefix.as_deref()?;
-        let key = format!("{prefix}{suffix}");
-        self.get(&key).map(|value| (key, value))
-    }
-
-    fn source(&self, suffix: &str) -> Option<(String, &str)> {
-        let key = format!("debezium.source.{suffix}");
-        self.get(&key).map(|value| (key, value))
-    }
-
-    fn sink(&self, suffix: &str) -> Option<(String, &str)> {
-        let key = format!("debezium.sink.rabbitmq.{suffix}");
-        self.get(&key).map(|value| (key, value))
-    }
-
-    /// Finds the transform of type EventRouter among `debezium.transforms`.
-    fn find_outbox_transform(&self) -> Result<Option<String>, ConfigError> {
-        let Some(list) = self.get("debezium.transforms") else {
-            return Ok(None);
-        };
-        let mut found = None;
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let type_key = format!("debezium.transforms.{name}.type");
-            if self.get(&type_key) == Some("io.debezium.transforms.outbox.EventRouter") {
-                if found.is_some() {
-                    return Err(invalid(
-                        "debezium.transforms",
-                        "more than one io.debezium.transforms.outbox.EventRouter transform",
-                    ));
-                }
-                found = Some(format!("debezium.transforms.{name}."));
+    /// Logs the [`Config::notes`], one line each (call once logging is set up).
+    pub fn log_notes(&self) {
+        for note in &self.notes {
+            if note.warning {
+                tracing::warn!(setting = %note.setting, "{}", note.message);
+            } else {
+                tracing::info!(setting = %note.setting, "{}", note.message);
             }
         }
-        Ok(found)
     }
-}
-
-fn split_property(line: &str) -> (String, &str) {
-    let mut key = String::new();
-    let mut chars = line.char_indices();
-    while let Some((index, c)) = chars.next() {
-        match c {
-            '\\' => {
-                key.push('\\');
-                if let Some((_, escaped)) = chars.next() {
-                    key.push(escaped);
-                }
-            }
-            '=' | ':' => return (key.trim_end().to_owned(), &line[index + 1..]),
-            c if c.is_whitespace() => {
-                let rest = line[index..].trim_start();
-                let rest = rest
-                    .strip_prefix(['=', ':'])
-                    .map_or(rest, |after| after.trim_start());
-                return (key, rest);
-            }
-            c => key.push(c),
-        }
-    }
-    (key, "")
-}
-
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some(other) => out.push(other),
-            None => {}
-        }
-    }
-    out.trim_end().to_owned()
 }
 
 /// A setting's value and the name to blame if it is invalid.
@@ -680,17 +617,24 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
         }
     };
 
+    // With a properties file, Debezium's own defaults: a relay taking over from Debezium
+    // reuses its slot and publication.
+    let (slot_default, publication_default) = if file.is_some() {
+        ("debezium", "dbz_publication")
+    } else {
+        ("outbox_relay", "outbox_publication")
+    };
     let slot = identifier(pick(
         cli.slot.as_ref(),
         "RELAY_SLOT",
         file_source("slot.name"),
-        "outbox_relay",
+        slot_default,
     ))?;
     let publication = identifier(pick(
         cli.publication.as_ref(),
         "RELAY_PUBLICATION",
         file_source("publication.name"),
-        "outbox_publication",
+        publication_default,
     ))?;
     let tables_setting = pick(
         cli.tables.as_ref(),
@@ -711,6 +655,9 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
     if tables.is_empty() {
         return Err(invalid(&tables_setting.name, "names no table"));
     }
+    if let Some((schema_key, schemas)) = file_source("schema.include.list") {
+        check_schemas(&tables, &tables_setting.name, &schema_key, schemas)?;
+    }
 
     let wire_default = if file.is_some() { "debezium" } else { "plain" };
     let wire_setting = pick(
@@ -724,6 +671,14 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
         .trim()
         .parse()
         .map_err(|error| invalid(&wire_setting.name, format!("{error}")))?;
+    let properties_setting = pick(
+        cli.message_properties.as_ref(),
+        "RELAY_MESSAGE_PROPERTIES",
+        None,
+        MessageProperties::default_for(wire_format).as_str(),
+    );
+    let message_properties = MessageProperties::parse(&properties_setting.value)
+        .map_err(|reason| invalid(&properties_setting.name, reason))?;
 
     let routing_setting = pick(cli.routing_key.as_ref(), "RELAY_ROUTING_KEY", None, "empty");
     let routing_key = RoutingKeySource::parse(&routing_setting.value)
@@ -745,11 +700,12 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
         "${routedByValue}.events",
     );
     let route_topic_replacement = non_empty(replacement_setting.clone_name())?;
+    let mut notes = file.map(|f| f.notes().to_vec()).unwrap_or_default();
     if !route_topic_replacement.contains("${routedByValue}") {
-        tracing::warn!(
-            setting = %replacement_setting.name,
-            "route.topic.replacement has no ${{routedByValue}}: every event goes to one exchange"
-        );
+        notes.push(ConfigNote::warning(
+            &replacement_setting.name,
+            "route.topic.replacement has no ${routedByValue}: every event goes to one exchange",
+        ));
     }
     let field_event_id = column(
         cli.field_event_id.as_ref(),
@@ -912,6 +868,7 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
             routing_key,
         },
         wire_format,
+        message_properties,
         exchange_type,
         dead_letter_exchange,
         window_events,
@@ -927,7 +884,35 @@ fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Config, ConfigEr
             interval: Duration::from_millis(poll_interval_ms),
             batch_size: poll_batch_size,
         },
+        notes,
     })
+}
+
+/// `schema.include.list` must cover every outbox table: Debezium would not capture a table
+/// outside it. Entries are compared as names (Debezium reads them as regular expressions;
+/// names are what such files hold).
+fn check_schemas(
+    tables: &[TableName],
+    tables_name: &str,
+    schema_key: &str,
+    schemas: &str,
+) -> Result<(), ConfigError> {
+    let listed: Vec<&str> = schemas
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    match tables.iter().find(|t| !listed.contains(&t.schema.as_str())) {
+        Some(outside) => Err(invalid(
+            schema_key,
+            format!(
+                "{schemas:?} does not include schema {:?} of table {outside} (from \
+                 {tables_name}): Debezium would not capture it",
+                outside.schema
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Parses `postgres[ql]://[user[:password]@]host[:port][/database][?options]`.
@@ -1037,10 +1022,34 @@ pub fn redact_url_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::HashMap;
+    use std::env::VarError;
+
     use super::*;
 
     fn cli() -> Cli {
         Cli::default()
+    }
+
+    /// An environment with no variables.
+    fn no_env(_: &str) -> Result<String, VarError> {
+        Err(VarError::NotPresent)
+    }
+
+    /// An environment holding exactly `vars`.
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Result<String, VarError> + use<> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        move |name| vars.get(name).cloned().ok_or(VarError::NotPresent)
+    }
+
+    /// The resolved value of `key` in a file of `text` with environment `vars`.
+    fn resolved(text: &str, vars: &[(&str, &str)], key: &str) -> Result<Option<String>, String> {
+        DebeziumProperties::parse(text, &env_of(vars))
+            .map(|p| p.get(key).map(str::to_owned))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -1192,15 +1201,29 @@ mod tests {
     #[test]
     fn properties_parser_handles_java_syntax() {
         let properties = DebeziumProperties::parse(
-            "# comment\n! other comment\n a.b = 1\nc:2\nd 3\nlong=x,\\\n   y\nesc=\\${v}\\:z\nempty=\n",
+            "# comment\n! other comment\n debezium.source.slot.name = 1\n\
+             debezium.source.publication.name:2\ndebezium.source.database.user 3\n\
+             debezium.source.database.dbname=x,\\\n   y\n\
+             debezium.source.database.hostname=\\\\${v}\\:z\\u0041\n\
+             debezium.source.database.password=\n",
+            &no_env,
         )
         .unwrap();
-        assert_eq!(properties.get("a.b"), Some("1"));
-        assert_eq!(properties.get("c"), Some("2"));
-        assert_eq!(properties.get("d"), Some("3"));
-        assert_eq!(properties.get("long"), Some("x,y"));
-        assert_eq!(properties.get("esc"), Some("${v}:z"));
-        assert_eq!(properties.get("empty"), None);
+        assert_eq!(properties.get("debezium.source.slot.name"), Some("1"));
+        assert_eq!(
+            properties.get("debezium.source.publication.name"),
+            Some("2")
+        );
+        assert_eq!(properties.get("debezium.source.database.user"), Some("3"));
+        assert_eq!(
+            properties.get("debezium.source.database.dbname"),
+            Some("x,y")
+        );
+        assert_eq!(
+            properties.get("debezium.source.database.hostname"),
+            Some("${v}:zA")
+        );
+        assert_eq!(properties.get("debezium.source.database.password"), None);
     }
 
     fn original_properties() -> PathBuf {
@@ -1255,6 +1278,7 @@ mod tests {
              debezium.transforms.router.table.field.event.payload=body\n\
              debezium.transforms.router.table.fields.additional.placement=event_type:header:ce_type,id:header\n\
              debezium.source.table.include.list=public.outbox,app.events\n",
+            &no_env,
         )
         .unwrap();
         let config = build(cli(), Some(&properties)).unwrap();
@@ -1291,13 +1315,15 @@ mod tests {
     #[test]
     fn a_bad_properties_value_names_its_key() {
         let properties =
-            DebeziumProperties::parse("debezium.source.plugin.name=decoderbufs\n").unwrap();
+            DebeziumProperties::parse("debezium.source.plugin.name=decoderbufs\n", &no_env)
+                .unwrap();
         let error = build(cli(), Some(&properties)).unwrap_err().to_string();
         assert!(error.contains("debezium.source.plugin.name"), "{error}");
         let properties = DebeziumProperties::parse(
             "debezium.transforms=outbox\n\
              debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n\
              debezium.transforms.outbox.table.fields.additional.placement=type:envelope:t\n",
+            &no_env,
         )
         .unwrap();
         let error = build(cli(), Some(&properties)).unwrap_err().to_string();
@@ -1315,5 +1341,547 @@ mod tests {
             error.contains("/nonexistent/application.properties"),
             "{error}"
         );
+    }
+
+    const PORT_KEY: &str = "debezium.source.database.port";
+
+    #[test]
+    fn placeholders_take_the_environment_or_their_default() {
+        let file = "debezium.source.database.port=${DATABASE_PORT}\n";
+        assert_eq!(
+            resolved(file, &[("DATABASE_PORT", "6543")], PORT_KEY).unwrap(),
+            Some("6543".into())
+        );
+        let file = "debezium.source.database.port=${DATABASE_PORT:5433}\n";
+        assert_eq!(resolved(file, &[], PORT_KEY).unwrap(), Some("5433".into()));
+        assert_eq!(
+            resolved(file, &[("DATABASE_PORT", "6543")], PORT_KEY).unwrap(),
+            Some("6543".into()),
+            "the variable wins over the default"
+        );
+        // An empty variable counts as unset, as in SmallRye.
+        assert_eq!(
+            resolved(file, &[("DATABASE_PORT", "")], PORT_KEY).unwrap(),
+            Some("5433".into())
+        );
+        // Text around and several placeholders in one value; a lone `$` stays.
+        let file = "debezium.source.database.hostname=db-${ZONE}.${DOMAIN:example.org}$x\n";
+        assert_eq!(
+            resolved(file, &[("ZONE", "eu")], "debezium.source.database.hostname").unwrap(),
+            Some("db-eu.example.org$x".into())
+        );
+    }
+
+    #[test]
+    fn an_empty_default_is_a_value() {
+        let file = "debezium.source.table.include.list=orders.outbox_event${SUFFIX:}\n";
+        assert_eq!(
+            resolved(file, &[], "debezium.source.table.include.list").unwrap(),
+            Some("orders.outbox_event".into())
+        );
+        // A value that expands to nothing counts as unset: the relay's default applies.
+        let file = "debezium.source.slot.name=${SLOT:}\n";
+        assert_eq!(
+            resolved(file, &[], "debezium.source.slot.name").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn defaults_and_names_nest() {
+        let file = "debezium.source.database.hostname=${DATABASE_HOSTNAME:${FALLBACK_HOST:db}}\n";
+        let key = "debezium.source.database.hostname";
+        assert_eq!(resolved(file, &[], key).unwrap(), Some("db".into()));
+        assert_eq!(
+            resolved(file, &[("FALLBACK_HOST", "fallback")], key).unwrap(),
+            Some("fallback".into())
+        );
+        assert_eq!(
+            resolved(
+                file,
+                &[("DATABASE_HOSTNAME", "h"), ("FALLBACK_HOST", "f")],
+                key
+            )
+            .unwrap(),
+            Some("h".into())
+        );
+        // A composed name: the inner placeholder first.
+        let file = "debezium.source.database.hostname=${HOST_${STAGE}}\n";
+        assert_eq!(
+            resolved(file, &[("STAGE", "PROD"), ("HOST_PROD", "prod-db")], key).unwrap(),
+            Some("prod-db".into())
+        );
+        // The value of a variable is expanded in turn.
+        let file = "debezium.source.database.hostname=${A}\n";
+        assert_eq!(
+            resolved(file, &[("A", "${B}.internal"), ("B", "db")], key).unwrap(),
+            Some("db.internal".into())
+        );
+    }
+
+    #[test]
+    fn placeholders_fall_back_to_keys_of_the_same_file() {
+        let file = "db.host=db.example\n\
+                    debezium.source.database.hostname=${db.host}\n\
+                    debezium.source.database.port=${db.port:5432}\n";
+        let key = "debezium.source.database.hostname";
+        assert_eq!(resolved(file, &[], key).unwrap(), Some("db.example".into()));
+        assert_eq!(resolved(file, &[], PORT_KEY).unwrap(), Some("5432".into()));
+        // The environment comes first (higher ordinal), by its mapped name too.
+        assert_eq!(
+            resolved(file, &[("DB_HOST", "from-env")], key).unwrap(),
+            Some("from-env".into())
+        );
+        assert_eq!(
+            resolved(file, &[("db.host", "exact")], key).unwrap(),
+            Some("exact".into())
+        );
+    }
+
+    #[test]
+    fn an_escaped_dollar_is_literal() {
+        // The original file's line, as written in the file: `\\${routedByValue}.events`.
+        let file = "debezium.transforms=outbox\n\
+                    debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n\
+                    debezium.transforms.outbox.route.topic.replacement=\\\\${routedByValue}.events\n\
+                    debezium.source.database.hostname=a\\\\${HOST}b\n";
+        let properties = DebeziumProperties::parse(file, &env_of(&[("HOST", "x")])).unwrap();
+        assert_eq!(
+            properties.outbox("route.topic.replacement").unwrap().1,
+            "${routedByValue}.events"
+        );
+        assert_eq!(
+            properties.get("debezium.source.database.hostname"),
+            Some("a${HOST}b"),
+            "escaped even when the variable is set"
+        );
+        // One backslash in the file is Java's escape of `$`: the placeholder is expanded.
+        let file = "debezium.source.database.hostname=\\${HOST}\n";
+        assert_eq!(
+            resolved(file, &[("HOST", "x")], "debezium.source.database.hostname").unwrap(),
+            Some("x".into())
+        );
+        // An unterminated placeholder stays as written.
+        let file = "debezium.source.database.hostname=a${HOST\n";
+        assert_eq!(
+            resolved(file, &[("HOST", "x")], "debezium.source.database.hostname").unwrap(),
+            Some("a${HOST".into())
+        );
+    }
+
+    #[test]
+    fn the_routers_own_placeholder_stays_unescaped() {
+        let file = "debezium.transforms=outbox\n\
+                    debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n\
+                    debezium.transforms.outbox.route.topic.replacement=${routedByValue}.events\n";
+        let properties = DebeziumProperties::parse(file, &no_env).unwrap();
+        assert_eq!(
+            properties.outbox("route.topic.replacement").unwrap().1,
+            "${routedByValue}.events"
+        );
+        let config = build(cli(), Some(&properties)).unwrap();
+        assert_eq!(
+            config.router.route_topic_replacement,
+            "${routedByValue}.events"
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_names_the_variable_and_the_key() {
+        let error = resolved(
+            "debezium.source.database.port=${DATABASE_PORT}\n",
+            &[],
+            PORT_KEY,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "debezium.source.database.port: ${DATABASE_PORT} is not set (no environment \
+             variable DATABASE_PORT and no default)"
+        );
+        // A dotted name was also looked up by its mapped names and as a key.
+        let error =
+            resolved("debezium.source.database.port=${db.port}\n", &[], PORT_KEY).unwrap_err();
+        assert_eq!(
+            error,
+            "debezium.source.database.port: ${db.port} is not set (no environment variable \
+             db.port or db_port or DB_PORT, no key db.port in the file, and no default)"
+        );
+        // Through the whole configuration, and in a nested default.
+        let properties = DebeziumProperties::parse(
+            "debezium.sink.rabbitmq.connection.host=${RABBITMQ_HOSTNAME:${BROKER}}\n",
+            &no_env,
+        );
+        let error = properties.unwrap_err().to_string();
+        assert!(
+            error.contains("debezium.sink.rabbitmq.connection.host"),
+            "{error}"
+        );
+        assert!(error.contains("${BROKER} is not set"), "{error}");
+    }
+
+    #[test]
+    fn a_placeholder_loop_is_an_error_not_a_hang() {
+        let error = resolved(
+            "debezium.source.database.port=${debezium.source.database.port}\n",
+            &[],
+            PORT_KEY,
+        )
+        .unwrap_err();
+        assert!(error.contains("placeholder loop"), "{error}");
+        assert!(error.contains("debezium.source.database.port"), "{error}");
+        let error = resolved(
+            "a=${b}\nb=${a}\ndebezium.source.database.port=${a}\n",
+            &[],
+            PORT_KEY,
+        )
+        .unwrap_err();
+        assert!(error.contains("placeholder loop"), "{error}");
+        assert!(error.contains("a → b → a"), "{error}");
+        // A loop through environment variables too.
+        let error = resolved(
+            "debezium.source.database.port=${X}\n",
+            &[("X", "${Y}"), ("Y", "${X}")],
+            PORT_KEY,
+        )
+        .unwrap_err();
+        assert!(error.contains("placeholder loop"), "{error}");
+        assert!(error.contains("environment variable Y"), "{error}");
+        // A long chain stops at the depth bound.
+        let mut file: String = (0..40).map(|i| format!("k{i}=${{k{}}}\n", i + 1)).collect();
+        file.push_str("k40=5432\ndebezium.source.database.port=${k0}\n");
+        let error = resolved(&file, &[], PORT_KEY).unwrap_err();
+        assert!(error.contains("nest more than 32 levels"), "{error}");
+    }
+
+    #[test]
+    fn a_non_utf8_variable_is_an_error_naming_it() {
+        let env = |name: &str| match name {
+            "DATABASE_PORT" => Err(VarError::NotUnicode(std::ffi::OsString::from("x"))),
+            _ => Err(VarError::NotPresent),
+        };
+        let error =
+            DebeziumProperties::parse("debezium.source.database.port=${DATABASE_PORT}\n", &env)
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("DATABASE_PORT"), "{error}");
+        assert!(error.contains("not valid UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn the_environment_overrides_a_key_by_its_mapped_name() {
+        let file = "debezium.source.database.port=5432\n";
+        assert_eq!(
+            resolved(file, &[("DEBEZIUM_SOURCE_DATABASE_PORT", "6000")], PORT_KEY).unwrap(),
+            Some("6000".into())
+        );
+        // Also a key the file does not have, e.g. the original's missing vhost.
+        let key = "debezium.sink.rabbitmq.connection.virtual.host";
+        assert_eq!(
+            resolved(
+                file,
+                &[("DEBEZIUM_SINK_RABBITMQ_CONNECTION_VIRTUAL_HOST", "t_1")],
+                key
+            )
+            .unwrap(),
+            Some("t_1".into())
+        );
+        // The override wins even over a placeholder that would fail.
+        let file = "debezium.source.database.port=${DATABASE_PORT}\n";
+        assert_eq!(
+            resolved(file, &[("DEBEZIUM_SOURCE_DATABASE_PORT", "6000")], PORT_KEY).unwrap(),
+            Some("6000".into())
+        );
+        let properties = DebeziumProperties::parse(
+            "debezium.sink.rabbitmq.connection.virtual.host=/\n",
+            &env_of(&[("DEBEZIUM_SINK_RABBITMQ_CONNECTION_VIRTUAL_HOST", "tenant a")]),
+        )
+        .unwrap();
+        let config = build(cli(), Some(&properties)).unwrap();
+        assert!(
+            config.amqp.display.ends_with("/tenant%20a"),
+            "{}",
+            config.amqp.display
+        );
+    }
+
+    #[test]
+    fn a_properties_file_brings_debeziums_slot_and_publication_defaults() {
+        let properties =
+            DebeziumProperties::parse("debezium.sink.type=rabbitmq\n", &no_env).unwrap();
+        let config = build(cli(), Some(&properties)).unwrap();
+        assert_eq!(config.slot, "debezium");
+        assert_eq!(config.publication, "dbz_publication");
+        let config = build(
+            Cli {
+                slot: Some("relay_slot".into()),
+                publication: Some("relay_pub".into()),
+                ..cli()
+            },
+            Some(&properties),
+        )
+        .unwrap();
+        assert_eq!(config.slot, "relay_slot");
+        assert_eq!(config.publication, "relay_pub");
+        let properties = DebeziumProperties::parse(
+            "debezium.source.slot.name=from_file\ndebezium.source.publication.name=pub_file\n",
+            &no_env,
+        )
+        .unwrap();
+        let config = build(cli(), Some(&properties)).unwrap();
+        assert_eq!(
+            (config.slot.as_str(), config.publication.as_str()),
+            ("from_file", "pub_file")
+        );
+        let config = build(cli(), None).unwrap();
+        assert_eq!(config.slot, "outbox_relay");
+        assert_eq!(config.publication, "outbox_publication");
+    }
+
+    fn the_originals_file() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../resources/debezium/original/application.properties")
+    }
+
+    const ORIGINAL_ENV: &[(&str, &str)] = &[
+        ("RABBITMQ_HOSTNAME", "broker.internal"),
+        ("RABBITMQ_PORT", "5673"),
+        ("RABBITMQ_USER", "rabbit"),
+        ("RABBITMQ_PASSWORD", "Rb-pw-7731"),
+        ("DATABASE_HOSTNAME", "db.internal"),
+        ("DATABASE_PORT", "5433"),
+        ("DATABASE_USER", "dbz"),
+        ("DATABASE_PASSWORD", "Db-pw-4419"),
+        ("DATABASE_NAME", "orderdb"),
+        ("DATABASE_SCHEMA", "orders"),
+        ("DATABASE_OUTBOX_TABLE", "outbox_event"),
+    ];
+
+    #[test]
+    fn the_originals_file_with_its_environment_configures_the_relay() {
+        let config = Config::from_cli_with_env(
+            Cli {
+                debezium_properties: Some(the_originals_file()),
+                ..cli()
+            },
+            &env_of(ORIGINAL_ENV),
+        )
+        .unwrap();
+        assert_eq!(config.postgres.host, "db.internal");
+        assert_eq!(config.postgres.port, 5433);
+        assert_eq!(config.postgres.user, "dbz");
+        assert_eq!(config.postgres.password.expose(), "Db-pw-4419");
+        assert_eq!(config.postgres.database, "orderdb");
+        assert_eq!(
+            config.amqp.url.expose(),
+            "amqp://rabbit:Rb-pw-7731@broker.internal:5673/%2F"
+        );
+        assert_eq!(config.slot, "debezium");
+        assert_eq!(config.publication, "dbz_publication");
+        // `\\${routedByValue}.events`, table.include.list from two variables, the router's
+        // other columns at Debezium's defaults: exactly our default router.
+        assert_eq!(config.router, RouterConfig::default());
+        assert_eq!(config.wire_format, WireFormat::Debezium);
+        assert_eq!(config.message_properties, MessageProperties::Debezium);
+        assert!(
+            config.notes.iter().all(|note| !note.warning),
+            "{:?}",
+            config.notes
+        );
+    }
+
+    #[test]
+    fn every_ignored_key_gets_one_note_with_its_reason_and_no_value() {
+        let config = Config::from_cli_with_env(
+            Cli {
+                debezium_properties: Some(the_originals_file()),
+                ..cli()
+            },
+            &env_of(ORIGINAL_ENV),
+        )
+        .unwrap();
+        let note = |key: &str| -> String {
+            let found: Vec<&ConfigNote> =
+                config.notes.iter().filter(|n| n.setting == key).collect();
+            assert_eq!(found.len(), 1, "one note for {key}: {:?}", config.notes);
+            found[0].message.clone()
+        };
+        assert!(
+            note("debezium.source.offset.storage.file.filename")
+                .contains("the replication slot's confirmed position is the relay's position")
+        );
+        assert!(note("debezium.source.offset.flush.interval.ms").starts_with("ignored: "));
+        assert!(note("debezium.source.topic.prefix").contains("route.topic.replacement"));
+        assert!(
+            note("debezium.source.tombstones.on.delete").contains("a delete publishes nothing")
+        );
+        assert!(note("debezium.format.key").contains("RELAY_WIRE_FORMAT"));
+        assert!(note("debezium.format.value").contains("RELAY_WIRE_FORMAT"));
+        assert!(note("debezium.source.connector.class").contains("its own PostgreSQL connector"));
+        assert!(note("debezium.sink.type").contains("RabbitMQ only"));
+        assert!(note("debezium.sink.rabbitmq.ackTimeout").contains("publisher confirm"));
+        assert!(note("quarkus.log.console.json").contains("Quarkus"));
+        assert!(
+            note("debezium.transforms.outbox.table.expand.json.payload")
+                .contains("always expanded")
+        );
+        // Keys the relay reads get no note.
+        for read in [
+            "debezium.source.database.port",
+            "debezium.source.database.password",
+            "debezium.sink.rabbitmq.connection.password",
+            "debezium.source.schema.include.list",
+            "debezium.transforms.outbox.route.topic.replacement",
+            "debezium.source.plugin.name",
+        ] {
+            assert!(
+                config.notes.iter().all(|n| n.setting != read),
+                "{read} is read"
+            );
+        }
+        assert_eq!(config.notes.len(), 11, "{:?}", config.notes);
+        let all = format!("{:?}", config.notes);
+        for secret in ["Db-pw-4419", "Rb-pw-7731"] {
+            assert!(!all.contains(secret), "a password in the notes: {all}");
+        }
+        assert!(!format!("{config:?}").contains("Db-pw-4419"));
+
+        // Unknown keys and other transforms are named too, without expanding their values.
+        let properties = DebeziumProperties::parse(
+            "debezium.source.database.sslmode=${UNSET_SSL}\n\
+             debezium.transforms=unwrap,outbox\n\
+             debezium.transforms.unwrap.type=io.debezium.transforms.ExtractNewRecordState\n\
+             debezium.transforms.unwrap.drop.tombstones=false\n\
+             debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n\
+             debezium.transforms.outbox.route.topic.regex=(?<routedByValue>.*)\n\
+             debezium.transforms.outbox.table.expand.json.payload=true\n",
+            &no_env,
+        )
+        .unwrap();
+        let notes: Vec<(&str, &str)> = properties
+            .notes()
+            .iter()
+            .map(|n| (n.setting.as_str(), n.message.as_str()))
+            .collect();
+        assert!(
+            notes.contains(&(
+                "debezium.source.database.sslmode",
+                "ignored: not used by outbox-relay"
+            )),
+            "{notes:?}"
+        );
+        assert!(
+            notes.contains(&(
+                "debezium.transforms.outbox.route.topic.regex",
+                "ignored: not used by outbox-relay"
+            )),
+            "{notes:?}"
+        );
+        for key in [
+            "debezium.transforms.unwrap.type",
+            "debezium.transforms.unwrap.drop.tombstones",
+        ] {
+            assert!(
+                notes.iter().any(|(setting, message)| *setting == key
+                    && message.contains("transform \"unwrap\" is not applied")),
+                "{key}: {notes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expand_json_payload_false_is_refused_and_unset_is_a_warning() {
+        let router = "debezium.transforms=outbox\n\
+                      debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n";
+        let error = DebeziumProperties::parse(
+            &format!("{router}debezium.transforms.outbox.table.expand.json.payload=false\n"),
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("debezium.transforms.outbox.table.expand.json.payload"),
+            "{error}"
+        );
+        assert!(error.contains("false is not supported"), "{error}");
+        let properties = DebeziumProperties::parse(router, &no_env).unwrap();
+        let warning = properties
+            .notes()
+            .iter()
+            .find(|n| n.setting == "debezium.transforms.outbox.table.expand.json.payload")
+            .unwrap();
+        assert!(warning.warning);
+        assert!(warning.message.contains("always expands"), "{warning:?}");
+    }
+
+    #[test]
+    fn schema_include_list_must_cover_the_tables() {
+        let properties = DebeziumProperties::parse(
+            "debezium.source.table.include.list=orders.outbox_event\n\
+             debezium.source.schema.include.list=billing\n",
+            &no_env,
+        )
+        .unwrap();
+        let error = build(cli(), Some(&properties)).unwrap_err().to_string();
+        assert!(
+            error.contains("debezium.source.schema.include.list"),
+            "{error}"
+        );
+        assert!(
+            error.contains("debezium.source.table.include.list"),
+            "{error}"
+        );
+        assert!(error.contains("orders.outbox_event"), "{error}");
+        // RELAY_TABLES is checked against it too, and named.
+        let error = build(
+            Cli {
+                tables: Some("public.outbox".into()),
+                ..cli()
+            },
+            Some(&properties),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("RELAY_TABLES"), "{error}");
+        let properties = DebeziumProperties::parse(
+            "debezium.source.table.include.list=orders.outbox_event,billing.outbox\n\
+             debezium.source.schema.include.list=billing, orders\n",
+            &no_env,
+        )
+        .unwrap();
+        build(cli(), Some(&properties)).unwrap();
+    }
+
+    #[test]
+    fn message_properties_follow_the_wire_format_unless_set() {
+        let config = Config::from_cli(cli()).unwrap();
+        assert_eq!(config.message_properties, MessageProperties::Full);
+        let config = Config::from_cli(Cli {
+            wire_format: Some("debezium".into()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.message_properties, MessageProperties::Debezium);
+        let config = Config::from_cli(Cli {
+            wire_format: Some("debezium".into()),
+            message_properties: Some("full".into()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.message_properties, MessageProperties::Full);
+        let config = Config::from_cli(Cli {
+            message_properties: Some("debezium".into()),
+            ..cli()
+        })
+        .unwrap();
+        assert_eq!(config.message_properties, MessageProperties::Debezium);
+        let error = Config::from_cli(Cli {
+            message_properties: Some("some".into()),
+            ..cli()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("RELAY_MESSAGE_PROPERTIES"), "{error}");
+        assert!(ENV_VARS.contains(&"RELAY_MESSAGE_PROPERTIES"));
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 async fn main() -> anyhow::Result<()> {
     let config = outbox_relay::Config::from_env_and_args()?;
     outbox_relay::telemetry::init_logging(config.log_format);
+    config.log_notes();
     let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     outbox_relay::run(config, shutdown)
         .await

@@ -5,7 +5,7 @@ use pgoutput::Insert;
 
 use crate::config::Config;
 use crate::router::Router;
-use crate::sink::OutgoingMessage;
+use crate::sink::{MessageProperties, OutgoingMessage};
 
 /// Routes and encodes one row. `Ok(None)`: the row's table is not routed (not an outbox
 /// table); `Err`: why the row cannot be turned into a message (missing column, NULL routing
@@ -46,11 +46,12 @@ pub(crate) fn for_row(
         headers: encoded.headers,
         timestamp,
         exchange: routed.exchange,
+        properties: config.message_properties,
     }))
 }
 
 /// The dead-letter message of an unroutable row: the row as JSON, the reason and the table in
-/// headers.
+/// headers. Our own message, not a Debezium one: it keeps the full properties (content type).
 pub(crate) fn dead_letter(
     router: &Router,
     insert: &Insert,
@@ -68,5 +69,6 @@ pub(crate) fn dead_letter(
             ("x-outbox-relay-table".to_owned(), table.to_owned()),
         ],
         timestamp: 0,
+        properties: MessageProperties::Full,
     }
 }

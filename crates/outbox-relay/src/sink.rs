@@ -10,6 +10,10 @@
 //! Before the first publish to an exchange on a connection, the sink declares it (durable,
 //! of the configured type), idempotently, so a publish never hits a missing exchange.
 //! Binding queues is not the relay's business.
+//!
+//! The AMQP properties of a message are Debezium Server's (`delivery_mode` 2 and `headers`,
+//! nothing else) or ours, which add `content_type`, `message_id` and `timestamp`
+//! ([`MessageProperties`]).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -24,17 +28,57 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use crate::config::AmqpSettings;
 use crate::router::ExchangeType;
 
+/// Which AMQP properties a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageProperties {
+    /// Exactly what Debezium Server sets: `delivery_mode` 2 (persistent) and `headers`.
+    Debezium,
+    /// Debezium's, plus `content_type` `application/json`, `message_id` (the event id, the
+    /// same on every redelivery) and `timestamp` (the commit time, seconds).
+    Full,
+}
+
+impl MessageProperties {
+    /// `debezium` with the debezium wire format (a drop-in for Debezium Server), else `full`.
+    pub fn default_for(format: wire_format::WireFormat) -> Self {
+        match format {
+            wire_format::WireFormat::Debezium => Self::Debezium,
+            wire_format::WireFormat::Plain => Self::Full,
+        }
+    }
+
+    /// Parses `debezium` or `full`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "debezium" => Ok(Self::Debezium),
+            "full" => Ok(Self::Full),
+            other => Err(format!("{other:?}: expected debezium or full")),
+        }
+    }
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debezium => "debezium",
+            Self::Full => "full",
+        }
+    }
+}
+
 /// A message ready to publish; kept in the window until confirmed.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
     pub exchange: String,
     pub routing_key: String,
+    /// The event id (logs; the AMQP `message_id` with [`MessageProperties::Full`]).
     pub message_id: String,
     /// Shared with the pending publish: a publish (and a replay) costs no copy of the body.
     pub body: Arc<[u8]>,
     pub headers: Vec<(String, String)>,
     /// Seconds since the Unix epoch (the transaction's commit time).
     pub timestamp: u64,
+    /// Which of the above become AMQP properties.
+    pub properties: MessageProperties,
 }
 
 impl OutgoingMessage {
@@ -230,10 +274,14 @@ impl AmqpSink {
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(message.message_id.as_str().into())
-            .with_timestamp(message.timestamp)
             .with_headers(headers);
+        let properties = match message.properties {
+            MessageProperties::Debezium => properties,
+            MessageProperties::Full => properties
+                .with_content_type("application/json".into())
+                .with_message_id(message.message_id.as_str().into())
+                .with_timestamp(message.timestamp),
+        };
         let channel = self.channel.clone();
         let exchange = message.exchange.as_str().into();
         let routing_key = message.routing_key.as_str().into();

@@ -9,6 +9,8 @@ use std::time::Duration;
 use common::{
     Fixture, Row, bind_queue, current_wal_lsn, insert_transaction, metrics_text, slot_confirmed,
 };
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use outbox_relay::Relay;
 use outbox_relay::config::Cli;
 use test_support::{EVENTUALLY, wait_until};
@@ -172,9 +174,14 @@ async fn debezium_format_reproduces_the_captured_messages() {
             message.header("eventType").as_deref(),
             headers["eventType"].as_str()
         );
+        // Exactly Debezium's properties: delivery_mode 2 and the two headers, nothing else
+        // (no content_type, message_id or timestamp).
         assert_eq!(
-            message.message_id().as_deref(),
-            sample["source_row"]["id"].as_str()
+            message.properties,
+            debezium_properties(&[
+                ("id", headers["id"].as_str().unwrap()),
+                ("eventType", headers["eventType"].as_str().unwrap()),
+            ]),
         );
         // A consumer of the original system decodes it.
         let headers: Vec<(String, String)> = ["id", "eventType"]
@@ -190,6 +197,21 @@ async fn debezium_format_reproduces_the_captured_messages() {
 
     relay.shutdown().await.unwrap();
     fixture.cleanup().await;
+}
+
+/// The AMQP properties Debezium Server sets: persistent delivery and the headers as long
+/// strings.
+fn debezium_properties(headers: &[(&str, &str)]) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        table.insert(
+            (*name).into(),
+            AMQPValue::LongString(LongString::from(value.as_bytes())),
+        );
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table)
 }
 
 /// Graceful shutdown reports the final position; a restart resumes after it, without

@@ -15,6 +15,7 @@ use common::{
     insert_series, metrics_text, outbox_rows, routed_by_destination, start_error,
     wait_stall_cleared, wait_stalled, wait_table_empty,
 };
+use lapin::BasicProperties;
 use outbox_relay::config::Cli;
 use outbox_relay::{Config, Relay};
 use sqlx::PgPool;
@@ -50,6 +51,19 @@ async fn insert_stamped(pool: &PgPool, aggregate: &str, n: i64, stamp_ms: i64) -
     .await
     .unwrap();
     id
+}
+
+/// The event id: the `message_id` property (full properties) or else the `id` header (the
+/// debezium format's only properties are Debezium's).
+fn event_id(message: &Received) -> String {
+    let headers: Vec<(String, String)> = message
+        .header("id")
+        .map(|id| vec![("id".to_owned(), id)])
+        .unwrap_or_default();
+    wire_format::decode(&message.body, message.message_id().as_deref(), &headers)
+        .unwrap()
+        .event_id
+        .unwrap()
 }
 
 fn numbers(received: &[Received]) -> Vec<u64> {
@@ -98,9 +112,8 @@ async fn same_messages_as_the_replication_source(wire_format: &str) {
             .await
             .to_string();
     }
-    let message_ids = |received: &[Received]| -> Vec<String> {
-        received.iter().map(|m| m.message_id().unwrap()).collect()
-    };
+    let message_ids =
+        |received: &[Received]| -> Vec<String> { received.iter().map(event_id).collect() };
     let from_replication = queue.take(inserts.len(), EVENTUALLY).await;
     let commit_order: Vec<String> = inserts
         .iter()
@@ -125,12 +138,10 @@ async fn same_messages_as_the_replication_source(wire_format: &str) {
     .unwrap();
     let from_polling = queue.take(inserts.len(), EVENTUALLY).await;
     assert_eq!(message_ids(&from_polling), ids, "timestamp order");
-    let by_id: HashMap<String, &Received> = from_replication
-        .iter()
-        .map(|m| (m.message_id().unwrap(), m))
-        .collect();
+    let by_id: HashMap<String, &Received> =
+        from_replication.iter().map(|m| (event_id(m), m)).collect();
     for message in &from_polling {
-        let twin = by_id[&message.message_id().unwrap()];
+        let twin = by_id[&event_id(message)];
         assert_eq!(message.exchange, twin.exchange);
         assert_eq!(message.routing_key, twin.routing_key);
         assert_eq!(message.body, twin.body, "{}", message.body_text());
@@ -140,8 +151,18 @@ async fn same_messages_as_the_replication_source(wire_format: &str) {
             twin.properties.content_type()
         );
         assert_eq!(*message.properties.delivery_mode(), Some(2));
-        // The row's timestamp (2026-01-01), where the replication source gives commit time.
-        assert_eq!(*message.properties.timestamp(), Some(1_767_225_600));
+        if wire_format == "debezium" {
+            // Exactly Debezium's properties: delivery_mode and headers, nothing else.
+            let debezium = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(twin.properties.headers().clone().unwrap());
+            assert_eq!(message.properties, debezium);
+            assert_eq!(twin.properties, debezium);
+        } else {
+            assert_eq!(message.message_id(), Some(event_id(message)));
+            // The row's timestamp (2026-01-01), where the replication source gives commit time.
+            assert_eq!(*message.properties.timestamp(), Some(1_767_225_600));
+        }
     }
     wait_table_empty(&fixture.db.pool).await;
     assert!(
