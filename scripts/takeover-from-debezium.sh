@@ -101,7 +101,7 @@ wait_until 240 "Debezium's slot active" slot_active
 
 total_s=$((BEFORE_S + AFTER_S))
 log "load: $RATE OrderCreated rows/s for ${total_s}s, as the original producer writes them"
-pgbench -n -q -f "$REPO/scripts/sql/original-outbox-insert.sql" -c 2 -j 1 -R "$RATE" -T "$total_s" \
+pgbench -n -f "$REPO/scripts/sql/original-outbox-insert.sql" -c 2 -j 1 -R "$RATE" -T "$total_s" \
   "$ORDER_DB" >"$WORK/pgbench.txt" 2>&1 &
 LOAD_PID=$!
 sleep "$BEFORE_S"
