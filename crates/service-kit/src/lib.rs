@@ -1,8 +1,31 @@
-//! What order-service, shipment-service and outbox-relay share at their edges: [`Secret`], a
-//! setting that must never be printed, and [`shutdown_signal`], the SIGTERM/SIGINT future their
-//! `main` runs until; [`migrate`], migrations that adopt a database the original system created.
+//! What order-service, shipment-service and outbox-relay share at their edges: one
+//! configuration and start-up kit, so that the three binaries read their settings under the
+//! same rules and start the same way.
+//!
+//! # Layout
+//! - [`env`]: environment variables under the shared rules (empty = unset, one boolean syntax,
+//!   non-UTF-8 and out-of-range values are errors naming the variable) → [`ConfigError`].
+//! - [`postgres`]: `DATABASE_URL` (query string kept, `sslmode` honoured) or `DB_*` →
+//!   [`postgres::PgSettings`]; database and schema created at start; the one "database
+//!   unavailable" rule ([`postgres::is_unavailable`]).
+//! - [`amqp`]: `AMQP_URL` or `RABBITMQ_*` → [`amqp::AmqpSettings`], printed without password.
+//! - [`logging`]: `RUST_LOG` checked at start, text or JSON output.
+//! - [`prometheus`]: the Prometheus recorder and its buckets.
+//! - [`backoff`]: [`Backoff`] and [`backoff::retry_until`] for start-up waits.
+//! - [`migrate`]: migrations that adopt a database the original system created.
+//! - here: [`Secret`], a setting that must never be printed, and [`shutdown_signal`], the
+//!   SIGTERM/SIGINT future each `main` runs until.
 
+pub mod amqp;
+pub mod backoff;
+pub mod env;
+pub mod logging;
 pub mod migrate;
+pub mod postgres;
+pub mod prometheus;
+
+pub use backoff::Backoff;
+pub use env::{ConfigError, Vars};
 
 use std::fmt;
 use std::future::Future;

@@ -1,0 +1,468 @@
+//! PostgreSQL for the three binaries: the connection settings (`DATABASE_URL`, its query string
+//! kept, or the `DB_*` parts), the database and schema created at start when missing, and the
+//! one rule for "the database is unavailable" (as opposed to "this statement failed").
+//!
+//! Settings are printed as `host:port/database as user name`, never with the password.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+pub use sqlx::postgres::PgSslMode;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::Secret;
+use crate::env::{ConfigError, Vars};
+
+/// The `DB_*` defaults shared by the binaries (those of the original system).
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_PORT: u16 = 5432;
+pub const DEFAULT_USER: &str = "postgres";
+pub const DEFAULT_PASSWORD: &str = "postgres";
+
+/// The variables `DATABASE_URL` replaces.
+pub const PART_VARS: &[&str] = &["DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME"];
+
+/// SQLSTATE `invalid_catalog_name`: the database does not exist.
+const UNDEFINED_DATABASE: &str = "3D000";
+/// SQLSTATE `duplicate_database`: someone else created it first.
+const DUPLICATE_DATABASE: &str = "42P04";
+/// SQLSTATE `unique_violation`, which a concurrent `CREATE SCHEMA IF NOT EXISTS` may raise.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// The parts of a connection when there is no URL.
+#[derive(Debug, Clone)]
+pub struct PgParts {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+}
+
+/// Where PostgreSQL is and who we are there. `Debug` and [`PgSettings::display`] never show the
+/// password.
+#[derive(Clone)]
+pub struct PgSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+    /// `sslmode` of the URL (or `PGSSLMODE`, else `prefer`): every connection honours it,
+    /// the replication one included.
+    pub ssl_mode: PgSslMode,
+    /// What else the URL said (`options`, `application_name`, `sslrootcert`...), as sqlx reads it.
+    base: PgConnectOptions,
+}
+
+impl fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("target", &self.display())
+            .field("password", &self.password)
+            .field("ssl_mode", &self.ssl_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSettings {
+    /// `DATABASE_URL` when set (the `DB_*` parts are then ignored), else the parts with their
+    /// defaults; `default_database` when neither names one.
+    pub fn from_vars(vars: &Vars<'_>, default_database: &str) -> Result<Self, ConfigError> {
+        if let Some(url) = vars.get("DATABASE_URL")? {
+            return Self::from_url("DATABASE_URL", &url, default_database);
+        }
+        Self::from_parts(PgParts {
+            host: vars.string_or("DB_HOST", DEFAULT_HOST)?,
+            port: vars.port_or("DB_PORT", DEFAULT_PORT)?,
+            user: vars.string_or("DB_USER", DEFAULT_USER)?,
+            password: Secret::new(vars.string_or("DB_PASSWORD", DEFAULT_PASSWORD)?),
+            database: vars.string_or("DB_NAME", default_database)?,
+        })
+        .map_err(|error| ConfigError::new("DB_NAME", error.reason))
+    }
+
+    /// The `DB_*` parts that a set `DATABASE_URL` makes ignored, for a warning.
+    pub fn ignored_parts(vars: &Vars<'_>) -> Result<Vec<&'static str>, ConfigError> {
+        if vars.get("DATABASE_URL")?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut ignored = Vec::new();
+        for &name in PART_VARS {
+            if vars.get(name)?.is_some() {
+                ignored.push(name);
+            }
+        }
+        Ok(ignored)
+    }
+
+    pub fn from_parts(parts: PgParts) -> Result<Self, ConfigError> {
+        check_database_name("DB_NAME", &parts.database)?;
+        let base = PgConnectOptions::new();
+        Ok(Self {
+            ssl_mode: base.get_ssl_mode(),
+            host: parts.host,
+            port: parts.port,
+            user: parts.user,
+            password: parts.password,
+            database: parts.database,
+            base,
+        })
+    }
+
+    /// Parses `postgres[ql]://user:password@host:port/database?query` without ever echoing it
+    /// (it may hold a password); errors name `variable`. The query string is kept.
+    pub fn from_url(
+        variable: &str,
+        url: &str,
+        default_database: &str,
+    ) -> Result<Self, ConfigError> {
+        let url = url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                variable,
+                "expected a URL starting with postgres:// or postgresql://",
+            ));
+        }
+        let password = url_password(url)
+            .map_err(|reason| ConfigError::new(variable, reason))?
+            .unwrap_or_default();
+        let base = PgConnectOptions::from_str(url).map_err(|error| {
+            // The driver's message may quote the URL: say only what is wrong in general.
+            ConfigError::new(
+                variable,
+                format!(
+                    "not a valid PostgreSQL URL (postgres://user:password@host:port/database?options): {}",
+                    redact(&error.to_string(), url, &password)
+                ),
+            )
+        })?;
+        let database = base.get_database().unwrap_or(default_database).to_owned();
+        check_database_name(variable, &database)?;
+        Ok(Self {
+            host: base.get_host().to_owned(),
+            port: base.get_port(),
+            user: base.get_username().to_owned(),
+            password: Secret::new(password),
+            database,
+            ssl_mode: base.get_ssl_mode(),
+            base,
+        })
+    }
+
+    /// Options for the configured database; `application_name` is `name` unless the URL set one.
+    pub fn connect_options(&self, application_name: &str) -> PgConnectOptions {
+        self.connect_options_for(&self.database, application_name)
+    }
+
+    /// Options for another database of the same server (`postgres`, to create ours).
+    pub fn connect_options_for(&self, database: &str, application_name: &str) -> PgConnectOptions {
+        let options = self
+            .base
+            .clone()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.user)
+            .password(self.password.expose())
+            .database(database)
+            .ssl_mode(self.ssl_mode);
+        if self.base.get_application_name().is_some() {
+            options
+        } else {
+            options.application_name(application_name)
+        }
+    }
+
+    /// `host:port/database as user name`: for messages, never the password.
+    pub fn display(&self) -> String {
+        format!(
+            "{}:{}/{} as user {}",
+            self.host, self.port, self.database, self.user
+        )
+    }
+
+    /// Whether connections must use TLS (`require`, `verify-ca`, `verify-full`).
+    pub fn requires_tls(&self) -> bool {
+        matches!(
+            self.ssl_mode,
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        )
+    }
+}
+
+/// A database name as PostgreSQL takes it: 1 to 63 bytes, no NUL.
+fn check_database_name(variable: &str, name: &str) -> Result<(), ConfigError> {
+    if name.len() > 63 || name.contains('\0') || name.trim().is_empty() {
+        return Err(ConfigError::new(
+            variable,
+            format!("{name:?} is not a database name: expected 1 to 63 bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The percent-decoded password of `scheme://user:password@host...`, if it has one.
+fn url_password(url: &str) -> Result<Option<String>, &'static str> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Ok(None);
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Ok(None);
+    };
+    match userinfo.split_once(':') {
+        Some((_, password)) => percent_decode(password).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decodes `%XX` escapes; a malformed one is an error (the drivers would pass it on as text).
+pub fn percent_decode(text: &str) -> Result<String, &'static str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let value = text
+                .get(index + 1..index + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or("has an invalid %-escape (a % must be followed by two hex digits)")?;
+            out.push(value);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once %-decoded")
+}
+
+/// Replaces the URL and its password, if a message quotes them.
+fn redact(message: &str, url: &str, password: &str) -> String {
+    let mut cleaned = message.replace(url, "<url>");
+    if !password.is_empty() {
+        cleaned = cleaned.replace(password, "***");
+    }
+    if let Some(raw) = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, raw)| raw)
+        .filter(|raw| !raw.is_empty())
+    {
+        cleaned = cleaned.replace(raw, "***");
+    }
+    cleaned
+}
+
+/// Whether `error` says the database cannot be reached right now (so waiting and retrying is
+/// right), as opposed to this statement or these credentials failing: I/O errors, TLS and pool
+/// timeouts, a closed pool, SQLSTATE class 08 (connection exception) and 57P01/57P02/57P03
+/// (admin shutdown, crash shutdown, cannot connect now).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_unavailable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that mean "unavailable": class 08 and 57P01-57P03.
+pub fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// The SQLSTATE of a database error.
+pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
+}
+
+/// Why the database could not be prepared at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "database {name:?} does not exist and cannot be created (connected to database \"postgres\" at {target}): {source}"
+    )]
+    CreateDatabase {
+        name: String,
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create schema {schema:?}: {source}")]
+    CreateSchema {
+        schema: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl SetupError {
+    /// Whether waiting may help (the server is not reachable yet).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            SetupError::Connect { source, .. } => is_unavailable(source),
+            _ => false,
+        }
+    }
+}
+
+/// Connects once and, when the database does not exist, creates it through the `postgres`
+/// database of the same server (another instance creating it at the same moment is fine).
+/// Lets `make up` and docker start a service against a bare server.
+pub async fn ensure_database(
+    settings: &PgSettings,
+    application_name: &str,
+) -> Result<(), SetupError> {
+    match PgConnection::connect_with(&settings.connect_options(application_name)).await {
+        Ok(connection) => {
+            let _ = connection.close().await;
+            return Ok(());
+        }
+        Err(error) if sqlstate(&error).as_deref() == Some(UNDEFINED_DATABASE) => {}
+        Err(source) => {
+            return Err(SetupError::Connect {
+                target: settings.display(),
+                source,
+            });
+        }
+    }
+    let create_error = |source| SetupError::CreateDatabase {
+        name: settings.database.clone(),
+        target: format!(
+            "{}:{} as user {}",
+            settings.host, settings.port, settings.user
+        ),
+        source,
+    };
+    let mut admin =
+        PgConnection::connect_with(&settings.connect_options_for("postgres", application_name))
+            .await
+            .map_err(create_error)?;
+    let quoted = format!("\"{}\"", settings.database.replace('"', "\"\""));
+    let created = sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
+    match created {
+        Ok(_) => {
+            tracing::info!(database = %settings.database, "created the database");
+            Ok(())
+        }
+        Err(error) if sqlstate(&error).as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+        Err(error) => Err(create_error(error)),
+    }
+}
+
+/// `CREATE SCHEMA IF NOT EXISTS`, tolerating a concurrent creation.
+pub async fn create_schema(pool: &PgPool, schema: &str) -> Result<(), SetupError> {
+    let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+    match sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
+        .execute(pool)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if sqlstate(&error).as_deref() == Some(UNIQUE_VIOLATION) => Ok(()),
+        Err(source) => Err(SetupError::CreateSchema {
+            schema: schema.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+    use std::env::VarError;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<PgSettings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| map.get(name).cloned().ok_or(VarError::NotPresent);
+        PgSettings::from_vars(&Vars::new(&lookup), "appdb")
+    }
+
+    #[test]
+    fn the_parts_have_the_original_defaults() {
+        let pg = settings(&[]).unwrap();
+        assert_eq!(pg.display(), "127.0.0.1:5432/appdb as user postgres");
+        assert_eq!(pg.password.expose(), "postgres");
+    }
+
+    #[test]
+    fn the_url_keeps_its_query_string() {
+        let pg = settings(&[(
+            "DATABASE_URL",
+            "postgresql://app:p%40ss@db.example:6543/shop?sslmode=require&application_name=ops&options=-c%20statement_timeout%3D5s",
+        )])
+        .unwrap();
+        assert_eq!(pg.display(), "db.example:6543/shop as user app");
+        assert_eq!(pg.password.expose(), "p@ss");
+        assert!(matches!(pg.ssl_mode, PgSslMode::Require));
+        assert!(pg.requires_tls());
+        let options = pg.connect_options("svc");
+        assert_eq!(options.get_application_name(), Some("ops"));
+        assert_eq!(options.get_options(), Some("-c statement_timeout=5s"));
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::Require));
+        let plain = settings(&[("DATABASE_URL", "postgres://u@h/d?sslmode=disable")]).unwrap();
+        assert!(matches!(plain.ssl_mode, PgSslMode::Disable));
+        assert_eq!(
+            plain.connect_options("svc").get_application_name(),
+            Some("svc")
+        );
+        // No database in the URL: the service's default.
+        let no_db = settings(&[("DATABASE_URL", "postgres://u:pw@h:1")]).unwrap();
+        assert_eq!(no_db.database, "appdb");
+    }
+
+    #[test]
+    fn bad_urls_name_the_variable_and_never_the_password() {
+        for url in [
+            "mysql://u:Pw-91x@h/db",
+            "postgres://u:Pw-91x@h:notaport/db",
+            "postgres://u:Pw-91x%zz@h/db",
+        ] {
+            let error = settings(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(error.variable, "DATABASE_URL", "{url}: {error}");
+            assert!(!error.to_string().contains("Pw-91x"), "{error}");
+        }
+        let printed = format!(
+            "{:?}",
+            settings(&[("DATABASE_URL", "postgres://u:Pw-91x@h/db")]).unwrap()
+        );
+        assert!(!printed.contains("Pw-91x"), "{printed}");
+    }
+
+    #[test]
+    fn unavailable_sqlstates() {
+        for code in ["57P01", "57P02", "57P03", "08006", "08001"] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "57014", "3D000"] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::other("x"))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+    }
+}
