@@ -12,30 +12,26 @@
 //!   and the events published twice are absorbed by shipment-service's dedup.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::ops::Range;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use e2e::{
+    Environment, cancel_line, create_order, log_dir, repo_file, repo_root, start_binary, stop_all,
+    wait_for_line_status, wait_for_shipment_lines,
+};
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use test_support::process::{ServiceCommand, ServiceProcess, free_port};
+use test_support::process::free_port;
 use test_support::{EVENTUALLY, TestDatabase, TestVhost, unique_suffix, wait_until};
 use uuid::Uuid;
-
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// The original order and shipment of `resources/original/*-rows.sql`.
 const ORIGINAL_ORDER: &str = "6f1c2a3e-8b4d-4f5a-9c6b-7d8e9fa0b1c2";
 const ORIGINAL_SHIPMENT: &str = "4e1f7a8b-9c0d-4e5f-8a6b-7c8d9e0f1a2b";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(name: &str) -> Result<String> {
-    let path = repo_root().join("resources/original").join(name);
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    repo_file(&format!("resources/original/{name}"))
 }
 
 /// A test database laid out by the original system: its DDL, and its rows when `with_rows`.
@@ -123,42 +119,6 @@ mod url_parts {
     }
 }
 
-async fn start(
-    name: &str,
-    port: u16,
-    env: Vec<(&'static str, String)>,
-    clear_env: bool,
-    log_dir: &Path,
-) -> Result<ServiceProcess> {
-    let mut command = ServiceCommand::workspace(name)?
-        .http_port(port)
-        .envs(env)
-        .log_file(log_dir.join(format!("{name}.log")));
-    if clear_env {
-        command = command.env_clear();
-    } else {
-        command = command.env("RUST_LOG", "info");
-    }
-    command.start(EVENTUALLY).await
-}
-
-fn log_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("outbox-original-{}", unique_suffix()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-async fn stop_all(services: &mut [ServiceProcess], failed: bool) {
-    if failed {
-        for service in services.iter() {
-            eprintln!("--- {} log ---\n{}", service.name(), service.log_tail(40));
-        }
-    }
-    for service in services.iter_mut().rev() {
-        let _ = service.terminate(SHUTDOWN_GRACE).await;
-    }
-}
-
 /// Sum of a Prometheus counter over its labels.
 fn counter(metrics: &str, name: &str) -> f64 {
     metrics
@@ -169,6 +129,24 @@ fn counter(metrics: &str, name: &str) -> f64 {
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Inserts one OrderCreated outbox row per customer, as the original producer does; their ids.
+async fn insert_original_orders(pool: &PgPool, customers: Range<i32>) -> Result<Vec<Uuid>> {
+    let mut event_ids = Vec::new();
+    for customer in customers {
+        let (event, order) = (Uuid::new_v4(), Uuid::new_v4());
+        insert_original_event(
+            pool,
+            event,
+            order,
+            "OrderCreated",
+            original_order_created(order, customer),
+        )
+        .await?;
+        event_ids.push(event);
+    }
+    Ok(event_ids)
 }
 
 /// Inserts an outbox row exactly as the original NodeJS producer does.
@@ -212,7 +190,7 @@ async fn every_piece_runs_on_the_originals_databases_and_configuration() -> Resu
     let mut services = Vec::new();
     let result = async {
         services.push(
-            start(
+            start_binary(
                 "shipment-service",
                 shipment_port,
                 vec![
@@ -220,30 +198,30 @@ async fn every_piece_runs_on_the_originals_databases_and_configuration() -> Resu
                     ("AMQP_URL", vhost.amqp_url.clone()),
                     ("SERVER_PORT", shipment_port.to_string()),
                 ],
-                false,
+                Environment::Inherited,
                 &log_dir,
             )
             .await?,
         );
         services.push(
-            start(
+            start_binary(
                 "outbox-relay",
                 relay_port,
                 original_relay_env(&orders_db, &vhost, &slot, relay_port),
-                true,
+                Environment::Only,
                 &log_dir,
             )
             .await?,
         );
         services.push(
-            start(
+            start_binary(
                 "order-service",
                 order_port,
                 vec![
                     ("DATABASE_URL", orders_db.url.clone()),
                     ("SERVER_PORT", order_port.to_string()),
                 ],
-                false,
+                Environment::Inherited,
                 &log_dir,
             )
             .await?,
@@ -283,18 +261,12 @@ async fn original_flows(
     );
 
     // README flow 1: the sample order becomes a shipment with both lines.
-    let sample =
-        std::fs::read_to_string(repo_root().join("resources/data/create-order-request.json"))?;
-    let response = client
-        .post(format!("{order_url}/orders"))
-        .header("content-type", "application/json")
-        .body(sample)
-        .send()
-        .await?;
-    if response.status() != reqwest::StatusCode::CREATED {
-        bail!("POST /orders answered {}", response.text().await?);
-    }
-    let order: Value = response.json().await?;
+    let order = create_order(
+        &client,
+        &order_url,
+        &repo_file("resources/data/create-order-request.json")?,
+    )
+    .await?;
     let order_id = order["id"].as_str().context("order id")?.to_owned();
     let line_id = order["lineItems"][0]["id"]
         .as_str()
@@ -305,41 +277,11 @@ async fn original_flows(
         4,
         "ids are v4 by default, as the original's consumers require"
     );
-    wait_until("the sample order's shipment lines", EVENTUALLY, || async {
-        let lines: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM shipments.shipment_line l JOIN shipments.shipment s \
-             ON s.id = l.shipment_id WHERE s.order_id::text = $1",
-        )
-        .bind(&order_id)
-        .fetch_one(shipments)
-        .await
-        .ok()?;
-        (lines == 2).then_some(())
-    })
-    .await?;
+    wait_for_shipment_lines(shipments, &order_id, 2).await?;
 
     // README flow 2: cancel a line; the shipment line follows.
-    let cancel =
-        std::fs::read_to_string(repo_root().join("resources/data/cancel-order-line-request.json"))?;
-    let response = client
-        .put(format!("{order_url}/orders/{order_id}/lines/{line_id}"))
-        .header("content-type", "application/json")
-        .body(cancel)
-        .send()
-        .await?;
-    assert_eq!(response.status(), reqwest::StatusCode::OK);
-    wait_until("the cancelled shipment line", EVENTUALLY, || async {
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM shipments.shipment_line WHERE order_line_id::text = $1",
-        )
-        .bind(&line_id)
-        .fetch_optional(shipments)
-        .await
-        .ok()
-        .flatten();
-        (status.as_deref() == Some("CANCELLED")).then_some(())
-    })
-    .await?;
+    cancel_line(&client, &order_url, &order_id, &line_id).await?;
+    wait_for_line_status(shipments, &line_id, "CANCELLED").await?;
 
     // The original producer's rows, written straight into the outbox: an order without line
     // items, then an update of a line the shipment has never heard of.
@@ -439,42 +381,18 @@ async fn taking_over_from_debezium_loses_nothing() -> Result<()> {
         .bind(&slot)
         .execute(pool)
         .await?;
-    let mut delivered = Vec::new();
-    for customer in 0..10 {
-        let (event, order) = (Uuid::new_v4(), Uuid::new_v4());
-        insert_original_event(
-            pool,
-            event,
-            order,
-            "OrderCreated",
-            original_order_created(order, customer),
-        )
-        .await?;
-        delivered.push(event);
-    }
+    let delivered = insert_original_orders(pool, 0..10).await?;
     sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
         .bind(&slot)
         .execute(pool)
         .await?;
     // Batch B: committed after Debezium's last confirmed position. It had published the first
     // half and the consumer applied them, but the crash came before it confirmed them.
-    let mut pending = Vec::new();
-    for customer in 100..110 {
-        let (event, order) = (Uuid::new_v4(), Uuid::new_v4());
-        insert_original_event(
-            pool,
-            event,
-            order,
-            "OrderCreated",
-            original_order_created(order, customer),
-        )
-        .await?;
-        pending.push(event);
-    }
+    let pending = insert_original_orders(pool, 100..110).await?;
 
     let mut services = Vec::new();
     let result = async {
-        let shipment_service = start(
+        let shipment_service = start_binary(
             "shipment-service",
             shipment_port,
             vec![
@@ -482,7 +400,7 @@ async fn taking_over_from_debezium_loses_nothing() -> Result<()> {
                 ("AMQP_URL", vhost.amqp_url.clone()),
                 ("SERVER_PORT", shipment_port.to_string()),
             ],
-            false,
+            Environment::Inherited,
             &log_dir,
         )
         .await?;
@@ -496,11 +414,11 @@ async fn taking_over_from_debezium_loses_nothing() -> Result<()> {
         .await?;
         services.push(shipment_service);
         services.push(
-            start(
+            start_binary(
                 "outbox-relay",
                 relay_port,
                 original_relay_env(&orders_db, &vhost, &slot, relay_port),
-                true,
+                Environment::Only,
                 &log_dir,
             )
             .await?,
