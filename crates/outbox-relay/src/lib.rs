@@ -7,22 +7,29 @@
 //! relay, the broker or the database loses nothing (events may come twice, with the same
 //! `message_id`).
 //!
-//! Where logical replication is not allowed, `--source polling` ([`polling`]) reads the
-//! outbox table instead (`SELECT ... FOR UPDATE NOWAIT`, publish, confirm, `DELETE`), with
-//! the same router, wire formats, sink, `/health` and metrics, and the trade-offs its module
-//! documents (timestamp order rather than commit order, latency of a poll interval).
+//! Where logical replication is not allowed, `--source polling` (`polling`) reads the
+//! outbox table instead (`SELECT ... FOR UPDATE NOWAIT`, publish, confirm, `DELETE`), through
+//! the same pipeline, router, wire formats, sink, `/health` and metrics, with the trade-offs
+//! its module documents (timestamp order rather than commit order, latency of a poll
+//! interval).
 //!
 //! # Layout
 //! - [`config`]: flags, environment variables and the Debezium properties file → [`Config`].
-//! - [`source`]: start checks, publication and slot; the replication session.
-//! - [`polling`]: the polling source: start checks, advisory lock, batches of rows.
-//! - [`router`]: outbox row → exchange, routing key, message id, headers, payload.
-//! - `message`: a routed row → the AMQP message (or its dead-letter form), for both sources.
-//! - [`sink`]: RabbitMQ publisher with confirms, `mandatory`, exchange declaration.
-//! - `broker`: the sink's connection and its reconnect step with backoff, for both sources.
+//! - `source`: the `Source` contract (open, next, ack, rewind, close; standby as an outcome)
+//!   and its source-neutral events; the shared PostgreSQL connection and start errors.
+//! - `replication`: the replication source: start checks, publication and slot, sessions
+//!   from the flush LSN, pgoutput → neutral rows, ack = confirm the LSN.
+//! - `polling`: the polling source: start checks, advisory locks, a worker per session
+//!   reading batches of rows, ack = DELETE the delivered rows + COMMIT.
+//! - `row`: the source-neutral row and table schema both sources yield.
+//! - [`router`]: row → exchange, routing key, message id, headers, payload.
+//! - `message`: a routed row → the AMQP message (or its dead-letter form).
+//! - [`sink`]: the `Sink` contract (at-least-once; a nack or a return is never success) and
+//!   the RabbitMQ sink: confirms, `mandatory`, exchange declaration.
+//! - `broker`: the sink's connection and its reconnect step with backoff.
 //! - [`window`]: in-flight events and the flush position derived from their confirms.
-//! - `pipeline`: the task tying them together, with retries, reconnects and shutdown
-//!   (the replication source; the polling source has its own loop in [`polling`]).
+//! - `pipeline`: the one event loop over any source and sink, with its state as enums
+//!   (reading, publishing, lifecycle): retries, reconnects, standby, stalls, shutdown.
 //! - [`http`] and [`telemetry`]: `/health`, `/metrics`, logs.
 //!
 //! # Entry points
@@ -38,7 +45,7 @@
 //! second, resuming from the slot's confirmed position. Events the dead relay published but
 //! had not yet confirmed to PostgreSQL are published again (same `message_id`).
 //! The polling source does the same with a PostgreSQL advisory lock per table (see
-//! [`polling`]).
+//! `polling`).
 
 mod backoff;
 mod broker;
@@ -46,10 +53,14 @@ pub mod config;
 pub mod http;
 mod message;
 mod pipeline;
-pub mod polling;
+#[cfg(test)]
+mod pipeline_tests;
+mod polling;
+mod replication;
 pub mod router;
+mod row;
 pub mod sink;
-pub mod source;
+mod source;
 pub mod telemetry;
 pub mod window;
 
@@ -62,12 +73,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ConfigError, ENV_VARS, SourceKind};
+pub use polling::PollingStartError;
+pub use source::StartError;
 pub use telemetry::{HealthReport, RelayStatus};
 
-use crate::pipeline::Pipeline;
-use crate::polling::{Poller, PollingStartError};
-use crate::sink::{AmqpSink, SinkError};
-use crate::source::StartError;
+use crate::pipeline::{Pipeline, Settings};
+use crate::polling::{PollPosition, PollingSource};
+use crate::replication::ReplicationSource;
+use crate::sink::{AmqpConnector, AmqpSink, Connector, SinkError};
 
 /// Why the relay could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +121,7 @@ impl Relay {
             SourceKind::Replication => {
                 let mut connection =
                     source::connect(&config.postgres, config.connect_timeout).await?;
-                let start = source::prepare(
+                let start = replication::prepare(
                     &mut connection,
                     &config.postgres,
                     &config.router.tables,
@@ -138,7 +151,11 @@ impl Relay {
             }
         };
 
-        let sink = connect_broker(&config).await?;
+        let mut connector = AmqpConnector {
+            settings: config.amqp.clone(),
+            exchange_type: config.exchange_type,
+        };
+        let sink = connect_broker(&config, &mut connector).await?;
         tracing::info!(broker = %config.amqp.display, "RabbitMQ connected");
 
         let address = format!("{}:{}", config.http_host, config.http_port);
@@ -170,15 +187,20 @@ impl Relay {
         let pipeline_task = {
             let stop = stop_pipeline.clone();
             let shutdown = async move { stop.cancelled().await };
+            let settings = Settings::from_config(&config);
+            let status = Arc::clone(&status);
+            // One pipeline; the source is the configuration's choice.
             match start {
                 Some(start) => {
-                    let pipeline =
-                        Pipeline::new(Arc::clone(&config), Arc::clone(&status), sink, start);
-                    tokio::spawn(async move { pipeline.run(shutdown).await })
+                    let source = ReplicationSource::new(Arc::clone(&config));
+                    let pipeline = Pipeline::new(settings, status, source, connector, sink, start);
+                    tokio::spawn(pipeline.run(shutdown))
                 }
                 None => {
-                    let poller = Poller::new(Arc::clone(&config), Arc::clone(&status), sink);
-                    tokio::spawn(async move { poller.run(shutdown).await })
+                    let source = PollingSource::new(Arc::clone(&config));
+                    let start = PollPosition::default();
+                    let pipeline = Pipeline::new(settings, status, source, connector, sink, start);
+                    tokio::spawn(pipeline.run(shutdown))
                 }
             }
         };
@@ -193,14 +215,13 @@ impl Relay {
     }
 }
 
-async fn connect_broker(config: &Config) -> Result<AmqpSink, RelayError> {
+async fn connect_broker(
+    config: &Config,
+    connector: &mut AmqpConnector,
+) -> Result<AmqpSink, RelayError> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(10),
-            AmqpSink::connect(&config.amqp, config.exchange_type),
-        )
-        .await;
+        let attempt = tokio::time::timeout(Duration::from_secs(10), connector.connect()).await;
         let error = match attempt {
             Ok(Ok(sink)) => return Ok(sink),
             Ok(Err(error)) => error,

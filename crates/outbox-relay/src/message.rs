@@ -1,40 +1,71 @@
-//! One outbox row → the AMQP message to publish, shared by both sources (replication and
-//! polling) so that a row yields the same message whichever source read it.
+//! One outbox row → the AMQP message to publish, whichever source read it (a row yields the
+//! same message from the WAL and from a poll).
 
-use pgoutput::Insert;
+use wire_format::WireFormat;
 
 use crate::config::Config;
-use crate::router::Router;
+use crate::router::{Router, Unroutable};
+use crate::row::Row;
 use crate::sink::{MessageProperties, OutgoingMessage};
 
+/// How rows are encoded: the part of the configuration the pipeline needs per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Encoding {
+    pub wire_format: WireFormat,
+    /// `table.field.event.payload`: the column whose JSON the `debezium` format expands.
+    pub payload_field: String,
+    pub properties: MessageProperties,
+}
+
+impl Encoding {
+    pub(crate) fn from_config(config: &Config) -> Self {
+        Self {
+            wire_format: config.wire_format,
+            payload_field: config.router.field_event_payload.clone(),
+            properties: config.message_properties,
+        }
+    }
+}
+
+/// Why a routed row cannot become a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MessageError {
+    /// A configured column is missing, NULL where a value is needed, or not text.
+    #[error(transparent)]
+    Unroutable(#[from] Unroutable),
+    /// The wire format refuses the payload.
+    #[error("payload of event {event_id} cannot be encoded as {format}: {reason}")]
+    Encode {
+        event_id: String,
+        format: WireFormat,
+        reason: String,
+    },
+}
+
 /// Routes and encodes one row. `Ok(None)`: the row's table is not routed (not an outbox
-/// table); `Err`: why the row cannot be turned into a message (missing column, NULL routing
-/// value, a payload the wire format cannot encode).
+/// table); `Err`: why the row cannot be turned into a message.
 pub(crate) fn for_row(
     router: &Router,
-    config: &Config,
-    insert: &Insert,
+    encoding: &Encoding,
+    row: &Row,
     timestamp: u64,
-) -> Result<Option<OutgoingMessage>, String> {
-    let routed = match router.route(insert) {
-        Ok(None) => return Ok(None),
-        Ok(Some(routed)) => routed,
-        Err(error) => return Err(error.to_string()),
+) -> Result<Option<OutgoingMessage>, MessageError> {
+    let Some(routed) = router.route(row)? else {
+        return Ok(None);
     };
     let options = wire_format::EncodeOptions {
-        payload_field: &config.router.field_event_payload,
+        payload_field: &encoding.payload_field,
     };
     let encoded = wire_format::encode_with(
-        config.wire_format,
+        encoding.wire_format,
         &options,
         routed.payload,
         &routed.headers,
     )
-    .map_err(|error| {
-        format!(
-            "payload of event {} cannot be encoded as {}: {error}",
-            routed.event_id, config.wire_format
-        )
+    .map_err(|error| MessageError::Encode {
+        event_id: routed.event_id.to_owned(),
+        format: encoding.wire_format,
+        reason: error.to_string(),
     })?;
     if let Some(reason) = &encoded.debezium_fallback {
         tracing::warn!(event_id = %routed.event_id, %reason, "payload published unexpanded, as Debezium would");
@@ -46,7 +77,7 @@ pub(crate) fn for_row(
         headers: encoded.headers,
         timestamp,
         exchange: routed.exchange,
-        properties: config.message_properties,
+        properties: encoding.properties,
     }))
 }
 
@@ -54,18 +85,18 @@ pub(crate) fn for_row(
 /// headers. Our own message, not a Debezium one: it keeps the full properties (content type).
 pub(crate) fn dead_letter(
     router: &Router,
-    insert: &Insert,
+    row: &Row,
     exchange: &str,
     table: &str,
-    reason: String,
+    reason: &MessageError,
 ) -> OutgoingMessage {
     OutgoingMessage {
         exchange: exchange.to_owned(),
         routing_key: String::new(),
         message_id: String::new(),
-        body: router.row_as_json(insert).into_bytes().into(),
+        body: router.row_as_json(row).into_bytes().into(),
         headers: vec![
-            ("x-outbox-relay-error".to_owned(), reason),
+            ("x-outbox-relay-error".to_owned(), reason.to_string()),
             ("x-outbox-relay-table".to_owned(), table.to_owned()),
         ],
         timestamp: 0,

@@ -1,14 +1,16 @@
-//! The pipeline: replication stream → decode → route → encode → publish → confirm → flush.
+//! The pipeline: source → route → encode → publish → confirm → ack, for every source.
 //!
-//! One task drives everything with `select!` over the shutdown signal, the broker's confirms
-//! (in publish order), the replication stream and a timer. It reads from the stream only
-//! while the [`InFlightWindow`] has room, so memory is bounded whatever the transaction size,
-//! and many confirms are in flight at once.
+//! One task drives everything with `select!` over the shutdown signal, a timer, the sink's
+//! confirms (in publish order) and the [`Source`]. It reads from the source only while the
+//! [`InFlightWindow`] has room, so memory is bounded whatever the transaction size, and many
+//! confirms are in flight at once. Its state is three small enums: [`Reading`] (is the
+//! source read, and if not why), [`Publishing`] (flowing, or paused and probing after the
+//! broker refused an event) and [`Lifecycle`] (running, or draining for a shutdown).
 //!
 //! Guarantees and how they are kept:
-//! - **Nothing confirmed that the broker did not take.** The flush position reported to
-//!   PostgreSQL is the end of the newest transaction whose events, and all before them, were
-//!   acked and not returned (see `window`).
+//! - **Nothing acked that the broker did not take.** The position acked to the source is the
+//!   end of the newest transaction whose events, and all before them, were confirmed as
+//!   delivered (see `window`). A nack or a return is never delivered (see [`Sink`]).
 //! - **Returns and nacks stall, never drop.** A returned (no queue bound) or nacked event
 //!   stops progress: the relay logs it, counts `outbox_relay_unroutable_total`, shows it in
 //!   `/health`, waits with backoff (up to 5 s), and publishes that event again alone; once
@@ -18,33 +20,39 @@
 //!   cannot turn into a message (missing column, NULL routing value) is logged and counted.
 //!   With `RELAY_DEAD_LETTER_EXCHANGE` it is published there (body: the row as JSON, header
 //!   `x-outbox-relay-error`); without it, the relay stops reading at that row and reports
-//!   the reason in `/health` until an operator fixes the row's cause and restarts it (the
-//!   row is read again: the flush position never passed it).
-//! - **Lost connections are survived.** A broker failure publishes the whole window again
-//!   on a new connection; a replication failure lets the window drain, then reconnects from
-//!   the flush position. Both with backoff.
+//!   the reason in `/health`. The events before it are delivered and acked. A source that
+//!   can show a fixed row (polling) is then rewound and read again with backoff, so fixing
+//!   or deleting the row resumes; the WAL cannot change, so the replication source stays
+//!   stalled until an operator fixes the cause and restarts it (the row is read again: the
+//!   flush position never passed it).
+//! - **Lost connections are survived.** A sink failure publishes the whole window again on a
+//!   new connection; a source failure lets the window drain, then reopens the source from the
+//!   flush position. Both with backoff.
+//! - **Standby.** A source held by another relay answers [`Opened::Standby`]; the pipeline
+//!   reports it and tries again every second.
 //! - **A quiet outbox does not pin WAL.** While nothing is in flight and no transaction is
-//!   open, keepalives advance the flush position to the server's WAL end.
-//! - **Graceful shutdown.** Stop reading, wait for in-flight confirms (bounded by
-//!   `RELAY_SHUTDOWN_TIMEOUT_SECS`), report the final flush position, close.
+//!   open, idle positions (keepalives) are acked.
+//! - **Bounded shutdown.** Stop reading, wait for in-flight confirms (up to
+//!   `RELAY_SHUTDOWN_TIMEOUT_SECS`), ack the final position, close both connections (each
+//!   bounded). Every wait of the loop watches the shutdown signal.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use pgoutput::{Insert, LogicalReplicationMessage, Lsn};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::broker::BrokerConnection;
 use crate::config::Config;
-use crate::message;
-use crate::router::Router;
-use crate::sink::{AmqpSink, Outcome, OutgoingMessage, PendingConfirm, SinkError};
-use crate::source::{self, ReplicationStream, SourceEvent, StreamError};
+use crate::message::{self, Encoding, MessageError};
+use crate::router::{Router, RouterConfig};
+use crate::row::Row;
+use crate::sink::{Connector, Outcome, OutgoingMessage, Sink, SinkError};
+use crate::source::{Opened, Position, Source, SourceError, SourceEvent};
 use crate::telemetry::{
     CommitDelays, CommitTime, ExchangeCounters, ExchangeMetrics, IN_FLIGHT, LAG_BYTES,
     OLDEST_UNCONFIRMED_AGE, RECONNECTS, RelayStatus, UNROUTABLE, unix_micros_now,
@@ -53,92 +61,161 @@ use crate::window::InFlightWindow;
 
 /// A publish whose confirm takes longer than this means a broken broker connection.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a standby relay tries to take the slot.
+/// How often a standby relay tries to take the source.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between retries (source reconnects, refused events, stalled rows).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often gauges are refreshed and stuck confirms looked for.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What the pipeline needs from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub router: RouterConfig,
+    pub encoding: Encoding,
+    pub dead_letter_exchange: Option<String>,
+    pub window_events: usize,
+    pub window_bytes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    pub(crate) fn from_config(config: &Config) -> Self {
+        Self {
+            router: config.router.clone(),
+            encoding: Encoding::from_config(config),
+            dead_letter_exchange: config.dead_letter_exchange.clone(),
+            window_events: config.window_events,
+            window_bytes: config.window_bytes,
+            shutdown_timeout: config.shutdown_timeout,
+        }
+    }
+}
 
 /// An event in the window with its exchange's counters and its transaction's commit time.
 #[derive(Debug)]
 struct Queued {
     message: OutgoingMessage,
     counters: Arc<ExchangeCounters>,
-    commit_time: CommitTime,
+    commit_time: Option<CommitTime>,
 }
 
-/// The running pipeline's state.
-pub(crate) struct Pipeline {
-    config: Arc<Config>,
+/// Whether the source is read, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reading {
+    /// No session: open one at `at`, once the window has drained.
+    Reconnecting {
+        at: Instant,
+    },
+    /// Another relay holds the source: try again at `at`.
+    Standby {
+        at: Instant,
+    },
+    Streaming,
+    /// An unroutable row and no dead-letter exchange: nothing after it is read. A source
+    /// that can show a fixed row is read again from it at `retry_at`.
+    Stalled {
+        reason: String,
+        retry_at: Option<Instant>,
+    },
+}
+
+/// Whether events are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publishing {
+    Flowing,
+    /// After a return or nack: nothing is published before `until`.
+    Paused {
+        until: Instant,
+    },
+    /// Then the refused event alone, until the broker takes it.
+    Probing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    /// Shutting down: no more reading; in-flight confirms awaited until `deadline`.
+    Draining {
+        deadline: Instant,
+    },
+}
+
+/// The running pipeline.
+pub(crate) struct Pipeline<S: Source, C: Connector> {
+    settings: Settings,
     status: Arc<RelayStatus>,
     router: Router,
     exchange_metrics: ExchangeMetrics,
     commit_delays: CommitDelays,
-    window: InFlightWindow<Queued>,
-    confirms: FuturesOrdered<PendingConfirm>,
-    broker: BrokerConnection,
-    source: Option<ReplicationStream>,
-    source_retry_at: Instant,
-    source_backoff: Backoff,
-    standby: bool,
-    /// Replication sessions started so far (the first is not a reconnect).
+    window: InFlightWindow<Queued, S::Position>,
+    confirms: FuturesOrdered<<C::Sink as Sink>::Confirm>,
+    broker: BrokerConnection<C>,
+    source: S,
+    reading: Reading,
+    publishing: Publishing,
+    lifecycle: Lifecycle,
+    /// Source sessions opened so far (the first is not a reconnect).
     sessions: u64,
     in_transaction: bool,
-    /// The open transaction's commit time (pgoutput sends it in Begin).
-    commit_time: CommitTime,
-    /// After a return/nack: publishing waits until then, then probes with one event.
-    paused_until: Option<Instant>,
-    probing: bool,
-    return_backoff: Backoff,
-    /// An unroutable row with no dead-letter exchange: reading stops here.
-    stalled_on_row: Option<String>,
-    shutdown_deadline: Option<Instant>,
+    /// The open transaction's commit time, when the source knows it.
+    commit_time: Option<CommitTime>,
+    /// The stalled row's reason while reported (logged and counted once per row).
+    row_stall: Option<String>,
+    source_backoff: Backoff,
+    refused_backoff: Backoff,
+    row_backoff: Backoff,
 }
 
-impl std::fmt::Debug for Pipeline {
+impl<S: Source, C: Connector> std::fmt::Debug for Pipeline<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
+            .field("reading", &self.reading)
+            .field("publishing", &self.publishing)
             .field("in_flight", &self.window.events())
             .field("flushed", &self.window.flushed())
             .finish_non_exhaustive()
     }
 }
 
-async fn next_source_event(
-    source: &mut Option<ReplicationStream>,
-) -> Result<SourceEvent, StreamError> {
-    match source {
-        Some(stream) => stream.recv().await,
-        None => std::future::pending().await,
-    }
+/// Seconds since the Unix epoch now: the AMQP timestamp of an event without a commit time.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
-impl Pipeline {
+impl<S: Source, C: Connector> Pipeline<S, C> {
     pub(crate) fn new(
-        config: Arc<Config>,
+        settings: Settings,
         status: Arc<RelayStatus>,
-        sink: AmqpSink,
-        start: Lsn,
+        source: S,
+        connector: C,
+        sink: C::Sink,
+        start: S::Position,
     ) -> Self {
-        status.set_confirmed_lsn(start.0);
-        let now = Instant::now();
+        if let Some(lsn) = start.as_lsn() {
+            status.set_confirmed_lsn(lsn.0);
+        }
         Self {
-            router: Router::new(config.router.clone()),
+            router: Router::new(settings.router.clone()),
             exchange_metrics: ExchangeMetrics::default(),
             commit_delays: CommitDelays::register(),
-            window: InFlightWindow::new(config.window_events, config.window_bytes, start),
+            window: InFlightWindow::new(settings.window_events, settings.window_bytes, start),
             confirms: FuturesOrdered::new(),
-            broker: BrokerConnection::new(sink, &status),
-            source: None,
-            source_retry_at: now,
-            source_backoff: Backoff::new(Duration::from_secs(5)),
-            standby: false,
+            broker: BrokerConnection::new(connector, sink, &status),
+            source,
+            reading: Reading::Reconnecting { at: Instant::now() },
+            publishing: Publishing::Flowing,
+            lifecycle: Lifecycle::Running,
             sessions: 0,
             in_transaction: false,
-            commit_time: CommitTime::from_unix_micros(0),
-            paused_until: None,
-            probing: false,
-            return_backoff: Backoff::new(Duration::from_secs(5)),
-            stalled_on_row: None,
-            shutdown_deadline: None,
-            config,
+            commit_time: None,
+            row_stall: None,
+            source_backoff: Backoff::new(MAX_BACKOFF),
+            refused_backoff: Backoff::new(MAX_BACKOFF),
+            row_backoff: Backoff::new(MAX_BACKOFF),
+            settings,
             status,
         }
     }
@@ -146,14 +223,28 @@ impl Pipeline {
     /// Runs until `shutdown` resolves and the window has drained (or the shutdown timeout).
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
         let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.ensure_sink().await;
-            if let Err(error) = self.publish_ready().await {
-                self.broker_failed(error.to_string()).await;
+            let running = self.lifecycle == Lifecycle::Running;
+            if self.broker.is_lost() {
+                self.broker_failed("connection to RabbitMQ closed").await;
             }
-            if let Some(deadline) = self.shutdown_deadline {
+            if self
+                .broker
+                .retry_at()
+                .is_some_and(|at| at <= Instant::now())
+            {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown, if running => self.begin_shutdown(),
+                    () = self.broker.reconnect(&self.status) => {}
+                }
+            }
+            if let Err(error) = self.publish_ready().await {
+                self.broker_failed(&error.to_string()).await;
+            }
+            if let Lifecycle::Draining { deadline } = self.lifecycle {
                 if self.window.is_empty() {
                     break;
                 }
@@ -165,35 +256,59 @@ impl Pipeline {
                     );
                     break;
                 }
-            } else if self.source.is_none()
-                && self.window.is_empty()
-                && Instant::now() >= self.source_retry_at
-            {
+            } else if let Some(from) = self.due_to_open() {
                 tokio::select! {
                     biased;
                     () = &mut shutdown => self.begin_shutdown(),
-                    () = self.connect_source() => {}
+                    opened = self.source.open(from) => self.on_opened(opened),
                 }
                 continue;
+            } else {
+                self.rewind_if_stalled();
             }
-            let can_read = self.source.is_some()
-                && self.shutdown_deadline.is_none()
-                && self.stalled_on_row.is_none()
+            let can_read = self.reading == Reading::Streaming
+                && self.lifecycle == Lifecycle::Running
                 && self.window.has_room();
             tokio::select! {
                 biased;
-                () = &mut shutdown, if self.shutdown_deadline.is_none() => self.begin_shutdown(),
+                () = &mut shutdown, if self.lifecycle == Lifecycle::Running => {
+                    self.begin_shutdown();
+                }
                 // Before the busy branches so that a steady stream cannot starve it.
                 _ = tick.tick() => self.on_tick().await,
                 Some(outcome) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.on_confirm(outcome).await;
                 }
-                event = next_source_event(&mut self.source), if can_read => {
-                    self.on_source_event(event);
-                }
+                event = self.source.next(), if can_read => self.on_source_event(event),
             }
         }
         self.finish().await;
+    }
+
+    /// The position to open the source from, when a (re)connect is due: not before the
+    /// window drained, so a new session starts from the flush position.
+    fn due_to_open(&self) -> Option<S::Position> {
+        let at = match self.reading {
+            Reading::Reconnecting { at } | Reading::Standby { at } => at,
+            Reading::Streaming | Reading::Stalled { .. } => return None,
+        };
+        (self.window.is_empty() && Instant::now() >= at).then(|| self.window.flushed())
+    }
+
+    /// A source that can show a fixed row reads again from the stalled row, once everything
+    /// before it is delivered and acked.
+    fn rewind_if_stalled(&mut self) {
+        if let Reading::Stalled {
+            retry_at: Some(at), ..
+        } = self.reading
+            && self.window.is_empty()
+            && Instant::now() >= at
+        {
+            tracing::debug!("reading the stalled row again");
+            self.source.rewind();
+            self.in_transaction = false;
+            self.reading = Reading::Streaming;
+        }
     }
 
     fn begin_shutdown(&mut self) {
@@ -201,146 +316,115 @@ impl Pipeline {
             in_flight = self.window.events(),
             "shutting down: stopped reading, waiting for in-flight confirms"
         );
-        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        self.lifecycle = Lifecycle::Draining {
+            deadline: Instant::now() + self.settings.shutdown_timeout,
+        };
     }
 
     async fn finish(&mut self) {
         let flushed = self.window.flushed();
-        if let Some(source) = self.source.take() {
-            source
-                .finish(
-                    flushed,
-                    self.config.status_interval + Duration::from_secs(2),
-                )
-                .await;
-        }
+        self.source.close(flushed).await;
         self.broker.close().await;
         self.status.set_streaming(false);
         self.status.set_broker_connected(false);
         tracing::info!(flushed = %flushed, "relay stopped");
     }
 
-    /// Starts a replication session from the later of the slot's and our own position.
-    async fn connect_source(&mut self) {
-        let slot = &self.config.slot;
-        let start = match source::slot_position(&self.config.postgres, slot).await {
-            Ok(Some(position)) => {
-                self.status.set_server_wal_end(position.server_wal.0);
-                position.confirmed.max(self.window.flushed())
-            }
-            Ok(None) => {
-                self.source_failed(StreamError::Setup(format!(
-                    "replication slot {slot:?} no longer exists"
-                )));
-                return;
-            }
-            Err(error) => {
-                self.source_failed(StreamError::Setup(error.to_string()));
-                return;
-            }
-        };
-        match ReplicationStream::start(
-            &self.config.postgres,
-            slot,
-            &self.config.publication,
-            start,
-            self.config.status_interval,
-        )
-        .await
-        {
-            Ok(stream) => {
-                if self.standby {
-                    tracing::info!(slot = %slot, "took over the replication slot");
+    fn on_opened(&mut self, opened: Result<Opened<S::Position>, SourceError>) {
+        match opened {
+            Ok(Opened::Streaming { from }) => {
+                if matches!(self.reading, Reading::Standby { .. }) {
+                    tracing::info!("took over the source from the other relay");
                 }
-                tracing::info!(slot = %slot, from = %start, "streaming");
+                tracing::info!(%from, "streaming");
                 if self.sessions > 0 {
                     metrics::counter!(RECONNECTS, "server" => "postgresql").increment(1);
                 }
                 self.sessions += 1;
-                self.standby = false;
                 self.status.set_standby(false);
                 self.status.set_streaming(true);
                 self.status.set_last_error(None);
                 self.source_backoff.reset();
                 self.in_transaction = false;
-                // Relation messages come again on a new session.
-                self.router = Router::new(self.config.router.clone());
-                if start > self.window.flushed() {
-                    self.window.advance_idle(start);
-                    self.status.set_confirmed_lsn(start.0);
+                // Table schemas come again on a new session.
+                self.router = Router::new(self.settings.router.clone());
+                if let Some(position) = self.window.advance_idle(from) {
+                    self.report_flushed(position);
                 }
-                self.source = Some(stream);
+                self.reading = Reading::Streaming;
+            }
+            Ok(Opened::Standby) => {
+                if !matches!(self.reading, Reading::Standby { .. }) {
+                    tracing::info!(
+                        "the source is held by another relay: standing by, retrying every second"
+                    );
+                }
+                self.status.set_standby(true);
+                self.status.set_streaming(false);
+                self.reading = Reading::Standby {
+                    at: Instant::now() + STANDBY_RETRY,
+                };
             }
             Err(error) => self.source_failed(error),
         }
     }
 
-    fn source_failed(&mut self, error: StreamError) {
-        self.source = None;
+    fn source_failed(&mut self, error: SourceError) {
+        self.source.disconnect();
         self.in_transaction = false;
         self.status.set_streaming(false);
-        if let StreamError::SlotBusy(slot) = &error {
-            if !self.standby {
-                tracing::info!(
-                    slot = %slot,
-                    "slot is held by another relay: standing by, retrying every second"
-                );
-            }
-            self.standby = true;
-            self.status.set_standby(true);
-            self.source_retry_at = Instant::now() + STANDBY_RETRY;
-            return;
-        }
         let delay = self.source_backoff.next_delay();
-        tracing::warn!(%error, retry_in = ?delay, "replication stream lost; reconnecting once in-flight events are confirmed");
+        tracing::warn!(%error, retry_in = ?delay, "source lost; reconnecting once in-flight events are confirmed");
         self.status.set_last_error(Some(error.to_string()));
-        self.source_retry_at = Instant::now() + delay;
+        self.reading = Reading::Reconnecting {
+            at: Instant::now() + delay,
+        };
     }
 
-    fn on_source_event(&mut self, event: Result<SourceEvent, StreamError>) {
+    fn on_source_event(&mut self, event: Result<SourceEvent<S::Position>, SourceError>) {
         let event = match event {
             Ok(event) => event,
             Err(error) => return self.source_failed(error),
         };
         match event {
-            SourceEvent::Begin { commit_time_micros } => {
+            SourceEvent::Table(schema) => self.router.on_table(&schema),
+            SourceEvent::Begin { commit_time } => {
                 self.in_transaction = true;
-                self.commit_time = CommitTime::from_postgres_micros(commit_time_micros);
+                self.commit_time = commit_time;
             }
-            SourceEvent::Message(LogicalReplicationMessage::Relation(relation)) => {
-                self.router.on_relation(&relation);
-            }
-            SourceEvent::Message(LogicalReplicationMessage::Insert(insert)) => {
-                self.on_insert(&insert);
-            }
-            // Updates, deletes (e.g. the outbox's delete-after-insert), truncates, types,
-            // origins and logical messages carry no outbox event.
-            SourceEvent::Message(_) | SourceEvent::Other => {}
-            SourceEvent::Commit { end_lsn } => {
+            SourceEvent::Row(row) => self.on_row(&row),
+            SourceEvent::Commit { position } => {
                 self.in_transaction = false;
-                if let Some(lsn) = self.window.push_commit(end_lsn) {
-                    self.flushed(lsn);
+                if let Some(position) = self.window.push_commit(position) {
+                    self.flushed(position);
                 }
             }
-            SourceEvent::KeepAlive { wal_end } => {
-                self.status.set_server_wal_end(wal_end.0);
+            SourceEvent::Idle { position } => {
+                if let Some(lsn) = position.and_then(|p| p.as_lsn()) {
+                    self.status.set_server_wal_end(lsn.0);
+                }
                 if !self.in_transaction
-                    && let Some(lsn) = self.window.advance_idle(wal_end)
+                    && let Some(position) = position.and_then(|p| self.window.advance_idle(p))
                 {
-                    self.flushed(lsn);
+                    self.flushed(position);
+                }
+                // Nothing left to read: a stalled row was deleted.
+                if self.reading == Reading::Streaming {
+                    self.clear_row_stall();
                 }
             }
         }
     }
 
-    fn on_insert(&mut self, insert: &Insert) {
-        let timestamp = self.commit_time.unix_seconds();
-        let message = match message::for_row(&self.router, &self.config, insert, timestamp) {
-            Ok(None) => return,
-            Ok(Some(message)) => message,
-            Err(reason) => return self.on_unroutable_row(insert, reason),
-        };
-        self.enqueue(message);
+    fn on_row(&mut self, row: &Row) {
+        let timestamp = self
+            .commit_time
+            .map_or_else(unix_now, CommitTime::unix_seconds);
+        match message::for_row(&self.router, &self.settings.encoding, row, timestamp) {
+            Ok(None) => {}
+            Ok(Some(message)) => self.enqueue(message),
+            Err(reason) => self.on_unroutable_row(row, &reason),
+        }
     }
 
     fn enqueue(&mut self, message: OutgoingMessage) {
@@ -358,49 +442,61 @@ impl Pipeline {
         );
     }
 
-    fn on_unroutable_row(&mut self, insert: &Insert, reason: String) {
-        metrics::counter!(UNROUTABLE, "reason" => "row").increment(1);
-        self.status.add_unroutable();
+    fn on_unroutable_row(&mut self, row: &Row, reason: &MessageError) {
         let table = self
             .router
-            .routed_table(insert.relation_id)
+            .routed_table(row.table)
             .unwrap_or("unknown table")
             .to_owned();
-        match &self.config.dead_letter_exchange {
-            Some(exchange) => {
-                tracing::error!(%table, %reason, dead_letter_exchange = %exchange, "unroutable outbox row: dead-lettered");
-                let message = message::dead_letter(&self.router, insert, exchange, &table, reason);
-                self.enqueue(message);
-            }
-            None => {
-                tracing::error!(
-                    %table, %reason,
-                    "unroutable outbox row: the relay stops here (nothing after it is \
-                     published) until the cause is fixed and it restarts, or \
-                     RELAY_DEAD_LETTER_EXCHANGE is set"
-                );
-                let stalled = format!("unroutable outbox row in {table}: {reason}");
-                self.status.set_stalled(Some(stalled.clone()));
-                self.stalled_on_row = Some(stalled);
+        if let Some(exchange) = &self.settings.dead_letter_exchange {
+            metrics::counter!(UNROUTABLE, "reason" => "row").increment(1);
+            self.status.add_unroutable();
+            tracing::error!(%table, %reason, dead_letter_exchange = %exchange, "unroutable outbox row: dead-lettered");
+            let message = message::dead_letter(&self.router, row, exchange, &table, reason);
+            self.enqueue(message);
+            return;
+        }
+        let stalled = format!("unroutable outbox row in {table}: {reason}");
+        if self.row_stall.as_ref() != Some(&stalled) {
+            metrics::counter!(UNROUTABLE, "reason" => "row").increment(1);
+            self.status.add_unroutable();
+            tracing::error!(
+                %table, %reason,
+                "unroutable outbox row: the relay stops here (nothing after it is published) \
+                 until the row or its cause is fixed, or RELAY_DEAD_LETTER_EXCHANGE is set"
+            );
+        }
+        self.status.set_stalled(Some(stalled.clone()));
+        self.row_stall = Some(stalled.clone());
+        let retry_at =
+            S::REREADS_CHANGED_ROWS.then(|| Instant::now() + self.row_backoff.next_delay());
+        self.reading = Reading::Stalled {
+            reason: stalled,
+            retry_at,
+        };
+    }
+
+    /// Events get through after a stalled row: it was fixed or deleted.
+    fn clear_row_stall(&mut self) {
+        if self.row_stall.take().is_some() {
+            tracing::info!("the stalled row is fixed or gone: resuming");
+            self.row_backoff.reset();
+            if self.publishing == Publishing::Flowing {
+                self.status.set_stalled(None);
             }
         }
     }
 
-    fn flushed(&mut self, lsn: Lsn) {
-        if let Some(source) = &self.source {
-            source.confirm(lsn);
-        }
-        self.status.set_confirmed_lsn(lsn.0);
+    /// The flush position moved: ack it to the source.
+    fn flushed(&mut self, position: S::Position) {
+        self.source.ack(position);
+        self.report_flushed(position);
     }
 
-    /// Reconnects to the broker when it is down and its backoff has passed.
-    async fn ensure_sink(&mut self) {
-        if self.broker.is_lost() {
-            self.broker_failed("connection to RabbitMQ closed".to_owned())
-                .await;
+    fn report_flushed(&self, position: S::Position) {
+        if let Some(lsn) = position.as_lsn() {
+            self.status.set_confirmed_lsn(lsn.0);
         }
-        // While down, the loop's tick brings it back here.
-        let _ = self.broker.reconnect(&self.config, &self.status).await;
     }
 
     /// Publishes every unpublished event the current mode allows.
@@ -408,16 +504,15 @@ impl Pipeline {
         let Some(sink) = self.broker.sink() else {
             return Ok(());
         };
-        if let Some(until) = self.paused_until {
+        if let Publishing::Paused { until } = self.publishing {
             if Instant::now() < until {
                 return Ok(());
             }
-            self.paused_until = None;
-            self.probing = true;
+            self.publishing = Publishing::Probing;
         }
         loop {
             // While probing after a return/nack, one event at a time until one gets through.
-            if self.probing && self.window.published() > 0 {
+            if self.publishing == Publishing::Probing && self.window.published() > 0 {
                 return Ok(());
             }
             let now = Instant::now().into_std();
@@ -425,8 +520,9 @@ impl Pipeline {
                 return Ok(());
             };
             let confirm = sink.publish(&queued.message).await?;
-            self.commit_delays
-                .published(queued.commit_time, unix_micros_now());
+            if let Some(commit_time) = queued.commit_time {
+                self.commit_delays.published(commit_time, unix_micros_now());
+            }
             queued.counters.published.increment(1);
             self.status.add_published();
             self.confirms.push_back(confirm);
@@ -443,94 +539,85 @@ impl Pipeline {
                     self.commit_delays
                         .confirm_took(published_at.elapsed().as_secs_f64());
                 }
-                self.commit_delays
-                    .confirmed(event.message.commit_time, unix_micros_now());
+                if let Some(commit_time) = event.message.commit_time {
+                    self.commit_delays.confirmed(commit_time, unix_micros_now());
+                }
                 event.message.counters.confirmed.increment(1);
                 self.status.add_confirmed();
-                if let Some(lsn) = moved {
-                    self.flushed(lsn);
+                if let Some(position) = moved {
+                    self.flushed(position);
                 }
-                if self.probing {
-                    self.probing = false;
-                    self.return_backoff.reset();
-                    if self.stalled_on_row.is_none() {
-                        self.status.set_stalled(None);
-                    }
+                if self.publishing == Publishing::Probing {
+                    self.publishing = Publishing::Flowing;
+                    self.refused_backoff.reset();
+                    self.status.set_stalled(self.row_stall.clone());
                     tracing::info!("the broker routes events again: resuming");
+                }
+                if self.reading == Reading::Streaming {
+                    self.clear_row_stall();
                 }
             }
             Outcome::Returned {
                 reply_code,
                 reply_text,
-            } => {
-                self.on_refused("returned", format!("returned by the broker ({reply_code} {reply_text}): no queue is bound to its exchange"))
-                    .await;
-            }
-            Outcome::Nacked => {
-                self.on_refused("nacked", "nacked by the broker".to_owned())
-                    .await;
-            }
-            Outcome::Failed(reason) => self.broker_failed(reason).await,
+            } => self.on_refused(
+                "returned",
+                &format!(
+                    "returned by the broker ({reply_code} {reply_text}): no queue is bound to \
+                     its exchange"
+                ),
+            ),
+            Outcome::Nacked => self.on_refused("nacked", "nacked by the broker"),
+            Outcome::Failed(reason) => self.broker_failed(&reason).await,
         }
     }
 
-    /// A return or nack: stall, then publish the event again alone, then the rest in order.
-    async fn on_refused(&mut self, reason_label: &'static str, reason: String) {
-        metrics::counter!(UNROUTABLE, "reason" => reason_label).increment(1);
+    /// A return or nack: pause, then publish the event again alone, then the rest in order.
+    /// The confirms still outstanding are dropped: everything from the refused event on is
+    /// published again anyway, so nothing here waits.
+    fn on_refused(&mut self, label: &'static str, reason: &str) {
+        metrics::counter!(UNROUTABLE, "reason" => label).increment(1);
         self.status.add_unroutable();
         let (exchange, event_id) = self
             .window
             .oldest()
             .map(|queued| {
                 (
-                    queued.message.exchange.clone(),
-                    queued.message.message_id.clone(),
+                    queued.message.exchange.as_str(),
+                    queued.message.message_id.as_str(),
                 )
             })
             .unwrap_or_default();
-        let delay = self.return_backoff.next_delay();
-        let stalled = format!("event {event_id} to exchange {exchange:?} was {reason}; retrying");
-        if !self.probing {
-            tracing::error!(%exchange, %event_id, %reason, "event not delivered: stalling and retrying until the broker routes it");
-        } else {
+        let delay = self.refused_backoff.next_delay();
+        if self.publishing == Publishing::Probing {
             tracing::debug!(%exchange, %event_id, retry_in = ?delay, "still not routable");
+        } else {
+            tracing::error!(%exchange, %event_id, %reason, "event not delivered: stalling and retrying until the broker routes it");
         }
-        self.status.set_stalled(Some(stalled));
-        // The later confirms are irrelevant: everything from the refused event on is
-        // published again. Wait for them so they do not leak, briefly.
-        let drained = tokio::time::timeout(CONFIRM_TIMEOUT, async {
-            let mut broken = None;
-            while let Some(outcome) = self.confirms.next().await {
-                if let Outcome::Failed(reason) = outcome {
-                    broken = Some(reason);
-                }
-            }
-            broken
-        })
-        .await;
+        self.status.set_stalled(Some(format!(
+            "event {event_id} to exchange {exchange:?} was {reason}; retrying"
+        )));
         self.confirms = FuturesOrdered::new();
         self.window.replay_all();
-        self.probing = false;
-        self.paused_until = Some(Instant::now() + delay);
-        match drained {
-            Ok(None) => {}
-            Ok(Some(reason)) => self.broker_failed(reason).await,
-            Err(_) => {
-                self.broker_failed("confirms stopped arriving".to_owned())
-                    .await
-            }
-        }
+        self.publishing = Publishing::Paused {
+            until: Instant::now() + delay,
+        };
     }
 
-    /// The broker connection is unusable: drop it, publish the whole window again later.
-    async fn broker_failed(&mut self, reason: String) {
+    /// The sink connection is unusable: drop it, publish the whole window again later.
+    async fn broker_failed(&mut self, reason: &str) {
         self.confirms = FuturesOrdered::new();
         self.window.replay_all();
-        self.probing = false;
+        if self.publishing == Publishing::Probing {
+            // The probe's answer is lost with the connection: probe again.
+            self.publishing = Publishing::Paused {
+                until: Instant::now(),
+            };
+        }
         self.broker
             .fail(
                 &self.status,
-                &reason,
+                reason,
                 "will reconnect and publish in-flight events again",
                 self.window.events(),
             )
@@ -545,9 +632,9 @@ impl Pipeline {
             .window
             .oldest_received_at()
             .map_or(0.0, |at| at.elapsed().as_secs_f64());
-        metrics::gauge!(OLDEST_UNCONFIRMED_AGE).set(age);
-        if let Some(source) = &self.source {
-            self.status.set_server_wal_end(source.server_wal_end().0);
+        metrics::gauge!(OLDEST_UNCONFIRMED_AGE).set(age.max(self.source.backlog_age()));
+        if let Some(lsn) = self.source.server_position() {
+            self.status.set_server_wal_end(lsn.0);
         }
         metrics::gauge!(LAG_BYTES).set(self.status.lag_bytes() as f64);
         if !self.confirms.is_empty()
@@ -556,8 +643,11 @@ impl Pipeline {
                 .oldest_published_at()
                 .is_some_and(|at| at.elapsed() > CONFIRM_TIMEOUT)
         {
-            self.broker_failed(format!("no confirm within {} s", CONFIRM_TIMEOUT.as_secs()))
-                .await;
+            self.broker_failed(&format!(
+                "no confirm within {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ))
+            .await;
         }
     }
 }

@@ -2,22 +2,25 @@
 //! for databases where logical replication is not allowed (no `wal_level = logical`, no
 //! REPLICATION role, a managed service that forbids slots).
 //!
-//! One worker loop polls each outbox table in turn, one transaction per batch:
+//! [`PollingSource`] is a [`Source`] for the one pipeline: a worker task per session (it owns
+//! the PostgreSQL connection, so the pipeline's `select!` never cancels a query half-way)
+//! polls each outbox table in turn, one transaction per batch:
 //!
 //! ```sql
 //! BEGIN;
 //! SELECT <every column>::text, ctid, ... FROM <table>
 //!   ORDER BY "timestamp", <event id> LIMIT <batch> FOR UPDATE NOWAIT;
-//! -- route and encode every row, publish all with confirms, await every confirm
-//! DELETE FROM <table> WHERE ctid = ANY(<the published rows>);
+//! -- each row goes to the pipeline as its own transaction; the worker waits for the acks
+//! DELETE FROM <table> WHERE ctid = ANY(<the acked rows>);
 //! COMMIT;
 //! ```
 //!
-//! Rows are routed and encoded by the same [`Router`] and `wire_format` code as the replication
-//! source: the table's columns are read from `pg_attribute` into a synthetic pgoutput
-//! `Relation`, and each row becomes a pgoutput `Insert` with text values (the `::text` cast
-//! gives the same type output function pgoutput uses), so a row yields the same message body
-//! and headers from either source. The AMQP `timestamp` is the row's `timestamp` column (the
+//! A position is a row of a batch ([`PollPosition`]); acking the batch's last row deletes the
+//! batch and commits. Rows are routed and encoded by the same router and `wire_format` code
+//! as the replication source: the table's columns are read from `pg_attribute` into a
+//! table schema and each row's values are text (the `::text` cast gives the same type output
+//! function pgoutput uses), so a row yields the same message body and headers from either
+//! source. The AMQP `timestamp` is the row's `timestamp` column (the
 //! replication source uses the commit time), or the poll time without one. That column is
 //! also the event's "commit time" for `outbox_relay_commit_to_{publish,confirm}_seconds`
 //! (the producer sets it inside its transaction); a table without one records neither.
@@ -28,15 +31,17 @@
 //! dead-lettered rows.
 //!
 //! # Never lose, never drop
-//! Rows are deleted in the transaction that read them, only after the broker confirmed every
-//! message of the batch. A returned message (no queue bound), a nack, a broker failure or a
-//! PostgreSQL failure rolls the batch back: the rows stay and are retried after a backoff (up
-//! to 5 s; after a return or nack one row at a time until the broker takes it, like the
-//! replication pipeline's probe). A crash between the confirms and the commit publishes the
-//! batch again at the next poll (at-least-once, same `message_id`). An unroutable row goes to
+//! Rows are deleted in the transaction that read them, only after the broker confirmed them
+//! (and every row before them). A returned message (no queue bound) or a nack stalls the
+//! pipeline as for the replication source: the batch stays open, its rows locked and in the
+//! table, and the refused event is published again with backoff until the broker takes it.
+//! A PostgreSQL failure rolls the batch back (the rows stay; published ones are published
+//! again). A crash between the confirms and the commit publishes the batch again at the next
+//! poll (at-least-once, same `message_id`). An unroutable row goes to
 //! `RELAY_DEAD_LETTER_EXCHANGE` when set (then it is deleted); without it the table stalls at
-//! that row: the rows before it are relayed, nothing after it, `/health` says why, and the row
-//! is read again with backoff, so fixing it (or deleting it) resumes without a restart.
+//! that row: the rows before it are relayed and deleted, nothing after it, `/health` says
+//! why, and the pipeline rewinds the source to read the row again with backoff, so fixing it
+//! (or deleting it) resumes without a restart.
 //!
 //! # One active poller
 //! At start (and after every reconnect) the relay takes `pg_try_advisory_lock(
@@ -71,42 +76,37 @@
 //!   about once a second: cheap for an outbox that is drained continuously) and
 //!   `outbox_relay_oldest_unconfirmed_event_age_seconds` (the oldest row's age).
 
-use std::future::Future;
-use std::pin::Pin;
+use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use pgoutput::{Column, Insert, Relation, TupleData, TupleValue};
 use sqlx::postgres::PgRow;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row as _};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::broker::BrokerConnection;
 use crate::config::Config;
-use crate::message;
-use crate::router::{Router, TableName};
-use crate::sink::{AmqpSink, Outcome, OutgoingMessage};
-use crate::source::{self, StartError};
-use crate::telemetry::{
-    CommitDelays, CommitTime, ExchangeCounters, ExchangeMetrics, IN_FLIGHT, OLDEST_UNCONFIRMED_AGE,
-    POLLING_BACKLOG_ROWS, RECONNECTS, RelayStatus, UNROUTABLE, unix_micros_now,
+use crate::router::TableName;
+use crate::row::{ColumnSchema, Row, TableSchema, Value};
+use crate::source::{
+    self, Opened, Position, Source, SourceError, SourceEvent, StartError, close_bounded,
 };
+use crate::telemetry::{CommitTime, POLLING_BACKLOG_ROWS};
 
 /// The column the polling source orders by when the table has it.
 const TIMESTAMP_COLUMN: &str = "timestamp";
 /// `timestamp` and `timestamptz`: the types whose value becomes the AMQP timestamp.
 const TIMESTAMP_TYPE_OIDS: [u32; 2] = [1114, 1184];
-/// A publish whose confirm takes longer than this means a broken broker connection.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a standby relay tries to take the tables' locks.
-const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// How often the backlog gauges are sampled.
 const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-/// The longest pause between retries after a failure or a refused batch.
+/// The longest pause between polls of a table whose next row is locked.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the worker may take to commit what was acked and end at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the polling source cannot start against this database.
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +152,8 @@ fn quote_ident(name: &str) -> String {
 /// What the polling source knows about one outbox table, read from the catalog.
 #[derive(Debug, Clone)]
 struct TableShape {
-    /// The table as pgoutput would describe it; its id is the table's OID.
-    relation: Relation,
+    /// The table's columns; its id is the table's OID.
+    schema: TableSchema,
     /// Whether the select list ends with the `timestamp` column as Unix microseconds.
     has_epoch: bool,
     /// Whether an index leads with the first ORDER BY column.
@@ -190,13 +190,11 @@ async fn describe(
     .fetch_all(&mut *connection)
     .await
     .map_err(sql(format!("reading the columns of {table}")))?;
-    let columns: Vec<Column> = rows
+    let columns: Vec<ColumnSchema> = rows
         .iter()
-        .map(|(name, type_oid, type_modifier, _)| Column {
-            is_key: name == id_column,
+        .map(|(name, type_oid, _, _)| ColumnSchema {
             name: name.clone(),
             type_oid: u32::try_from(*type_oid).unwrap_or(0),
-            type_modifier: *type_modifier,
         })
         .collect();
     let attnum_of = |name: &str| {
@@ -246,11 +244,9 @@ async fn describe(
     };
     let backlog_sql = format!("SELECT count(*), {oldest_age} FROM {quoted}");
     Ok(TableShape {
-        relation: Relation {
-            relation_id: u32::try_from(oid).unwrap_or(0),
-            namespace: table.schema.clone(),
-            name: table.table.clone(),
-            replica_identity: b'd',
+        schema: TableSchema {
+            id: u32::try_from(oid).unwrap_or(0),
+            name: table.clone(),
             columns,
         },
         has_epoch,
@@ -319,44 +315,55 @@ pub async fn prepare(config: &Config) -> Result<(), PollingStartError> {
             );
         }
     }
-    let _ = connection.close().await;
+    close_bounded(connection).await;
     Ok(())
+}
+
+/// A polled row's place: batch `batch` (numbered from the relay's start), row `row` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct PollPosition {
+    pub batch: u64,
+    pub row: u32,
+}
+
+impl fmt::Display for PollPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch {} row {}", self.batch, self.row)
+    }
+}
+
+impl Position for PollPosition {
+    fn as_lsn(&self) -> Option<pgoutput::Lsn> {
+        None
+    }
 }
 
 /// One configured outbox table and its polling state.
 #[derive(Debug)]
 struct PolledTable {
-    name: TableName,
     display: String,
-    /// Hashed server-side into the advisory lock key.
-    lock_name: String,
-    /// Read from the catalog on every new session.
-    shape: Option<TableShape>,
-    /// After a refused batch or an unroutable row: no poll before then.
+    shape: TableShape,
+    /// After finding a row locked by another session: no poll before then.
     retry_at: Instant,
     backoff: Backoff,
-    /// After a return or nack: one row per batch until the broker takes one.
-    probing: bool,
-    /// Why the table does not advance, if it does not.
-    stalled: Option<String>,
     /// The last poll found a row locked by another session (logged once per wait).
     waiting_for_lock: bool,
 }
 
 /// A row read from an outbox table.
 struct PolledRow {
-    insert: Insert,
+    row: Row,
     ctid: String,
     /// The row's `timestamp` column, when the table has one and it is not NULL.
     stamped: Option<CommitTime>,
 }
 
 fn read_row(shape: &TableShape, row: &PgRow) -> Result<PolledRow, sqlx::Error> {
-    let count = shape.relation.columns.len();
-    let mut columns = Vec::with_capacity(count);
+    let count = shape.schema.columns.len();
+    let mut values = Vec::with_capacity(count);
     for index in 0..count {
         let value: Option<String> = row.try_get(index)?;
-        columns.push(value.map_or(TupleValue::Null, |text| TupleValue::Text(Bytes::from(text))));
+        values.push(value.map_or(Value::Null, |text| Value::Text(Bytes::from(text))));
     }
     let ctid: String = row.try_get(count)?;
     let epoch_micros: Option<i64> = if shape.has_epoch {
@@ -365,39 +372,13 @@ fn read_row(shape: &TableShape, row: &PgRow) -> Result<PolledRow, sqlx::Error> {
         None
     };
     Ok(PolledRow {
-        insert: Insert {
-            relation_id: shape.relation.relation_id,
-            new_tuple: TupleData { columns },
+        row: Row {
+            table: shape.schema.id,
+            values,
         },
         ctid,
         stamped: epoch_micros.map(CommitTime::from_unix_micros),
     })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
-
-/// A row of the batch under way, routed and encoded.
-struct BatchEvent {
-    message: OutgoingMessage,
-    counters: Arc<ExchangeCounters>,
-    stamped: Option<CommitTime>,
-}
-
-/// Why a batch was abandoned (rolled back).
-#[derive(Debug)]
-enum BatchError {
-    /// The PostgreSQL session is unusable: reconnect.
-    Postgres(String),
-    /// The broker connection is unusable: reconnect.
-    Broker(String),
-}
-
-fn postgres_error(error: sqlx::Error) -> BatchError {
-    BatchError::Postgres(error.to_string())
 }
 
 /// Whether a `NOWAIT` lock found a row locked by another session (SQLSTATE 55P03).
@@ -408,348 +389,329 @@ fn is_lock_not_available(error: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "55P03")
 }
 
-/// The polling worker.
-pub(crate) struct Poller {
-    config: Arc<Config>,
-    status: Arc<RelayStatus>,
-    router: Router,
-    exchange_metrics: ExchangeMetrics,
-    commit_delays: CommitDelays,
-    tables: Vec<PolledTable>,
-    connection: Option<PgConnection>,
-    /// Holding every table's advisory lock.
-    active: bool,
-    standby: bool,
-    /// PostgreSQL sessions opened so far (the first is not a reconnect).
-    sessions: u64,
-    postgres_retry_at: Instant,
-    postgres_backoff: Backoff,
-    broker: BrokerConnection,
-    backlog_sampled_at: Option<Instant>,
+/// An event from the worker, with the rewind epoch it was read in.
+type Tagged = (u64, Result<SourceEvent<PollPosition>, SourceError>);
+
+/// What the pipeline tells the worker besides acks.
+#[derive(Debug)]
+enum Command {
+    /// Commit what was acked, forget the rest of the batch and poll again; tag what follows
+    /// with `epoch`.
+    Rewind { epoch: u64 },
+    /// Commit what was acked and end.
+    Close,
 }
 
-impl std::fmt::Debug for Poller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller")
-            .field("active", &self.active)
-            .field("standby", &self.standby)
+/// One session: the worker task and its channels.
+#[derive(Debug)]
+struct Session {
+    events: mpsc::Receiver<Tagged>,
+    acks: watch::Sender<PollPosition>,
+    commands: mpsc::UnboundedSender<Command>,
+    worker: JoinHandle<()>,
+}
+
+/// The polling [`Source`].
+pub(crate) struct PollingSource {
+    config: Arc<Config>,
+    session: Option<Session>,
+    /// Events read before the last rewind are dropped.
+    epoch: u64,
+    /// The oldest row's age in seconds (f64 bits), sampled by the worker.
+    backlog_age: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for PollingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollingSource")
+            .field("session", &self.session.is_some())
+            .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
 
-impl Poller {
-    pub(crate) fn new(config: Arc<Config>, status: Arc<RelayStatus>, sink: AmqpSink) -> Self {
-        let now = Instant::now();
-        let tables = config
-            .router
-            .tables
-            .iter()
-            .map(|name| PolledTable {
-                name: name.clone(),
-                display: name.to_string(),
-                lock_name: format!("outbox-relay polling {name}"),
-                shape: None,
-                retry_at: now,
-                backoff: Backoff::new(MAX_BACKOFF),
-                probing: false,
-                stalled: None,
-                waiting_for_lock: false,
-            })
-            .collect();
+impl PollingSource {
+    pub(crate) fn new(config: Arc<Config>) -> Self {
         Self {
-            router: Router::new(config.router.clone()),
-            exchange_metrics: ExchangeMetrics::default(),
-            commit_delays: CommitDelays::register(),
-            tables,
-            connection: None,
-            active: false,
-            standby: false,
-            sessions: 0,
-            postgres_retry_at: now,
-            postgres_backoff: Backoff::new(MAX_BACKOFF),
-            broker: BrokerConnection::new(sink, &status),
-            backlog_sampled_at: None,
             config,
-            status,
+            session: None,
+            epoch: 0,
+            backlog_age: Arc::new(AtomicU64::new(0)),
         }
     }
+}
 
-    /// Polls until `shutdown` resolves. A batch under way then gets up to
-    /// `RELAY_SHUTDOWN_TIMEOUT_SECS` to finish; one cut short rolls back (its rows stay).
-    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
-        let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(shutdown);
-        let shutdown_timeout = self.config.shutdown_timeout;
-        loop {
-            let next_round = {
-                let step = self.step();
-                tokio::pin!(step);
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => {
-                        tracing::info!("shutting down: finishing the batch under way");
-                        if tokio::time::timeout(shutdown_timeout, &mut step).await.is_err() {
-                            tracing::warn!("shutdown timeout: the batch under way is rolled back (its rows stay)");
-                        }
-                        None
-                    }
-                    wait = &mut step => Some(wait),
-                }
-            };
-            let Some(wait) = next_round else { break };
-            if !wait.is_zero() {
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-        self.finish().await;
-    }
-
-    async fn finish(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            // Closing the session releases the advisory locks for a standby.
-            let _ = tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
-        }
-        self.broker.close().await;
-        self.status.set_streaming(false);
-        self.status.set_broker_connected(false);
-        tracing::info!("relay stopped");
-    }
-
-    /// One round: (re)connect as needed, then one batch per table. Returns how long to wait
-    /// before the next round.
-    async fn step(&mut self) -> Duration {
-        if self.connection.is_none()
-            && let Some(wait) = self.open_session().await
-        {
-            return wait;
-        }
-        if self
-            .backlog_sampled_at
-            .is_none_or(|at| at.elapsed() >= BACKLOG_SAMPLE_INTERVAL)
-            && let Err(error) = self.sample_backlog().await
-        {
-            return self.postgres_failed(error.to_string()).await;
-        }
-        if !self.active {
-            match self.take_locks().await {
-                Ok(true) => {}
-                Ok(false) => return STANDBY_RETRY,
-                Err(error) => return self.postgres_failed(error.to_string()).await,
-            }
-        }
-        if let Some(wait) = self.ensure_sink().await {
-            return wait;
-        }
-        let mut wait = self.config.polling.interval;
-        for index in 0..self.tables.len() {
-            let now = Instant::now();
-            let retry_at = self.tables[index].retry_at;
-            if retry_at > now {
-                wait = wait.min(retry_at - now);
-                continue;
-            }
-            match self.poll_table(index).await {
-                Ok(true) => wait = Duration::ZERO,
-                Ok(false) => {}
-                Err(BatchError::Postgres(reason)) => return self.postgres_failed(reason).await,
-                Err(BatchError::Broker(reason)) => return self.broker_failed(reason).await,
-            }
-        }
-        wait
-    }
-
-    /// Connects and reads the tables' shapes; `Some(wait)` when not connected.
-    async fn open_session(&mut self) -> Option<Duration> {
-        let now = Instant::now();
-        if now < self.postgres_retry_at {
-            return Some(self.postgres_retry_at - now);
-        }
-        let settings = &self.config.postgres;
-        let mut connection = match source::connect(settings, Duration::ZERO).await {
-            Ok(connection) => connection,
-            Err(error) => return Some(self.postgres_failed(error.to_string()).await),
-        };
-        // Columns may have changed while we were away: a fresh Relation for each table.
-        let mut router = Router::new(self.config.router.clone());
-        for table in &mut self.tables {
-            match describe(
-                &mut connection,
-                &table.name,
-                &self.config.router.field_event_id,
-                &settings.database,
-            )
-            .await
-            {
-                Ok(shape) => {
-                    router.on_relation(&shape.relation);
-                    table.shape = Some(shape);
-                }
-                Err(error) => {
-                    let _ = connection.close().await;
-                    return Some(self.postgres_failed(error.to_string()).await);
-                }
-            }
-        }
-        self.router = router;
-        if self.sessions > 0 {
-            metrics::counter!(RECONNECTS, "server" => "postgresql").increment(1);
-            tracing::info!(database = %settings.display(), "reconnected to PostgreSQL");
-        }
-        self.sessions += 1;
-        self.connection = Some(connection);
-        self.active = false;
-        None
-    }
-
-    /// Tries to take every table's advisory lock; `Ok(false)` when another relay holds one.
-    async fn take_locks(&mut self) -> Result<bool, sqlx::Error> {
-        let Some(connection) = self.connection.as_mut() else {
+/// Tries to take every table's advisory lock; `false` when another relay holds one.
+async fn take_locks(connection: &mut PgConnection, tables: &[TableName]) -> sqlx::Result<bool> {
+    for table in tables {
+        let (taken,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("outbox-relay polling {table}"))
+                .fetch_one(&mut *connection)
+                .await?;
+        if !taken {
             return Ok(false);
-        };
-        let mut all = true;
-        for table in &self.tables {
-            let (taken,): (bool,) =
-                sqlx::query_as("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(&table.lock_name)
-                    .fetch_one(&mut *connection)
-                    .await?;
-            all &= taken;
-            if !taken {
-                break;
-            }
         }
-        if all {
-            if self.standby {
-                tracing::info!("took over polling: the other relay's locks are released");
-            }
-            tracing::info!(
-                tables = %self.tables.iter().map(|t| t.display.as_str()).collect::<Vec<_>>().join(","),
-                "polling"
-            );
-            self.active = true;
-            self.standby = false;
-            self.status.set_standby(false);
-            self.status.set_streaming(true);
-            self.status.set_last_error(None);
-            self.postgres_backoff.reset();
-            return Ok(true);
-        }
-        sqlx::query("SELECT pg_advisory_unlock_all()")
-            .execute(&mut *connection)
-            .await?;
-        if !self.standby {
-            tracing::info!(
-                "another relay polls these tables (advisory lock held): standing by, \
-                 retrying every second"
-            );
-        }
-        self.standby = true;
-        self.status.set_standby(true);
-        self.status.set_streaming(false);
-        Ok(false)
     }
+    Ok(true)
+}
 
-    /// Drops the session (its locks go with it) and schedules a reconnect.
-    async fn postgres_failed(&mut self, reason: String) -> Duration {
-        let delay = self.postgres_backoff.next_delay();
-        tracing::warn!(%reason, retry_in = ?delay, "PostgreSQL session lost; the batch under way is rolled back");
-        self.status
-            .set_last_error(Some(format!("PostgreSQL: {reason}")));
-        self.status.set_streaming(false);
-        self.status.set_in_flight(0);
-        if let Some(connection) = self.connection.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), connection.close()).await;
+impl Source for PollingSource {
+    type Position = PollPosition;
+    const REREADS_CHANGED_ROWS: bool = true;
+
+    async fn open(&mut self, from: PollPosition) -> Result<Opened<PollPosition>, SourceError> {
+        self.disconnect();
+        let config = &self.config;
+        let mut connection = source::connect(&config.postgres, Duration::ZERO).await?;
+        if !take_locks(&mut connection, &config.router.tables).await? {
+            // Closing the session releases the locks taken.
+            close_bounded(connection).await;
+            return Ok(Opened::Standby);
         }
-        self.active = false;
-        self.postgres_retry_at = Instant::now() + delay;
-        delay
-    }
-
-    /// Reconnects to the broker when it is down; `Some(wait)` when not connected.
-    async fn ensure_sink(&mut self) -> Option<Duration> {
-        if self.broker.is_lost() {
-            return Some(
-                self.broker_failed("connection to RabbitMQ closed".to_owned())
-                    .await,
-            );
-        }
-        self.broker.reconnect(&self.config, &self.status).await
-    }
-
-    /// Drops the broker connection and schedules a reconnect.
-    async fn broker_failed(&mut self, reason: String) -> Duration {
-        let in_flight = self.status.in_flight();
-        self.status.set_in_flight(0);
-        self.broker
-            .fail(
-                &self.status,
-                &reason,
-                "the batch under way is rolled back and published again",
-                in_flight,
+        let mut tables = Vec::with_capacity(config.router.tables.len());
+        for name in &config.router.tables {
+            let shape = describe(
+                &mut connection,
+                name,
+                &config.router.field_event_id,
+                &config.postgres.database,
             )
-            .await
+            .await?;
+            tables.push(PolledTable {
+                display: name.to_string(),
+                shape,
+                retry_at: Instant::now(),
+                backoff: Backoff::new(MAX_BACKOFF),
+                waiting_for_lock: false,
+            });
+        }
+        let (events_tx, events) = mpsc::channel(1024);
+        let (acks, acks_rx) = watch::channel(from);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            connection,
+            tables,
+            batch_size: config.polling.batch_size,
+            interval: config.polling.interval,
+            events: events_tx,
+            acks: acks_rx,
+            commands: commands_rx,
+            epoch: self.epoch,
+            batch: from.batch,
+            backlog_age: Arc::clone(&self.backlog_age),
+            backlog_sampled_at: None,
+        };
+        self.session = Some(Session {
+            events,
+            acks,
+            commands,
+            worker: tokio::spawn(worker.run()),
+        });
+        Ok(Opened::Streaming { from })
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent<PollPosition>, SourceError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(SourceError::Ended);
+        };
+        loop {
+            match session.events.recv().await {
+                Some((epoch, event)) if epoch == self.epoch => return event,
+                // Read before a rewind: read again after it.
+                Some(_) => {}
+                None => return Err(SourceError::Ended),
+            }
+        }
+    }
+
+    fn ack(&mut self, position: PollPosition) {
+        if let Some(session) = &self.session {
+            session.acks.send_replace(position);
+        }
+    }
+
+    fn rewind(&mut self) {
+        self.epoch += 1;
+        if let Some(session) = &self.session {
+            let _ = session.commands.send(Command::Rewind { epoch: self.epoch });
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(session) = self.session.take() {
+            // Dropping the connection rolls the batch back and releases the locks.
+            session.worker.abort();
+        }
+    }
+
+    async fn close(&mut self, position: PollPosition) {
+        let Some(Session {
+            events,
+            acks,
+            commands,
+            worker,
+        }) = self.session.take()
+        else {
+            return;
+        };
+        acks.send_replace(position);
+        let _ = commands.send(Command::Close);
+        // A worker blocked handing over rows sees the closed channel and commits.
+        drop(events);
+        let abort = worker.abort_handle();
+        if tokio::time::timeout(CLOSE_TIMEOUT, worker).await.is_err() {
+            tracing::warn!("the polling worker did not end in time: its batch is rolled back");
+            abort.abort();
+        }
+    }
+
+    fn backlog_age(&self) -> f64 {
+        f64::from_bits(self.backlog_age.load(Ordering::Relaxed))
+    }
+}
+
+/// How a batch's wait for its acks ended.
+enum BatchEnd {
+    /// Every row acked.
+    Acked,
+    /// The pipeline rewound: commit the acked rows, poll again.
+    Rewound,
+    /// Shutdown: commit the acked rows and end.
+    Close,
+}
+
+/// The task that owns a polling session's connection.
+struct Worker {
+    connection: PgConnection,
+    tables: Vec<PolledTable>,
+    batch_size: usize,
+    interval: Duration,
+    events: mpsc::Sender<Tagged>,
+    acks: watch::Receiver<PollPosition>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    epoch: u64,
+    batch: u64,
+    backlog_age: Arc<AtomicU64>,
+    backlog_sampled_at: Option<Instant>,
+}
+
+/// The worker ends: the pipeline dropped the session or asked it to close.
+struct Stop;
+
+impl Worker {
+    async fn run(mut self) {
+        match self.poll_forever().await {
+            Ok(Stop) => {}
+            Err(error) => {
+                let _ = self.events.send((self.epoch, Err(error))).await;
+            }
+        }
+        close_bounded(self.connection).await;
+    }
+
+    async fn send(&self, event: SourceEvent<PollPosition>) -> Result<(), Stop> {
+        send(&self.events, self.epoch, event).await
+    }
+
+    async fn poll_forever(&mut self) -> Result<Stop, SourceError> {
+        for index in 0..self.tables.len() {
+            let schema = self.tables[index].shape.schema.clone();
+            if self.send(SourceEvent::Table(schema)).await.is_err() {
+                return Ok(Stop);
+            }
+        }
+        loop {
+            if self
+                .backlog_sampled_at
+                .is_none_or(|at| at.elapsed() >= BACKLOG_SAMPLE_INTERVAL)
+            {
+                self.sample_backlog().await?;
+            }
+            let mut wait = self.interval;
+            let mut found = false;
+            for index in 0..self.tables.len() {
+                let now = Instant::now();
+                let retry_at = self.tables[index].retry_at;
+                if retry_at > now {
+                    wait = wait.min(retry_at - now);
+                    continue;
+                }
+                match self.poll_table(index).await? {
+                    Polled::Stop => return Ok(Stop),
+                    Polled::Rows { full } => {
+                        found = true;
+                        if full {
+                            wait = Duration::ZERO;
+                        }
+                    }
+                    Polled::Rewound => {
+                        found = true;
+                        wait = Duration::ZERO;
+                        break;
+                    }
+                    Polled::Empty => {}
+                }
+            }
+            if !found
+                && self
+                    .send(SourceEvent::Idle { position: None })
+                    .await
+                    .is_err()
+            {
+                return Ok(Stop);
+            }
+            if !wait.is_zero() && self.pause(wait).await.is_err() {
+                return Ok(Stop);
+            }
+        }
+    }
+
+    /// Waits `wait`, or less when the pipeline closes the session.
+    async fn pause(&mut self, wait: Duration) -> Result<(), Stop> {
+        let deadline = Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+                command = self.commands.recv() => match command {
+                    Some(Command::Rewind { epoch }) => self.epoch = epoch,
+                    Some(Command::Close) | None => return Err(Stop),
+                },
+            }
+        }
     }
 
     /// Sets the backlog gauges: rows per table and the oldest row's age.
-    async fn sample_backlog(&mut self) -> Result<(), sqlx::Error> {
-        let Some(connection) = self.connection.as_mut() else {
-            return Ok(());
-        };
+    async fn sample_backlog(&mut self) -> Result<(), SourceError> {
         let mut oldest_age: f64 = 0.0;
         for table in &self.tables {
-            let Some(shape) = &table.shape else { continue };
-            let (rows, age): (i64, f64) = sqlx::query_as(&shape.backlog_sql)
-                .fetch_one(&mut *connection)
+            let (rows, age): (i64, f64) = sqlx::query_as(&table.shape.backlog_sql)
+                .fetch_one(&mut self.connection)
                 .await?;
             metrics::gauge!(POLLING_BACKLOG_ROWS, "table" => table.display.clone())
                 .set(rows as f64);
             oldest_age = oldest_age.max(age);
         }
-        metrics::gauge!(OLDEST_UNCONFIRMED_AGE).set(oldest_age);
+        self.backlog_age
+            .store(oldest_age.to_bits(), Ordering::Relaxed);
         self.backlog_sampled_at = Some(Instant::now());
         Ok(())
     }
 
-    /// Reads, publishes and deletes one batch of table `index`; `Ok(true)` when the batch was
-    /// full (poll again at once).
-    async fn poll_table(&mut self, index: usize) -> Result<bool, BatchError> {
-        let Self {
-            config,
-            status,
-            router,
-            exchange_metrics,
-            commit_delays,
-            tables,
-            connection,
-            broker,
-            ..
-        } = self;
-        let table = &mut tables[index];
-        let (Some(connection), Some(shape)) = (connection.as_mut(), table.shape.as_ref()) else {
-            return Err(BatchError::Postgres("no session".to_owned()));
-        };
-        let Some(sink) = broker.sink() else {
-            return Err(BatchError::Broker("not connected".to_owned()));
-        };
-        let limit = if table.probing {
-            1
-        } else {
-            config.polling.batch_size
-        };
-
-        let batch_started = Instant::now();
-        let mut transaction = connection.begin().await.map_err(postgres_error)?;
-        let selected = sqlx::query(&shape.select_sql)
+    /// Reads one batch of table `index`, hands its rows to the pipeline, waits for their
+    /// acks, deletes the acked rows and commits.
+    async fn poll_table(&mut self, index: usize) -> Result<Polled, SourceError> {
+        let limit = self.batch_size;
+        let table = &mut self.tables[index];
+        let mut transaction = self.connection.begin().await?;
+        let selected = sqlx::query(&table.shape.select_sql)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *transaction)
             .await;
         let rows = match selected {
             Ok(rows) => rows,
             Err(error) if is_lock_not_available(&error) => {
-                transaction.rollback().await.map_err(postgres_error)?;
+                transaction.rollback().await?;
                 let delay = table.backoff.next_delay();
                 if !table.waiting_for_lock {
                     tracing::info!(
@@ -760,194 +722,130 @@ impl Poller {
                 }
                 table.waiting_for_lock = true;
                 table.retry_at = Instant::now() + delay;
-                return Ok(false);
+                return Ok(Polled::Empty);
             }
-            Err(error) => return Err(postgres_error(error)),
+            Err(error) => return Err(error.into()),
         };
-        if std::mem::take(&mut table.waiting_for_lock) && table.stalled.is_none() && !table.probing
-        {
+        if std::mem::take(&mut table.waiting_for_lock) {
             table.backoff.reset();
         }
         if rows.is_empty() {
-            transaction.rollback().await.map_err(postgres_error)?;
-            // Whatever blocked the table (a bad row, a refused event) is gone.
-            if table.stalled.take().is_some() || table.probing {
-                table.probing = false;
-                table.backoff.reset();
-                refresh_stalled(status, tables);
-            }
-            return Ok(false);
+            transaction.rollback().await?;
+            return Ok(Polled::Empty);
         }
-
-        let mut messages: Vec<BatchEvent> = Vec::with_capacity(rows.len());
-        let mut ctids = Vec::with_capacity(rows.len());
-        let mut stalled_on_row = None;
+        let mut polled = Vec::with_capacity(rows.len());
         for row in &rows {
-            let polled = read_row(shape, row).map_err(postgres_error)?;
-            let timestamp = polled
-                .stamped
-                .map_or_else(unix_now, CommitTime::unix_seconds);
-            let message = match message::for_row(router, config, &polled.insert, timestamp) {
-                Ok(Some(message)) => message,
-                Ok(None) => {
-                    stalled_on_row = Some("the table is not routed".to_owned());
-                    break;
-                }
-                Err(reason) => {
-                    let Some(exchange) = &config.dead_letter_exchange else {
-                        stalled_on_row = Some(reason);
-                        break;
-                    };
-                    metrics::counter!(UNROUTABLE, "reason" => "row").increment(1);
-                    status.add_unroutable();
-                    tracing::error!(table = %table.display, %reason, dead_letter_exchange = %exchange, "unroutable outbox row: dead-lettered");
-                    message::dead_letter(router, &polled.insert, exchange, &table.display, reason)
-                }
-            };
-            let counters = exchange_metrics.get(&message.exchange);
-            messages.push(BatchEvent {
-                message,
-                counters,
-                stamped: polled.stamped,
-            });
+            polled.push(read_row(&table.shape, row)?);
+        }
+        let table_name = table.display.clone();
+        self.batch += 1;
+        let batch = self.batch;
+        let mut ctids = Vec::with_capacity(polled.len());
+        let mut last = PollPosition { batch, row: 0 };
+        let mut closed = false;
+        for (row, polled) in (0u32..).zip(polled) {
+            last = PollPosition { batch, row };
             ctids.push(polled.ctid);
-        }
-
-        // Publish the whole batch, pipelined, then wait for every confirm.
-        status.set_in_flight(messages.len() as u64);
-        metrics::gauge!(IN_FLIGHT).set(messages.len() as f64);
-        let published_at = Instant::now();
-        let mut confirms = Vec::with_capacity(messages.len());
-        for event in &messages {
-            event.counters.received.increment(1);
-            let confirm = sink
-                .publish(&event.message)
-                .await
-                .map_err(|error| BatchError::Broker(error.to_string()))?;
-            if let Some(stamped) = event.stamped {
-                commit_delays.published(stamped, unix_micros_now());
-            }
-            event.counters.published.increment(1);
-            status.add_published();
-            // Each confirm's own arrival time, for the commit-to-confirm delay.
-            confirms.push(confirm.map(|outcome| (outcome, unix_micros_now())));
-        }
-        let outcomes = tokio::time::timeout(CONFIRM_TIMEOUT, futures::future::join_all(confirms))
-            .await
-            .map_err(|_| {
-                BatchError::Broker(format!("no confirm within {} s", CONFIRM_TIMEOUT.as_secs()))
-            })?;
-        let confirm_seconds = published_at.elapsed().as_secs_f64();
-        let read_seconds = published_at.duration_since(batch_started).as_secs_f64();
-        status.set_in_flight(0);
-        metrics::gauge!(IN_FLIGHT).set(0.0);
-        let mut refused = None;
-        for (event, (outcome, confirmed_at)) in messages.iter().zip(outcomes) {
-            let message = &event.message;
-            match outcome {
-                Outcome::Delivered => {
-                    commit_delays.confirm_took(confirm_seconds);
-                    if let Some(stamped) = event.stamped {
-                        commit_delays.confirmed(stamped, confirmed_at);
-                    }
-                    event.counters.confirmed.increment(1);
-                    status.add_confirmed();
-                }
-                Outcome::Failed(reason) => return Err(BatchError::Broker(reason)),
-                Outcome::Returned {
-                    reply_code,
-                    reply_text,
-                } => {
-                    refused.get_or_insert_with(|| {
-                        (
-                            "returned",
-                            format!(
-                                "returned by the broker ({reply_code} {reply_text}): no queue \
-                                 is bound to its exchange"
-                            ),
-                            message,
-                        )
-                    });
-                }
-                Outcome::Nacked => {
-                    refused.get_or_insert_with(|| {
-                        ("nacked", "nacked by the broker".to_owned(), message)
-                    });
-                }
+            // Each row is a transaction of its own: its ack may delete it.
+            let events = &self.events;
+            let epoch = self.epoch;
+            let sent = async {
+                send(
+                    events,
+                    epoch,
+                    SourceEvent::Begin {
+                        commit_time: polled.stamped,
+                    },
+                )
+                .await?;
+                send(events, epoch, SourceEvent::Row(polled.row)).await?;
+                send(events, epoch, SourceEvent::Commit { position: last }).await
+            };
+            if sent.await.is_err() {
+                // The pipeline is closing: commit what it acked.
+                closed = true;
+                break;
             }
         }
-        if let Some((label, reason, message)) = refused {
-            transaction.rollback().await.map_err(postgres_error)?;
-            metrics::counter!(UNROUTABLE, "reason" => label).increment(1);
-            status.add_unroutable();
-            let stalled = format!(
-                "event {} to exchange {:?} was {reason}; retrying (its rows stay in {})",
-                message.message_id, message.exchange, table.display
-            );
-            if table.stalled.is_none() {
-                tracing::error!(exchange = %message.exchange, event_id = %message.message_id, %reason, "event not delivered: the batch is rolled back and retried until the broker routes it");
-            }
-            table.stalled = Some(stalled);
-            table.probing = true;
-            table.retry_at = Instant::now() + table.backoff.next_delay();
-            refresh_stalled(status, tables);
-            return Ok(false);
-        }
-
-        if !ctids.is_empty() {
-            let deleted = sqlx::query(&shape.delete_sql)
-                .bind(&ctids)
+        let end = if closed {
+            BatchEnd::Close
+        } else {
+            wait_for_acks(&mut self.acks, &mut self.commands, &mut self.epoch, last).await
+        };
+        let acked = *self.acks.borrow();
+        let delete = if acked.batch == batch {
+            let count = usize::try_from(acked.row).map_or(ctids.len(), |row| row + 1);
+            &ctids[..count.min(ctids.len())]
+        } else if acked.batch > batch {
+            &ctids[..]
+        } else {
+            &ctids[..0]
+        };
+        if !delete.is_empty() {
+            let sql = &self.tables[index].shape.delete_sql;
+            let deleted = sqlx::query(sql)
+                .bind(delete)
                 .execute(&mut *transaction)
-                .await
-                .map_err(postgres_error)?
+                .await?
                 .rows_affected();
-            if deleted != ctids.len() as u64 {
-                tracing::warn!(table = %table.display, deleted, published = ctids.len(), "deleted fewer rows than published");
+            if deleted != delete.len() as u64 {
+                tracing::warn!(table = %table_name, deleted, published = delete.len(), "deleted fewer rows than published");
             }
         }
-        transaction.commit().await.map_err(postgres_error)?;
-        tracing::debug!(
-            table = %table.display,
-            rows = rows.len(),
-            read_seconds,
-            publish_confirm_seconds = confirm_seconds,
-            total_seconds = batch_started.elapsed().as_secs_f64(),
-            "batch relayed"
-        );
-
-        if let Some(reason) = stalled_on_row {
-            let stalled = format!("unroutable outbox row in {}: {reason}", table.display);
-            if table.stalled.as_deref() != Some(stalled.as_str()) {
-                metrics::counter!(UNROUTABLE, "reason" => "row").increment(1);
-                status.add_unroutable();
-                tracing::error!(
-                    table = %table.display, %reason,
-                    "unroutable outbox row: the table stalls here (nothing after it is \
-                     published) until the row is fixed or deleted, or \
-                     RELAY_DEAD_LETTER_EXCHANGE is set"
-                );
-            }
-            table.stalled = Some(stalled);
-            table.probing = false;
-            table.retry_at = Instant::now() + table.backoff.next_delay();
-            refresh_stalled(status, tables);
-            return Ok(false);
-        }
-        if table.stalled.take().is_some() || table.probing {
-            tracing::info!(table = %table.display, "the table's events get through again: resuming");
-            table.probing = false;
-            table.backoff.reset();
-            refresh_stalled(status, tables);
-            // The probe was one row: poll the rest at once.
-            return Ok(true);
-        }
-        Ok(rows.len() >= limit)
+        transaction.commit().await?;
+        tracing::debug!(table = %table_name, rows = ctids.len(), deleted = delete.len(), "batch relayed");
+        Ok(match end {
+            BatchEnd::Acked => Polled::Rows {
+                full: ctids.len() >= limit,
+            },
+            BatchEnd::Rewound => Polled::Rewound,
+            BatchEnd::Close => Polled::Stop,
+        })
     }
 }
 
-/// `/health`'s `stalled`: the first stalled table's reason.
-fn refresh_stalled(status: &RelayStatus, tables: &[PolledTable]) {
-    status.set_stalled(tables.iter().find_map(|table| table.stalled.clone()));
+async fn send(
+    events: &mpsc::Sender<Tagged>,
+    epoch: u64,
+    event: SourceEvent<PollPosition>,
+) -> Result<(), Stop> {
+    events.send((epoch, Ok(event))).await.map_err(|_| Stop)
+}
+
+/// Waits until `last` is acked, or a rewind or close.
+async fn wait_for_acks(
+    acks: &mut watch::Receiver<PollPosition>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    current_epoch: &mut u64,
+    last: PollPosition,
+) -> BatchEnd {
+    loop {
+        if *acks.borrow_and_update() >= last {
+            return BatchEnd::Acked;
+        }
+        tokio::select! {
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    return BatchEnd::Close;
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Rewind { epoch }) => {
+                    *current_epoch = epoch;
+                    return BatchEnd::Rewound;
+                }
+                Some(Command::Close) | None => return BatchEnd::Close,
+            },
+        }
+    }
+}
+
+/// How one poll of a table went.
+enum Polled {
+    Empty,
+    Rows { full: bool },
+    Rewound,
+    Stop,
 }
 
 #[cfg(test)]
@@ -959,5 +857,14 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("timestamp"), "\"timestamp\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn positions_order_by_batch_then_row() {
+        let at = |batch, row| PollPosition { batch, row };
+        assert!(at(1, 9) < at(2, 0));
+        assert!(at(2, 0) < at(2, 1));
+        assert_eq!(at(3, 4).to_string(), "batch 3 row 4");
+        assert_eq!(at(3, 4).as_lsn(), None);
     }
 }

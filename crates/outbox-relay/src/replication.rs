@@ -1,4 +1,4 @@
-//! The source: PostgreSQL logical replication of the outbox table(s).
+//! The replication source: PostgreSQL logical replication of the outbox table(s).
 //!
 //! [`prepare`] runs once at start on an ordinary connection and fails with a clear
 //! [`StartError`] for each unmet requirement: the server is reachable, `wal_level` is
@@ -9,127 +9,39 @@
 //! least-privilege role (scripts/provision-relay-role.sh) the owner creates it beforehand and a
 //! missing one fails with [`StartError::PublicationPrivilege`], naming the statement to run.
 //!
-//! [`ReplicationStream`] is one replication session (the `pgwire-replication` crate is the
-//! transport; decoding pgoutput is ours, in the `pgoutput` crate). It starts at the given
-//! position, yields [`SourceEvent`]s, and reports the flush position to the server.
+//! [`ReplicationSource`] is the [`Source`] over it: each session (the `pgwire-replication`
+//! crate is the transport; decoding pgoutput is ours, in the `pgoutput` crate) starts at the
+//! later of the slot's and the pipeline's position, turns pgoutput messages into
+//! source-neutral events (a Relation into a table schema, an Insert into a row that keeps the
+//! message's bytes), and acks by reporting the flush LSN to the server.
 //!
 //! High availability: PostgreSQL lets one session hold a slot. A second relay on the same
-//! slot gets "replication slot ... is active" ([`StreamError::SlotBusy`]); the pipeline then
-//! waits as a standby and retries every second, so it takes over about a second after the
-//! active relay's connection ends.
+//! slot gets SQLSTATE 55006 `object_in_use` ("replication slot ... is active"): the source
+//! answers [`Opened::Standby`] and the pipeline retries every second, so it takes over about
+//! a second after the active relay's connection ends.
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use pgoutput::{LogicalReplicationMessage, Lsn};
 use pgwire_replication::{
     PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::PgConnection;
 
-use crate::config::PostgresSettings;
+use crate::config::{Config, PostgresSettings};
 use crate::router::TableName;
-
-/// Why the relay cannot start against this database.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot reach PostgreSQL at {address}: {reason}")]
-    Unreachable { address: String, reason: String },
-    #[error("PostgreSQL at {address} refused the connection: {reason}")]
-    Refused { address: String, reason: String },
-    #[error(
-        "PostgreSQL wal_level is {0:?}, but logical replication needs wal_level = logical \
-         (set it in postgresql.conf and restart the server)"
-    )]
-    WalLevel(String),
-    #[error(
-        "role {0:?} may not use replication: it needs the REPLICATION attribute \
-         (ALTER ROLE {0} REPLICATION) or superuser"
-    )]
-    NoReplicationPrivilege(String),
-    #[error("outbox table {0} does not exist in database {1:?}")]
-    MissingTable(String, String),
-    #[error(
-        "role {role:?} may not create publication {publication:?} (insufficient privilege: \
-         CREATE PUBLICATION ... FOR TABLE needs ownership of the tables). Have the table owner \
-         run, in database {database:?}: {statement}; (scripts/provision-relay-role.sh does it)"
-    )]
-    PublicationPrivilege {
-        role: String,
-        publication: String,
-        database: String,
-        statement: String,
-    },
-    #[error("publication {publication:?} exists but does not publish table {table}")]
-    PublicationMissesTable { publication: String, table: String },
-    #[error(
-        "replication slot {slot:?} exists with plugin {plugin:?} in database {database:?}; \
-         the relay needs a pgoutput slot in database {expected_database:?}"
-    )]
-    ForeignSlot {
-        slot: String,
-        plugin: String,
-        database: String,
-        expected_database: String,
-    },
-    #[error("{what} failed: {source}")]
-    Sql {
-        what: String,
-        #[source]
-        source: sqlx::Error,
-    },
-}
+use crate::row::{Row, TableSchema};
+use crate::source::{
+    Opened, Source, SourceError, SourceEvent, StartError, close_bounded, connect, sql,
+};
+use crate::telemetry::CommitTime;
 
 /// SQLSTATE `insufficient_privilege`.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
-
-fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StartError {
-    let what = what.into();
-    move |source| StartError::Sql { what, source }
-}
-
-/// Connects an ordinary session, retrying connection failures until `timeout`.
-pub async fn connect(
-    settings: &PostgresSettings,
-    timeout: Duration,
-) -> Result<PgConnection, StartError> {
-    let options = PgConnectOptions::new()
-        .host(&settings.host)
-        .port(settings.port)
-        .username(&settings.user)
-        .password(settings.password.expose())
-        .database(&settings.database)
-        .application_name("outbox-relay")
-        .disable_statement_logging();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let attempt =
-            tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options))
-                .await;
-        let reason = match attempt {
-            Ok(Ok(connection)) => return Ok(connection),
-            // A server that answered (wrong password, no such database) will not change its
-            // mind: fail at once.
-            Ok(Err(sqlx::Error::Database(error))) => {
-                return Err(StartError::Refused {
-                    address: settings.display(),
-                    reason: error.to_string(),
-                });
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "connection attempt timed out".to_owned(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(StartError::Unreachable {
-                address: settings.display(),
-                reason,
-            });
-        }
-        tracing::warn!(address = %settings.display(), %reason, "PostgreSQL not reachable yet; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+/// SQLSTATE `object_in_use`: the slot is active for another session.
+const OBJECT_IN_USE: &str = "55006";
 
 /// Checks the server and creates publication and slot; returns the slot's confirmed position.
 pub async fn prepare(
@@ -297,7 +209,7 @@ pub async fn slot_position(
     .fetch_optional(&mut connection)
     .await
     .map_err(sql("reading the slot position"))?;
-    let _ = connection.close().await;
+    close_bounded(connection).await;
     Ok(row.and_then(|(confirmed, server_wal)| {
         Some(SlotPosition {
             confirmed: confirmed?.parse().ok()?,
@@ -312,39 +224,6 @@ pub async fn slot_position(
 pub struct SlotPosition {
     pub confirmed: Lsn,
     pub server_wal: Lsn,
-}
-
-/// What the replication stream delivers, decoded.
-#[derive(Debug)]
-pub enum SourceEvent {
-    Begin {
-        /// Microseconds since 2000-01-01.
-        commit_time_micros: i64,
-    },
-    Message(LogicalReplicationMessage),
-    Commit {
-        end_lsn: Lsn,
-    },
-    KeepAlive {
-        wal_end: Lsn,
-    },
-    /// Something the relay does not act on (a logical decoding message).
-    Other,
-}
-
-/// Errors of a replication session.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("replication slot {0:?} is held by another session (another relay is active)")]
-    SlotBusy(String),
-    #[error("replication stream failed: {0}")]
-    Transport(#[from] PgWireError),
-    #[error("could not decode a pgoutput message: {0}")]
-    Decode(String),
-    #[error("cannot prepare the replication session: {0}")]
-    Setup(String),
-    #[error("replication stream ended")]
-    Ended,
 }
 
 /// One replication session.
@@ -367,7 +246,7 @@ impl ReplicationStream {
         publication: &str,
         start: Lsn,
         status_interval: Duration,
-    ) -> Result<Self, StreamError> {
+    ) -> Result<Option<Self>, SourceError> {
         let start = pgwire_replication::Lsn::from_u64(start.0);
         let config = ReplicationConfig::new(
             settings.host.clone(),
@@ -387,32 +266,42 @@ impl ReplicationStream {
         .with_application_name("outbox-relay");
         let mut client = ReplicationClient::connect(config).await?;
         match client.wait_started().await {
-            Ok(()) => Ok(Self { client }),
-            // SQLSTATE 55006 object_in_use: "replication slot ... is active for PID ...".
-            Err(PgWireError::Server(message))
-                if message.contains("55006") || message.contains("is active for PID") =>
-            {
-                Err(StreamError::SlotBusy(slot.to_owned()))
+            Ok(()) => Ok(Some(Self { client })),
+            // "replication slot ... is active for PID ...": another relay streams.
+            Err(PgWireError::Server(message)) if sqlstate(&message) == Some(OBJECT_IN_USE) => {
+                Ok(None)
             }
             Err(error) => Err(error.into()),
         }
     }
 
-    /// The next event.
-    pub async fn recv(&mut self) -> Result<SourceEvent, StreamError> {
-        let event = self.client.recv().await?.ok_or(StreamError::Ended)?;
+    /// The next event, or `None` for one the relay does not act on.
+    pub async fn recv(&mut self) -> Result<Option<SourceEvent<Lsn>>, SourceError> {
+        let event = self.client.recv().await?.ok_or(SourceError::Ended)?;
         Ok(match event {
             ReplicationEvent::Begin {
                 commit_time_micros, ..
-            } => SourceEvent::Begin { commit_time_micros },
-            ReplicationEvent::Commit { end_lsn, .. } => SourceEvent::Commit {
-                end_lsn: Lsn(end_lsn.as_u64()),
+            } => Some(SourceEvent::Begin {
+                commit_time: Some(CommitTime::from_postgres_micros(commit_time_micros)),
+            }),
+            ReplicationEvent::Commit { end_lsn, .. } => Some(SourceEvent::Commit {
+                position: Lsn(end_lsn.as_u64()),
+            }),
+            ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(data)? {
+                LogicalReplicationMessage::Relation(relation) => {
+                    Some(SourceEvent::Table(TableSchema::from_relation(&relation)))
+                }
+                LogicalReplicationMessage::Insert(insert) => {
+                    Some(SourceEvent::Row(Row::from_insert(insert)))
+                }
+                // Updates, deletes (e.g. the outbox's delete-after-insert), truncates, types,
+                // origins and logical messages carry no outbox event.
+                _ => None,
             },
-            ReplicationEvent::XLogData { data, .. } => SourceEvent::Message(decode(data)?),
-            ReplicationEvent::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive {
-                wal_end: Lsn(wal_end.as_u64()),
-            },
-            _ => SourceEvent::Other,
+            ReplicationEvent::KeepAlive { wal_end, .. } => Some(SourceEvent::Idle {
+                position: Some(Lsn(wal_end.as_u64())),
+            }),
+            _ => None,
         })
     }
 
@@ -440,12 +329,140 @@ impl ReplicationStream {
         while self.reported() < lsn && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Err(error) = self.client.shutdown().await {
-            tracing::debug!(%error, "replication session ended with an error");
+        // A dead server cannot hold a stop.
+        match tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "replication session ended with an error"),
+            Err(_) => tracing::debug!("ending the replication session timed out"),
         }
     }
 }
 
-fn decode(data: Bytes) -> Result<LogicalReplicationMessage, StreamError> {
-    pgoutput::decode(data).map_err(|error| StreamError::Decode(error.to_string()))
+/// The SQLSTATE of a server error as pgwire-replication renders it (`... (SQLSTATE 55006)`):
+/// the code field, not the message text (which the server may translate).
+fn sqlstate(message: &str) -> Option<&str> {
+    let (_, rest) = message.rsplit_once("(SQLSTATE ")?;
+    let code = rest.strip_suffix(')')?;
+    (code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(code)
+}
+
+/// The replication [`Source`]: a new session per `open`, from the later of the slot's
+/// confirmed position and the pipeline's own.
+pub(crate) struct ReplicationSource {
+    config: Arc<Config>,
+    stream: Option<ReplicationStream>,
+    /// The server's WAL end read with the slot's position, until the stream reports one.
+    server_wal: Option<Lsn>,
+}
+
+impl std::fmt::Debug for ReplicationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSource")
+            .field("streaming", &self.stream.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationSource {
+    pub(crate) fn new(config: Arc<Config>) -> Self {
+        Self {
+            config,
+            stream: None,
+            server_wal: None,
+        }
+    }
+}
+
+impl Source for ReplicationSource {
+    type Position = Lsn;
+    const REREADS_CHANGED_ROWS: bool = false;
+
+    async fn open(&mut self, from: Lsn) -> Result<Opened<Lsn>, SourceError> {
+        self.stream = None;
+        let slot = &self.config.slot;
+        let start = match slot_position(&self.config.postgres, slot).await? {
+            Some(position) => {
+                self.server_wal = Some(position.server_wal);
+                position.confirmed.max(from)
+            }
+            None => {
+                return Err(SourceError::Setup(format!(
+                    "replication slot {slot:?} no longer exists"
+                )));
+            }
+        };
+        let stream = ReplicationStream::start(
+            &self.config.postgres,
+            slot,
+            &self.config.publication,
+            start,
+            self.config.status_interval,
+        )
+        .await?;
+        Ok(match stream {
+            Some(stream) => {
+                self.stream = Some(stream);
+                Opened::Streaming { from: start }
+            }
+            None => Opened::Standby,
+        })
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent<Lsn>, SourceError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(SourceError::Ended);
+        };
+        loop {
+            if let Some(event) = stream.recv().await? {
+                return Ok(event);
+            }
+        }
+    }
+
+    fn ack(&mut self, position: Lsn) {
+        if let Some(stream) = &self.stream {
+            stream.confirm(position);
+        }
+    }
+
+    fn rewind(&mut self) {}
+
+    fn disconnect(&mut self) {
+        self.stream = None;
+    }
+
+    async fn close(&mut self, position: Lsn) {
+        if let Some(stream) = self.stream.take() {
+            stream
+                .finish(
+                    position,
+                    self.config.status_interval + Duration::from_secs(2),
+                )
+                .await;
+        }
+    }
+
+    fn server_position(&self) -> Option<Lsn> {
+        self.stream
+            .as_ref()
+            .map(ReplicationStream::server_wal_end)
+            .filter(|lsn| *lsn > Lsn::ZERO)
+            .or(self.server_wal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_slot_is_told_by_its_sqlstate() {
+        let busy = "replication slot \"outbox_relay\" is active for PID 4242 (SQLSTATE 55006)";
+        assert_eq!(sqlstate(busy), Some(OBJECT_IN_USE));
+        // A translated message keeps the code.
+        let translated = "le slot de réplication est actif (SQLSTATE 55006)";
+        assert_eq!(sqlstate(translated), Some(OBJECT_IN_USE));
+        assert_eq!(sqlstate("is active for PID 1 but no code"), None);
+        assert_eq!(sqlstate("other error (SQLSTATE 42501)"), Some("42501"));
+    }
 }

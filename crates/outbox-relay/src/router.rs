@@ -13,12 +13,16 @@
 //! Rows of tables that are not routed are ignored. A routed row the router cannot turn into a
 //! message (a configured column missing from the table, or NULL where a value is needed) is an
 //! [`Unroutable`] error: the pipeline never skips it silently (see `pipeline`).
+//!
+//! It reads source-neutral rows ([`crate::row`]): the same code routes a row from the WAL and
+//! a polled row.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use pgoutput::{Insert, Relation, TupleValue};
 use wire_format::{Header, HeaderKind};
+
+use crate::row::{Row, TableSchema, Value};
 
 /// PostgreSQL's type OID of `uuid`: Debezium marks such headers `io.debezium.data.Uuid`.
 const UUID_TYPE_OID: u32 = 2950;
@@ -216,7 +220,7 @@ pub enum Unroutable {
         column: String,
         setting: &'static str,
     },
-    #[error("insert into relation {relation_id}, whose Relation message was never received")]
+    #[error("row of table {relation_id}, whose schema (Relation message) was never received")]
     UnknownRelation { relation_id: u32 },
 }
 
@@ -231,7 +235,7 @@ pub struct RoutedEvent<'a> {
     pub payload: &'a str,
 }
 
-/// Column positions of a routed table, resolved once per Relation message.
+/// Column positions of a routed table, resolved once per table schema.
 #[derive(Debug, Clone)]
 struct RoutePlan {
     table: String,
@@ -244,7 +248,7 @@ struct RoutePlan {
     headers: Vec<(String, Result<usize, Unroutable>, HeaderKind)>,
 }
 
-/// Routes inserted rows; keeps what it learned from Relation messages.
+/// Routes rows; keeps what it learned from the sources' table schemas.
 #[derive(Debug)]
 pub struct Router {
     config: RouterConfig,
@@ -282,25 +286,19 @@ impl Router {
         &self.config
     }
 
-    /// Learns (or relearns) a relation's columns. A relation of a table that is not routed
-    /// is remembered as ignored.
-    pub fn on_relation(&mut self, relation: &Relation) {
-        let routed = self
-            .config
-            .tables
-            .iter()
-            .any(|t| t.schema == relation.namespace && t.table == relation.name);
-        let plan = routed.then(|| self.plan(relation));
-        self.plans.insert(relation.relation_id, plan);
+    /// Learns (or relearns) a table's columns. A table that is not routed is remembered as
+    /// ignored.
+    pub fn on_table(&mut self, schema: &TableSchema) {
+        let routed = self.config.tables.contains(&schema.name);
+        let plan = routed.then(|| self.plan(schema));
+        self.plans.insert(schema.id, plan);
     }
 
-    fn plan(&self, relation: &Relation) -> RoutePlan {
-        let table = format!("{}.{}", relation.namespace, relation.name);
+    fn plan(&self, relation: &TableSchema) -> RoutePlan {
+        let table = relation.name.to_string();
         let find = |column: &str, setting: &'static str| {
             relation
-                .columns
-                .iter()
-                .position(|c| c.name == column)
+                .column_index(column)
                 .ok_or_else(|| Unroutable::MissingColumn {
                     table: table.clone(),
                     column: column.to_owned(),
@@ -349,34 +347,34 @@ impl Router {
         }
     }
 
-    /// The table name of a relation, if it is routed.
-    pub fn routed_table(&self, relation_id: u32) -> Option<&str> {
+    /// The name of table `id`, if it is routed.
+    pub fn routed_table(&self, id: u32) -> Option<&str> {
         self.plans
-            .get(&relation_id)
+            .get(&id)
             .and_then(|plan| plan.as_ref())
             .map(|plan| plan.table.as_str())
     }
 
     /// Routes an inserted row: `Ok(None)` for a table that is not routed.
-    pub fn route<'a>(&'a self, insert: &'a Insert) -> Result<Option<RoutedEvent<'a>>, Unroutable> {
-        let plan = match self.plans.get(&insert.relation_id) {
+    pub fn route<'a>(&'a self, row: &'a Row) -> Result<Option<RoutedEvent<'a>>, Unroutable> {
+        let plan = match self.plans.get(&row.table) {
             Some(Some(plan)) => plan,
             Some(None) => return Ok(None),
             None => {
                 return Err(Unroutable::UnknownRelation {
-                    relation_id: insert.relation_id,
+                    relation_id: row.table,
                 });
             }
         };
-        let values = &insert.new_tuple.columns;
+        let values = &row.values;
         let text = |index: &Result<usize, Unroutable>,
                     setting: &'static str|
          -> Result<Option<&'a str>, Unroutable> {
             let index = *index.as_ref().map_err(Clone::clone)?;
             let column = || plan.columns.get(index).cloned().unwrap_or_default();
             match values.get(index) {
-                Some(TupleValue::Null) | None => Ok(None),
-                Some(value @ TupleValue::Text(_)) => {
+                Some(Value::Null) | None => Ok(None),
+                Some(value @ Value::Text(_)) => {
                     value
                         .as_text()
                         .map(Some)
@@ -450,21 +448,21 @@ impl Router {
 
     /// The column names and text values of a row of a routed table, as a JSON object: the
     /// body of a dead-lettered row.
-    pub fn row_as_json(&self, insert: &Insert) -> String {
+    pub fn row_as_json(&self, row: &Row) -> String {
         let columns = self
             .plans
-            .get(&insert.relation_id)
+            .get(&row.table)
             .and_then(|plan| plan.as_ref())
             .map(|plan| plan.columns.as_slice())
             .unwrap_or_default();
         let mut object = serde_json::Map::new();
-        for (index, value) in insert.new_tuple.columns.iter().enumerate() {
+        for (index, value) in row.values.iter().enumerate() {
             let name = columns
                 .get(index)
                 .cloned()
                 .unwrap_or_else(|| format!("column{index}"));
             let value = match value {
-                TupleValue::Null => serde_json::Value::Null,
+                Value::Null => serde_json::Value::Null,
                 other => other.as_text().map_or(serde_json::Value::Null, |t| {
                     serde_json::Value::String(t.to_owned())
                 }),
@@ -493,28 +491,27 @@ impl Router {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::row::ColumnSchema;
     use bytes::Bytes;
-    use pgoutput::{Column, TupleData};
 
-    fn relation(id: u32, namespace: &str, name: &str, columns: &[(&str, u32)]) -> Relation {
-        Relation {
-            relation_id: id,
-            namespace: namespace.into(),
-            name: name.into(),
-            replica_identity: b'd',
+    fn relation(id: u32, namespace: &str, name: &str, columns: &[(&str, u32)]) -> TableSchema {
+        TableSchema {
+            id,
+            name: TableName {
+                schema: namespace.into(),
+                table: name.into(),
+            },
             columns: columns
                 .iter()
-                .map(|(name, oid)| Column {
-                    is_key: *name == "id",
+                .map(|(name, oid)| ColumnSchema {
                     name: (*name).into(),
                     type_oid: *oid,
-                    type_modifier: -1,
                 })
                 .collect(),
         }
     }
 
-    fn outbox_relation() -> Relation {
+    fn outbox_relation() -> TableSchema {
         relation(
             16400,
             "orders",
@@ -530,22 +527,20 @@ mod tests {
         )
     }
 
-    fn insert(id: u32, values: &[Option<&str>]) -> Insert {
-        Insert {
-            relation_id: id,
-            new_tuple: TupleData {
-                columns: values
-                    .iter()
-                    .map(|v| match v {
-                        Some(text) => TupleValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-                        None => TupleValue::Null,
-                    })
-                    .collect(),
-            },
+    fn insert(id: u32, values: &[Option<&str>]) -> Row {
+        Row {
+            table: id,
+            values: values
+                .iter()
+                .map(|v| match v {
+                    Some(text) => Value::Text(Bytes::copy_from_slice(text.as_bytes())),
+                    None => Value::Null,
+                })
+                .collect(),
         }
     }
 
-    fn order_row() -> Insert {
+    fn order_row() -> Row {
         insert(
             16400,
             &[
@@ -562,7 +557,7 @@ mod tests {
     #[test]
     fn defaults_route_like_the_original_system() {
         let mut router = Router::new(RouterConfig::default());
-        router.on_relation(&outbox_relation());
+        router.on_table(&outbox_relation());
         let row = order_row();
         let event = router.route(&row).unwrap().unwrap();
         assert_eq!(event.exchange, "order.events");
@@ -599,7 +594,7 @@ mod tests {
             routing_key: RoutingKeySource::Key,
             ..RouterConfig::default()
         });
-        router.on_relation(&outbox_relation());
+        router.on_table(&outbox_relation());
         let row = order_row();
         let event = router.route(&row).unwrap().unwrap();
         assert_eq!(event.exchange, "outbox.OrderCreated.x");
@@ -619,7 +614,7 @@ mod tests {
             route_topic_replacement: "all-events".into(),
             ..RouterConfig::default()
         });
-        by_type.on_relation(&outbox_relation());
+        by_type.on_table(&outbox_relation());
         let event = by_type.route(&row).unwrap().unwrap();
         assert_eq!(event.routing_key, "agg-1");
         assert_eq!(event.exchange, "all-events");
@@ -628,7 +623,7 @@ mod tests {
     #[test]
     fn other_tables_are_ignored() {
         let mut router = Router::new(RouterConfig::default());
-        router.on_relation(&relation(7, "orders", "order_line", &[("id", 2950)]));
+        router.on_table(&relation(7, "orders", "order_line", &[("id", 2950)]));
         assert_eq!(router.route(&insert(7, &[Some("x")])).unwrap(), None);
         assert!(router.routed_table(7).is_none());
     }
@@ -636,7 +631,7 @@ mod tests {
     #[test]
     fn unroutable_rows_are_errors_not_skips() {
         let mut router = Router::new(RouterConfig::default());
-        router.on_relation(&outbox_relation());
+        router.on_table(&outbox_relation());
         let row = insert(
             16400,
             &[Some("e1"), None, Some("a"), Some("T"), Some("{}"), None],
@@ -658,7 +653,7 @@ mod tests {
             field_event_payload: "body".into(),
             ..RouterConfig::default()
         });
-        missing.on_relation(&outbox_relation());
+        missing.on_table(&outbox_relation());
         let error = missing.route(&order_row()).unwrap_err();
         assert!(matches!(error, Unroutable::MissingColumn { ref column, .. } if column == "body"));
         assert!(error.to_string().contains("table.field.event.payload"));

@@ -1,10 +1,11 @@
-//! The RabbitMQ sink: one connection, one channel in publisher-confirm mode.
+//! Where events go: the [`Sink`] contract the pipeline publishes through, and its RabbitMQ
+//! implementation ([`AmqpSink`]: one connection, one channel in publisher-confirm mode).
 //!
-//! Delivery contract: a message counts as delivered only when the broker acked it AND did
-//! not return it. Every publish is `mandatory`, so a message no queue would receive comes
-//! back as a `basic.return` (lapin: `Confirmation::Ack(Some(returned))`); that and a nack
-//! are reported as [`Outcome::Returned`] / [`Outcome::Nacked`], never as delivered. The
-//! pipeline is at-least-once: after a failure it publishes again, with the same
+//! Delivery contract (see [`Sink`]): a message counts as delivered only when the broker acked
+//! it AND did not return it. Every publish is `mandatory`, so a message no queue would
+//! receive comes back as a `basic.return` (lapin: `Confirmation::Ack(Some(returned))`); that
+//! and a nack are reported as [`Outcome::Returned`] / [`Outcome::Nacked`], never as delivered.
+//! The pipeline is at-least-once: after a failure it publishes again, with the same
 //! `message_id`, so consumers must tolerate duplicates.
 //!
 //! Before the first publish to an exchange on a connection, the sink declares it (durable,
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -133,6 +135,72 @@ pub enum Outcome {
     /// The channel or connection failed before the confirm arrived.
     Failed(String),
 }
+
+/// Where the pipeline publishes events.
+///
+/// # Delivery contract
+/// - [`Sink::publish`] hands one message over and returns its confirm, a future resolving to
+///   the broker's [`Outcome`]. Confirms resolve in publish order, and the sink keeps the
+///   broker's order the call order (events of one aggregate stay in commit order).
+/// - Only [`Outcome::Delivered`] is success: the broker took the message AND routed it to at
+///   least one queue. A nack ([`Outcome::Nacked`]), a return ([`Outcome::Returned`]) and a
+///   failure ([`Outcome::Failed`]) are never success; the pipeline keeps the event and
+///   publishes it again, and never reports a source position past it.
+/// - At-least-once: after any failure the pipeline publishes again, with the same
+///   `message_id`, messages the broker may already hold, so consumers must tolerate
+///   duplicates.
+/// - `publish` returns `Err` when the connection refuses at once; the pipeline then
+///   reconnects through its [`Connector`] and publishes every unconfirmed event again.
+/// - [`Sink::close`] is bounded: a dead connection cannot hold a stop.
+pub trait Sink: Send + 'static {
+    /// The confirm of one publish.
+    type Confirm: Future<Output = Outcome> + Send + 'static;
+
+    /// Publishes one message; returns its pending confirm.
+    fn publish(
+        &mut self,
+        message: &OutgoingMessage,
+    ) -> impl Future<Output = Result<Self::Confirm, SinkError>> + Send;
+
+    /// Whether the connection is usable (a lost one is replaced by the pipeline).
+    fn is_connected(&self) -> bool;
+
+    /// Closes the connection politely, within a bounded time.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Makes new sink connections (at start and after a failure).
+pub trait Connector: Send + 'static {
+    type Sink: Sink;
+
+    /// One connection attempt.
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Sink, SinkError>> + Send;
+
+    /// Where it connects, for logs.
+    fn address(&self) -> &str;
+}
+
+/// Connects [`AmqpSink`]s with the relay's broker settings.
+#[derive(Debug, Clone)]
+pub struct AmqpConnector {
+    pub settings: AmqpSettings,
+    pub exchange_type: ExchangeType,
+}
+
+impl Connector for AmqpConnector {
+    type Sink = AmqpSink;
+
+    async fn connect(&mut self) -> Result<AmqpSink, SinkError> {
+        AmqpSink::connect(&self.settings, self.exchange_type).await
+    }
+
+    fn address(&self) -> &str {
+        &self.settings.display
+    }
+}
+
+/// How long closing a (possibly dead) connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The confirm of one publish, resolving to its [`Outcome`]: first the hand-over of its frames
 /// to the connection's writer, then the broker's ack, nack or return.
@@ -320,9 +388,34 @@ impl AmqpSink {
         Ok(PendingConfirm { inner: publish })
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely; gives up after 2 s (closing a dead connection can
+    /// wait forever for the broker's close-ok).
     pub async fn close(self) {
-        let _ = self.channel.close(200, "relay stopping".into()).await;
-        let _ = self.connection.close(200, "relay stopping".into()).await;
+        let close = async {
+            let _ = self.channel.close(200, "relay stopping".into()).await;
+            let _ = self.connection.close(200, "relay stopping".into()).await;
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::debug!("closing the RabbitMQ connection timed out");
+        }
+    }
+}
+
+impl Sink for AmqpSink {
+    type Confirm = PendingConfirm;
+
+    fn publish(
+        &mut self,
+        message: &OutgoingMessage,
+    ) -> impl Future<Output = Result<PendingConfirm, SinkError>> + Send {
+        AmqpSink::publish(self, message)
+    }
+
+    fn is_connected(&self) -> bool {
+        AmqpSink::is_connected(self)
+    }
+
+    fn close(self) -> impl Future<Output = ()> + Send {
+        AmqpSink::close(self)
     }
 }

@@ -1,5 +1,6 @@
 //! The in-flight window: events published but not yet confirmed, in commit order, and the
-//! flush position derived from them.
+//! flush position derived from them. Positions are the source's (an LSN for replication, a
+//! row of a batch for polling).
 //!
 //! Entries are events and commit markers in stream order. An event leaves the window only
 //! when the broker confirmed it and every earlier event; a commit marker leaves when all
@@ -33,15 +34,15 @@ pub struct InFlight<M> {
 }
 
 #[derive(Debug)]
-enum Entry<M> {
+enum Entry<M, P> {
     Event(InFlight<M>),
-    Commit(Lsn),
+    Commit(P),
 }
 
 /// Bounded, ordered window of unconfirmed events with commit markers.
 #[derive(Debug)]
-pub struct InFlightWindow<M> {
-    entries: VecDeque<Entry<M>>,
+pub struct InFlightWindow<M, P = Lsn> {
+    entries: VecDeque<Entry<M, P>>,
     /// Index in `entries` of the first entry not yet published.
     next_unpublished: usize,
     /// Published events whose confirm is outstanding.
@@ -50,11 +51,11 @@ pub struct InFlightWindow<M> {
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
-    flushed: Lsn,
+    flushed: P,
 }
 
-impl<M> InFlightWindow<M> {
-    pub fn new(max_events: usize, max_bytes: usize, flushed: Lsn) -> Self {
+impl<M, P: Copy + Ord> InFlightWindow<M, P> {
+    pub fn new(max_events: usize, max_bytes: usize, flushed: P) -> Self {
         Self {
             entries: VecDeque::with_capacity(max_events.min(65_536)),
             next_unpublished: 0,
@@ -87,7 +88,7 @@ impl<M> InFlightWindow<M> {
     }
 
     /// The flush position: every event at or below it is confirmed.
-    pub fn flushed(&self) -> Lsn {
+    pub fn flushed(&self) -> P {
         self.flushed
     }
 
@@ -128,7 +129,7 @@ impl<M> InFlightWindow<M> {
 
     /// Records a transaction's end. Returns the new flush position if it moved (when nothing
     /// before the commit is outstanding).
-    pub fn push_commit(&mut self, end_lsn: Lsn) -> Option<Lsn> {
+    pub fn push_commit(&mut self, end_lsn: P) -> Option<P> {
         if self.entries.is_empty() {
             return self.advance(end_lsn);
         }
@@ -138,7 +139,7 @@ impl<M> InFlightWindow<M> {
 
     /// Advances the flush position to a server position while nothing is in flight (a quiet
     /// outbox must not pin WAL). Returns the new position if it moved.
-    pub fn advance_idle(&mut self, lsn: Lsn) -> Option<Lsn> {
+    pub fn advance_idle(&mut self, lsn: P) -> Option<P> {
         if self.entries.is_empty() {
             self.advance(lsn)
         } else {
@@ -146,7 +147,7 @@ impl<M> InFlightWindow<M> {
         }
     }
 
-    fn advance(&mut self, lsn: Lsn) -> Option<Lsn> {
+    fn advance(&mut self, lsn: P) -> Option<P> {
         (lsn > self.flushed).then(|| {
             self.flushed = lsn;
             lsn
@@ -181,7 +182,7 @@ impl<M> InFlightWindow<M> {
 
     /// The oldest event was confirmed: removes it and the commit markers after it. Returns
     /// the event and the new flush position if it moved.
-    pub fn confirm_oldest(&mut self) -> Option<(InFlight<M>, Option<Lsn>)> {
+    pub fn confirm_oldest(&mut self) -> Option<(InFlight<M>, Option<P>)> {
         let Some(Entry::Event(event)) = self.entries.pop_front() else {
             return None;
         };
