@@ -1,17 +1,21 @@
 //! Configuration from environment variables, with the names of the system we replace.
 //!
-//! Every value is checked once, at start-up: a bad one fails with a [`ConfigError`] naming the
-//! variable. An empty variable counts as unset. The database password is held in a [`Secret`]
-//! whose `Debug` and `Display` print `***`, so the configuration can be logged whole.
+//! Read under the rules shared by the three binaries ([`service_kit::env`]): every value is
+//! checked once, at start-up, and a bad one fails with a [`ConfigError`] naming the variable; an
+//! empty variable counts as unset; a value that is not UTF-8 is an error. The database password
+//! is held in a [`Secret`] whose `Debug` and `Display` print `***`, so the configuration can be
+//! logged whole.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use events::{IdFormat, UnknownIdFormat};
+use service_kit::env::Vars;
+use service_kit::logging::LogFilter;
+use service_kit::postgres::PgSettings;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
+
+pub use service_kit::{ConfigError, Secret};
 
 /// Every environment variable the binary reads (docker-compose may set only these).
 pub const ENV_VARS: &[&str] = &[
@@ -31,39 +35,8 @@ pub const ENV_VARS: &[&str] = &[
     "RUST_LOG",
 ];
 
-/// The variables that `DATABASE_URL` replaces.
-const CONNECTION_VARS: &[&str] = &["DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME"];
-
-/// A configuration value that is wrong, naming the variable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{variable} is invalid: {reason}")]
-    Invalid {
-        variable: &'static str,
-        reason: String,
-    },
-    #[error("{variable} is not valid UTF-8")]
-    NotUnicode { variable: &'static str },
-}
-
-fn invalid(variable: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        variable,
-        reason: reason.into(),
-    }
-}
-
-pub use service_kit::Secret;
-
-/// A parsed `DATABASE_URL`. It holds the password, so `Debug` prints `***`.
-#[derive(Clone)]
-pub struct DatabaseUrl(PgConnectOptions);
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DatabaseUrl(***)")
-    }
-}
+/// The application name our sessions show in `pg_stat_activity` (unless the URL sets one).
+const APPLICATION_NAME: &str = "order-service";
 
 /// The whole configuration of the service.
 #[derive(Debug, Clone)]
@@ -76,8 +49,8 @@ pub struct Config {
     /// `ID_FORMAT`: `uuid4` (default, what the original system's consumers accept) or `uuid7`
     /// (time-ordered), for new orders, lines and outbox events.
     pub id_format: IdFormat,
-    /// `RUST_LOG`: the tracing filter, `info` when unset.
-    pub log_filter: String,
+    /// `RUST_LOG`: the tracing filter, `info` when unset; checked here.
+    pub log_filter: LogFilter,
     /// Settings that are valid but surprising, to log once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -94,14 +67,9 @@ pub struct ServerConfig {
 /// How to reach PostgreSQL and where the tables live.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Secret,
-    /// The database; created at start-up when it does not exist.
-    pub name: String,
-    /// `DATABASE_URL`, when set: replaces host, port, user, password and name.
-    pub url: Option<DatabaseUrl>,
+    /// `DATABASE_URL` (query string kept) or `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`,
+    /// `DB_NAME`; the database is created at start-up when it does not exist.
+    pub connection: PgSettings,
     /// `DB_SCHEMA`: the schema of the tables, created when missing. Lower-case identifier.
     pub schema: String,
     /// `DB_DEBUG`: log every SQL statement with its duration at INFO level.
@@ -118,214 +86,87 @@ impl DatabaseConfig {
     /// time zone) hold UTC wall time, and PostgreSQL converts to and from them with the
     /// session's zone.
     pub fn connect_options(&self) -> PgConnectOptions {
-        let base = match &self.url {
-            Some(url) => url.0.clone(),
-            None => PgConnectOptions::new()
-                .host(&self.host)
-                .port(self.port)
-                .username(&self.user)
-                .password(self.password.expose())
-                .database(&self.name),
-        };
-        let options = base
-            .application_name("order-service")
+        let options = self
+            .connection
+            .connect_options(APPLICATION_NAME)
             .options([("search_path", self.schema.as_str()), ("TimeZone", "UTC")]);
-        if self.debug {
-            options
-                .log_statements(tracing::log::LevelFilter::Info)
-                .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
+        let statements = if self.debug {
+            tracing::log::LevelFilter::Info
         } else {
-            options
-                .log_statements(tracing::log::LevelFilter::Debug)
-                .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
-        }
+            tracing::log::LevelFilter::Debug
+        };
+        options
+            .log_statements(statements)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
     }
 
     /// `host:port/database as user`, for messages: never the password.
     pub fn describe(&self) -> String {
-        format!(
-            "{}:{}/{} as user {}",
-            self.host, self.port, self.name, self.user
-        )
+        self.connection.display()
+    }
+
+    /// The application name sessions use unless the URL sets one.
+    pub fn application_name(&self) -> &'static str {
+        APPLICATION_NAME
     }
 }
 
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mut values = HashMap::new();
-        for &variable in ENV_VARS {
-            match std::env::var(variable) {
-                Ok(value) => {
-                    values.insert(variable, value);
-                }
-                Err(std::env::VarError::NotPresent) => {}
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err(ConfigError::NotUnicode { variable });
-                }
-            }
-        }
-        Self::from_lookup(|name| values.get(name).cloned())
+        Self::from_vars(&Vars::process())
     }
 
-    /// Reads the configuration through `lookup` (the environment, or a map in tests).
+    /// Reads the configuration through `lookup` (a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|value| !value.is_empty());
-        let mut warnings = Vec::new();
+        let lookup = |name: &str| lookup(name).ok_or(std::env::VarError::NotPresent);
+        Self::from_vars(&Vars::new(&lookup))
+    }
 
+    pub fn from_vars(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
         let server = ServerConfig {
-            host: get("SERVER_HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
-            port: parse_or("SERVER_PORT", get("SERVER_PORT"), 3000)?,
+            host: vars.string_or("SERVER_HOST", "127.0.0.1")?,
+            port: vars.listen_port_or("SERVER_PORT", 3000)?,
         };
         if server.host.trim().is_empty() || server.host.contains(char::is_whitespace) {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "SERVER_HOST",
                 "expected an IP address or host name",
             ));
         }
 
-        let schema = get("DB_SCHEMA").unwrap_or_else(|| "orders".to_owned());
+        let schema = vars.string_or("DB_SCHEMA", "orders")?;
         check_schema(&schema)?;
-        let pool_size: u32 = parse_or("DB_POOL_SIZE", get("DB_POOL_SIZE"), 10)?;
-        if !(1..=1000).contains(&pool_size) {
-            return Err(invalid(
-                "DB_POOL_SIZE",
-                format!("{pool_size} is out of range: expected 1 to 1000"),
+        let ignored = PgSettings::ignored_parts(vars)?;
+        if !ignored.is_empty() {
+            warnings.push(format!(
+                "DATABASE_URL is set, so {} {} ignored",
+                ignored.join(", "),
+                if ignored.len() == 1 { "is" } else { "are" }
             ));
         }
-
-        let mut database = DatabaseConfig {
-            host: get("DB_HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
-            port: parse_or("DB_PORT", get("DB_PORT"), 5432)?,
-            user: get("DB_USER").unwrap_or_else(|| "postgres".to_owned()),
-            password: Secret::new(get("DB_PASSWORD").unwrap_or_else(|| "postgres".to_owned())),
-            name: get("DB_NAME").unwrap_or_else(|| "orderdb".to_owned()),
-            url: None,
+        let database = DatabaseConfig {
+            connection: PgSettings::from_vars(vars, "orderdb")?,
             schema,
-            debug: parse_bool("DB_DEBUG", get("DB_DEBUG"), false)?,
-            pool_size,
+            debug: vars.bool_or("DB_DEBUG", false)?,
+            pool_size: vars.number_in("DB_POOL_SIZE", 10, 1..=1000)?,
         };
-        if database.port == 0 {
-            return Err(invalid("DB_PORT", "0 is not a valid port"));
-        }
-        if let Some(url) = get("DATABASE_URL") {
-            let ignored: Vec<&str> = CONNECTION_VARS
-                .iter()
-                .copied()
-                .filter(|name| get(name).is_some())
-                .collect();
-            if !ignored.is_empty() {
-                warnings.push(format!(
-                    "DATABASE_URL is set, so {} {} ignored",
-                    ignored.join(", "),
-                    if ignored.len() == 1 { "is" } else { "are" }
-                ));
-            }
-            let options = parse_database_url(&url)?;
-            database.host = options.get_host().to_owned();
-            database.port = options.get_port();
-            database.user = options.get_username().to_owned();
-            database.name = options
-                .get_database()
-                .map(str::to_owned)
-                .unwrap_or_else(|| database.user.clone());
-            database.password = Secret::new("");
-            database.url = Some(DatabaseUrl(options));
-        }
-        check_database_name(&database.name)?;
 
         Ok(Self {
             server,
             database,
-            outbox_delete_after_insert: parse_bool(
-                "OUTBOX_DELETE_AFTER_INSERT",
-                get("OUTBOX_DELETE_AFTER_INSERT"),
-                false,
-            )?,
-            id_format: match get("ID_FORMAT") {
+            outbox_delete_after_insert: vars.bool_or("OUTBOX_DELETE_AFTER_INSERT", false)?,
+            id_format: match vars.get("ID_FORMAT")? {
                 None => IdFormat::default(),
-                Some(text) => text
-                    .parse()
-                    .map_err(|err: UnknownIdFormat| invalid("ID_FORMAT", err.to_string()))?,
+                Some(text) => text.parse().map_err(|err: UnknownIdFormat| {
+                    ConfigError::new("ID_FORMAT", err.to_string())
+                })?,
             },
-            log_filter: get("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            log_filter: LogFilter::from_vars(vars)?,
             warnings,
         })
     }
-}
-
-fn parse_or<T: FromStr>(
-    variable: &'static str,
-    value: Option<String>,
-    default: T,
-) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    match value {
-        None => Ok(default),
-        Some(text) => text
-            .trim()
-            .parse()
-            .map_err(|err| invalid(variable, format!("{text:?} is not valid here: {err}"))),
-    }
-}
-
-fn parse_bool(
-    variable: &'static str,
-    value: Option<String>,
-    default: bool,
-) -> Result<bool, ConfigError> {
-    let Some(text) = value else {
-        return Ok(default);
-    };
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(
-            variable,
-            format!("{text:?} is not a boolean: expected true or false"),
-        )),
-    }
-}
-
-/// Parses `DATABASE_URL` without ever echoing it: it may hold a password.
-fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(invalid(
-            "DATABASE_URL",
-            "expected a URL starting with postgres:// or postgresql://",
-        ));
-    }
-    PgConnectOptions::from_str(url).map_err(|err| {
-        let reason = match err {
-            // The driver's message may quote the URL: say only what is wrong in general.
-            sqlx::Error::Configuration(source) => redact(&source.to_string(), url),
-            other => redact(&other.to_string(), url),
-        };
-        invalid(
-            "DATABASE_URL",
-            format!("not a valid PostgreSQL URL: {reason}"),
-        )
-    })
-}
-
-/// Replaces the URL and its password, if a message quotes them.
-fn redact(message: &str, url: &str) -> String {
-    let mut cleaned = message.replace(url, "<DATABASE_URL>");
-    if let Some(password) = url_password(url).filter(|password| !password.is_empty()) {
-        cleaned = cleaned.replace(password, "***");
-    }
-    cleaned
-}
-
-fn url_password(url: &str) -> Option<&str> {
-    let after_scheme = url.split_once("://")?.1;
-    let credentials = after_scheme.split('@').next()?;
-    if !after_scheme.contains('@') {
-        return None;
-    }
-    credentials.split_once(':').map(|(_, password)| password)
 }
 
 fn check_schema(schema: &str) -> Result<(), ConfigError> {
@@ -337,7 +178,7 @@ fn check_schema(schema: &str) -> Result<(), ConfigError> {
     if valid {
         Ok(())
     } else {
-        Err(invalid(
+        Err(ConfigError::new(
             "DB_SCHEMA",
             format!(
                 "{schema:?} is not a schema name: expected at most 63 lower-case letters, digits and underscores, not starting with a digit"
@@ -346,19 +187,10 @@ fn check_schema(schema: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn check_database_name(name: &str) -> Result<(), ConfigError> {
-    let variable = "DB_NAME";
-    if name.len() > 63 || name.contains('\0') || name.trim().is_empty() {
-        return Err(invalid(
-            variable,
-            format!("{name:?} is not a database name: expected 1 to 63 bytes"),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -378,16 +210,16 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.server.host, "127.0.0.1");
         assert_eq!(config.server.port, 3000);
-        assert_eq!(config.database.host, "127.0.0.1");
-        assert_eq!(config.database.port, 5432);
-        assert_eq!(config.database.user, "postgres");
-        assert_eq!(config.database.password.expose(), "postgres");
-        assert_eq!(config.database.name, "orderdb");
+        assert_eq!(config.database.connection.host, "127.0.0.1");
+        assert_eq!(config.database.connection.port, 5432);
+        assert_eq!(config.database.connection.user, "postgres");
+        assert_eq!(config.database.connection.password.expose(), "postgres");
+        assert_eq!(config.database.connection.database, "orderdb");
         assert_eq!(config.database.schema, "orders");
         assert!(!config.database.debug);
         assert!(!config.outbox_delete_after_insert);
         assert_eq!(config.id_format, IdFormat::Uuid4);
-        assert_eq!(config.log_filter, "info");
+        assert_eq!(config.log_filter.as_str(), "info");
     }
 
     #[test]
@@ -416,14 +248,14 @@ mod tests {
         assert_eq!(config.database.pool_size, 4);
         assert!(config.outbox_delete_after_insert);
         assert_eq!(config.id_format, IdFormat::Uuid7);
-        assert_eq!(config.log_filter, "debug");
+        assert_eq!(config.log_filter.as_str(), "debug");
     }
 
     #[test]
     fn empty_values_count_as_unset() {
         let config = config(&[("SERVER_PORT", ""), ("DB_NAME", "")]).unwrap();
         assert_eq!(config.server.port, 3000);
-        assert_eq!(config.database.name, "orderdb");
+        assert_eq!(config.database.connection.database, "orderdb");
     }
 
     #[test]
@@ -446,6 +278,7 @@ mod tests {
             ("ID_FORMAT", "uuid1"),
             ("ID_FORMAT", "v4"),
             ("DATABASE_URL", "mysql://u:p@h/db"),
+            ("RUST_LOG", "info,[[["),
         ] {
             let message = error_of(&[(variable, value)]);
             assert!(
@@ -529,5 +362,43 @@ mod tests {
                 "{name} is not in ENV_VARS"
             );
         }
+    }
+
+    #[test]
+    fn the_shared_rules_apply() {
+        // Booleans in every spelling the kit accepts.
+        for (text, expected) in [("on", true), ("OFF", false), ("1", true), ("no", false)] {
+            let config =
+                config(&[("DB_DEBUG", text), ("OUTBOX_DELETE_AFTER_INSERT", text)]).unwrap();
+            assert_eq!(config.database.debug, expected, "{text}");
+            assert_eq!(config.outbox_delete_after_insert, expected, "{text}");
+        }
+        // A variable that is not UTF-8 is an error naming it, not an unset one.
+        let lookup = |name: &str| match name {
+            "DB_HOST" => Err(std::env::VarError::NotUnicode("x".into())),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        let error = Config::from_vars(&Vars::new(&lookup)).unwrap_err();
+        assert_eq!(error.variable, "DB_HOST");
+        assert!(error.to_string().contains("not valid UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn the_database_url_keeps_its_query_string() {
+        let config = config(&[(
+            "DATABASE_URL",
+            "postgres://app:pw@dbhost:6000/shop?sslmode=disable&application_name=ops",
+        )])
+        .unwrap();
+        assert!(matches!(
+            config.database.connection.ssl_mode,
+            sqlx::postgres::PgSslMode::Disable
+        ));
+        let options = config.database.connect_options();
+        assert_eq!(options.get_application_name(), Some("ops"));
+        assert!(matches!(
+            options.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::Disable
+        ));
     }
 }

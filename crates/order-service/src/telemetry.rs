@@ -17,30 +17,22 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
+use service_kit::logging::{LogFilter, LogFormat};
 use sqlx::PgPool;
-use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber (for the binary; tests use `test_support::init_tracing`).
-pub fn init_tracing(filter: &str, sql_debug: bool) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut filter = EnvFilter::try_new(filter)
-        .with_context(|| format!("RUST_LOG is invalid: {filter:?} is not a tracing filter"))?;
-    if sql_debug {
-        filter = filter.add_directive(
-            "sqlx::query=info"
-                .parse()
-                .context("the DB_DEBUG log directive")?,
-        );
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only on a terminal: docker and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .try_init()
-        .map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
+/// Installs the global tracing subscriber (for the binary; tests use `test_support::init_tracing`):
+/// the checked `RUST_LOG` filter, plus every SQL statement at INFO with `DB_DEBUG`.
+pub fn init_tracing(
+    filter: &LogFilter,
+    sql_debug: bool,
+) -> Result<(), service_kit::logging::LogInitError> {
+    let extra: &[&str] = if sql_debug {
+        &["sqlx::query=info"]
+    } else {
+        &[]
+    };
+    service_kit::logging::init(filter, extra, LogFormat::Text)
 }
 
 /// Latency buckets in seconds: 1 ms to 10 s.
@@ -65,12 +57,11 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new() -> Result<Self, metrics_exporter_prometheus::BuildError> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("http_request_duration_seconds".to_owned()),
-                LATENCY_BUCKETS,
-            )?
-            .build_recorder();
+        let recorder = service_kit::prometheus::builder(&[(
+            "http_request_duration_seconds",
+            LATENCY_BUCKETS,
+        )])?
+        .build_recorder();
         let handle = recorder.handle();
         let metrics = Self {
             recorder: Arc::new(recorder),

@@ -5,7 +5,7 @@
 //! - booleans are `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`, in any case;
 //! - numbers, ports and durations are checked against their range, and the error names the
 //!   variable and the range;
-//! - surrounding spaces are ignored.
+//! - surrounding spaces around numbers, booleans and enums are ignored.
 //!
 //! [`Vars`] reads through a lookup (the process's environment, or a map in tests); the `parse_*`
 //! functions apply the same rules to a value that came from elsewhere (a flag, a properties
@@ -71,7 +71,7 @@ impl<'a> Vars<'a> {
     /// The value, `None` when unset or empty; an error when it is not UTF-8.
     pub fn get(&self, name: &str) -> Result<Option<String>, ConfigError> {
         match (self.lookup)(name) {
-            Ok(value) if value.trim().is_empty() => Ok(None),
+            Ok(value) if value.is_empty() => Ok(None),
             Ok(value) => Ok(Some(value)),
             Err(VarError::NotPresent) => Ok(None),
             Err(VarError::NotUnicode(_)) => Err(not_unicode(name)),
@@ -235,7 +235,9 @@ mod tests {
     fn empty_counts_as_unset() {
         with(&[("A", ""), ("B", "  ")], |vars| {
             assert_eq!(vars.get("A").unwrap(), None);
-            assert_eq!(vars.string_or("B", "dflt").unwrap(), "dflt");
+            assert_eq!(vars.string_or("A", "dflt").unwrap(), "dflt");
+            // Spaces are a value (a database named "  " is refused by its own check).
+            assert_eq!(vars.get("B").unwrap().as_deref(), Some("  "));
             assert_eq!(vars.port_or("A", 5432).unwrap(), 5432);
             assert!(vars.bool_or("A", true).unwrap());
         });

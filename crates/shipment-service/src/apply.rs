@@ -780,7 +780,15 @@ mod tests {
     #[test]
     fn advisory_key_is_stable_per_order() {
         let order = Uuid::parse_str("0f5c7d1e-2a3b-4c5d-8e9f-a0b1c2d3e4f5").unwrap();
-        assert_eq!(advisory_key(order), advisory_key(order));
-        assert_ne!(advisory_key(order), advisory_key(Uuid::nil()));
+        // The first 8 bytes, big-endian: a known value, so a changed derivation (which would let
+        // two instances lock different keys for one order during a rolling upgrade) fails here.
+        assert_eq!(advisory_key(order), 0x0f5c_7d1e_2a3b_4c5d);
+        let high = Uuid::from_u128(0xff00_0000_0000_0001_0000_0000_0000_0000);
+        assert_eq!(
+            advisory_key(high),
+            i64::from_be_bytes([0xff, 0, 0, 0, 0, 0, 0, 1])
+        );
+        assert_eq!(advisory_key(high), -72_057_594_037_927_935);
+        assert_eq!(advisory_key(Uuid::nil()), 0);
     }
 }

@@ -43,6 +43,8 @@ pub enum BrokerError {
     DeadLetterRefused(&'static str),
     #[error("the broker cancelled our consumer or closed the channel")]
     ConsumerEnded,
+    /// Only with the `failpoints` feature (tests).
+    #[cfg(feature = "failpoints")]
     #[error("connection dropped by a test hook")]
     DroppedByTestHook,
 }

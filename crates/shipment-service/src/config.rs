@@ -1,17 +1,24 @@
 //! Settings of the service, read from environment variables with the original system's names.
 //!
-//! Every variable is validated at start; an invalid value is a [`ConfigError`] naming the
-//! variable. Passwords live in [`Secret`] whose `Debug` prints `***`, so a logged `Config` never
-//! reveals them.
+//! Read under the rules shared by the three binaries ([`service_kit::env`]): every variable is
+//! validated at start and an invalid value is a [`ConfigError`] naming the variable; an empty
+//! variable counts as unset; a value that is not UTF-8 is an error. Passwords live in
+//! [`Secret`] whose `Debug` prints `***`, so a logged `Config` never reveals them.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use lapin::uri::{AMQPAuthority, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::uri::AMQPUri;
+use service_kit::amqp::AmqpSettings;
+use service_kit::env::Vars;
+use service_kit::logging::LogFilter;
+use service_kit::postgres::PgSettings;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
+
+pub use service_kit::{ConfigError, Secret};
 
 /// Every environment variable the binary reads (docker-compose may set only these).
 pub const ENV_VARS: &[&str] = &[
@@ -39,24 +46,8 @@ pub const ENV_VARS: &[&str] = &[
     "RUST_LOG",
 ];
 
-/// A setting that cannot be used; the message names the variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {variable}: {reason}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            variable,
-            reason: reason.into(),
-        }
-    }
-}
-
-pub use service_kit::Secret;
+/// The application name our sessions show in `pg_stat_activity` (unless the URL sets one).
+pub const APPLICATION_NAME: &str = "shipment-service";
 
 /// The whole configuration of one service instance.
 #[derive(Debug, Clone)]
@@ -67,6 +58,8 @@ pub struct Config {
     pub consumer: ConsumerSettings,
     /// How long start-up waits for PostgreSQL and RabbitMQ to become reachable.
     pub startup_patience: Duration,
+    /// `RUST_LOG`, `info` when unset; checked here.
+    pub log_filter: LogFilter,
 }
 
 /// Where the HTTP API listens.
@@ -80,12 +73,9 @@ pub struct ServerSettings {
 /// How to reach PostgreSQL and which schema to use.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Secret,
-    /// The database; created at start if missing.
-    pub name: String,
+    /// `DATABASE_URL` (query string kept) or the `DB_*` parts; the database is created at start
+    /// if missing.
+    pub connection: PgSettings,
     /// The schema of every table (set as `search_path`), created at start if missing.
     pub schema: String,
     /// Log every SQL statement with its duration.
@@ -126,7 +116,8 @@ impl FromStr for QueueType {
 /// How to reach RabbitMQ and which topology to declare.
 #[derive(Clone)]
 pub struct BrokerSettings {
-    uri: AMQPUri,
+    /// `AMQP_URL` or the `RABBITMQ_*` parts.
+    pub connection: AmqpSettings,
     /// Exchange the relay publishes order events to (durable fanout).
     pub exchange: String,
     /// Queue this service consumes.
@@ -137,9 +128,8 @@ pub struct BrokerSettings {
 impl BrokerSettings {
     /// Builds settings from an AMQP URL (tests use this with their own vhost).
     pub fn from_url(url: &str, queue: &str, exchange: &str) -> Result<Self, ConfigError> {
-        let uri = parse_amqp_url(url)?;
         Ok(Self {
-            uri,
+            connection: AmqpSettings::from_url("AMQP_URL", url)?,
             exchange: exchange.to_owned(),
             queue: queue.to_owned(),
             queue_type: QueueType::Classic,
@@ -148,19 +138,12 @@ impl BrokerSettings {
 
     /// The connection URI, password included: pass it to lapin only.
     pub fn uri(&self) -> &AMQPUri {
-        &self.uri
+        self.connection.uri()
     }
 
-    /// `amqp://user@host:port/vhost`, without the password, for logs.
+    /// `amqp://user:***@host:port/vhost`, for logs.
     pub fn redacted_url(&self) -> String {
-        format!(
-            "{}://{}@{}:{}/{}",
-            self.uri.scheme,
-            self.uri.authority.userinfo.username,
-            self.uri.authority.host,
-            self.uri.authority.port,
-            self.uri.vhost.replace('%', "%25").replace('/', "%2f")
-        )
+        self.connection.display.clone()
     }
 
     /// The exchange poison messages are published to.
@@ -195,8 +178,8 @@ pub struct ConsumerSettings {
     /// First pause between attempts; doubled each time up to `max_retry_backoff`.
     pub retry_backoff: Duration,
     pub max_retry_backoff: Duration,
-    /// Test hooks; always `Default` in production.
-    #[doc(hidden)]
+    /// Fault injection, only with the `failpoints` feature (tests).
+    #[cfg(feature = "failpoints")]
     pub hooks: TestHooks,
 }
 
@@ -207,13 +190,14 @@ impl Default for ConsumerSettings {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
             max_retry_backoff: Duration::from_secs(10),
+            #[cfg(feature = "failpoints")]
             hooks: TestHooks::default(),
         }
     }
 }
 
-/// Fault injection for tests.
-#[doc(hidden)]
+/// Fault injection for tests (feature `failpoints`, off by default).
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Default)]
 pub struct TestHooks {
     /// Closes the AMQP connection right after committing this event and before acking it, once:
@@ -222,26 +206,19 @@ pub struct TestHooks {
 }
 
 impl DatabaseSettings {
-    /// Connection options for database `name`.
+    /// Connection options for the database: `search_path` = the schema, `TimeZone` UTC, SQL
+    /// statements logged at INFO with `DB_DEBUG`.
+    ///
+    /// UTC: the original's columns are `timestamp` (without time zone) holding UTC wall time, as
+    /// its NodeJS services wrote it; our timestamptz values are converted to and from them in
+    /// the session time zone. Explicit, whatever the server's or database's default.
     pub fn connect_options(&self) -> PgConnectOptions {
-        self.connect_options_for(&self.name)
-    }
-
-    /// Connection options for another database of the same server (`postgres`, to create ours).
-    pub fn connect_options_for(&self, database: &str) -> PgConnectOptions {
-        let options = PgConnectOptions::new()
-            .host(&self.host)
-            .port(self.port)
-            .username(&self.user)
-            .password(self.password.expose())
-            .database(database)
-            .application_name("shipment-service");
+        let options = self
+            .connection
+            .connect_options(APPLICATION_NAME)
+            .options([("search_path", self.schema.as_str()), ("TimeZone", "UTC")]);
         if self.debug {
-            // sqlx takes a `log::LevelFilter`; parsing names it without a direct `log` dependency.
-            match "info".parse() {
-                Ok(level) => options.log_statements(level),
-                Err(_) => options,
-            }
+            options.log_statements(tracing::log::LevelFilter::Info)
         } else {
             options.disable_statement_logging()
         }
@@ -251,86 +228,59 @@ impl DatabaseSettings {
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_vars(&Vars::process())
     }
 
     /// Reads settings through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &'static str| lookup(name).filter(|value| !value.is_empty());
+        let lookup = |name: &str| lookup(name).ok_or(std::env::VarError::NotPresent);
+        Self::from_vars(&Vars::new(&lookup))
+    }
+
+    pub fn from_vars(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         let server = ServerSettings {
-            host: match get("SERVER_HOST") {
+            host: match vars.get("SERVER_HOST")? {
                 None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                Some(host) if host == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                Some(host) => host.parse().map_err(|_| {
+                Some(host) if host.trim() == "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Some(host) => host.trim().parse().map_err(|_| {
                     ConfigError::new(
                         "SERVER_HOST",
                         format!("{host:?} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)"),
                     )
                 })?,
             },
-            port: parse_or("SERVER_PORT", get("SERVER_PORT"), 3001u16)?,
+            port: vars.listen_port_or("SERVER_PORT", 3001)?,
         };
-        let database = match get("DATABASE_URL") {
-            Some(url) => database_from_url(&url, get("DB_SCHEMA"), get("DB_DEBUG"))?,
-            None => DatabaseSettings {
-                host: get("DB_HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
-                port: parse_or("DB_PORT", get("DB_PORT"), 5432u16)?,
-                user: get("DB_USER").unwrap_or_else(|| "postgres".to_owned()),
-                password: Secret::new(get("DB_PASSWORD").unwrap_or_else(|| "postgres".to_owned())),
-                name: identifier("DB_NAME", get("DB_NAME"), "shipmentdb")?,
-                schema: identifier("DB_SCHEMA", get("DB_SCHEMA"), "shipments")?,
-                debug: parse_bool("DB_DEBUG", get("DB_DEBUG"))?,
-            },
+        let connection = PgSettings::from_vars(vars, "shipmentdb")?;
+        // Created with a quoted identifier: restricted to a safe set.
+        let name_source = if vars.get("DATABASE_URL")?.is_some() {
+            "DATABASE_URL"
+        } else {
+            "DB_NAME"
         };
-        let uri = match get("AMQP_URL") {
-            Some(url) => parse_amqp_url(&url)?,
-            None => AMQPUri {
-                scheme: AMQPScheme::AMQP,
-                authority: AMQPAuthority {
-                    userinfo: AMQPUserInfo {
-                        username: get("RABBITMQ_USER").unwrap_or_else(|| "guest".to_owned()),
-                        password: get("RABBITMQ_PASSWORD").unwrap_or_else(|| "guest".to_owned()),
-                    },
-                    host: get("RABBITMQ_HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
-                    port: parse_or("RABBITMQ_PORT", get("RABBITMQ_PORT"), 5672u16)?,
-                },
-                vhost: get("RABBITMQ_VHOST").unwrap_or_else(|| "/".to_owned()),
-                query: Default::default(),
-            },
+        identifier(name_source, &connection.database)?;
+        let schema = vars.string_or("DB_SCHEMA", "shipments")?;
+        identifier("DB_SCHEMA", &schema)?;
+        let database = DatabaseSettings {
+            connection,
+            schema,
+            debug: vars.bool_or("DB_DEBUG", false)?,
         };
         let broker = BrokerSettings {
-            uri,
+            connection: AmqpSettings::from_vars(vars)?,
             exchange: amqp_name(
                 "RABBITMQ_EXCHANGE",
-                get("RABBITMQ_EXCHANGE"),
-                "order.events",
+                vars.string_or("RABBITMQ_EXCHANGE", "order.events")?,
             )?,
             queue: amqp_name(
                 "RABBITMQ_ORDER_QUEUE",
-                get("RABBITMQ_ORDER_QUEUE"),
-                "shipment.orders",
+                vars.string_or("RABBITMQ_ORDER_QUEUE", "shipment.orders")?,
             )?,
-            queue_type: parse_or(
-                "RABBITMQ_QUEUE_TYPE",
-                get("RABBITMQ_QUEUE_TYPE"),
-                QueueType::Classic,
-            )?,
+            queue_type: vars.parse_or("RABBITMQ_QUEUE_TYPE", QueueType::Classic)?,
         };
-        let prefetch: u16 = parse_or("RABBITMQ_PREFETCH", get("RABBITMQ_PREFETCH"), 50u16)?;
-        if prefetch == 0 {
-            return Err(ConfigError::new(
-                "RABBITMQ_PREFETCH",
-                "0 would mean unlimited deliveries in flight: use 1 to 65535",
-            ));
-        }
-        let max_attempts: u32 =
-            parse_or("SHIPMENT_MAX_ATTEMPTS", get("SHIPMENT_MAX_ATTEMPTS"), 5u32)?;
-        if max_attempts == 0 {
-            return Err(ConfigError::new(
-                "SHIPMENT_MAX_ATTEMPTS",
-                "must be at least 1",
-            ));
-        }
+        // 0 would mean unlimited deliveries in flight.
+        let prefetch = vars.number_in("RABBITMQ_PREFETCH", 50, 1..=u16::MAX)?;
+        let max_attempts = vars.number_in("SHIPMENT_MAX_ATTEMPTS", 5, 1..=u32::MAX)?;
         Ok(Self {
             server,
             database,
@@ -341,42 +291,13 @@ impl Config {
                 ..ConsumerSettings::default()
             },
             startup_patience: Duration::from_secs(60),
+            log_filter: LogFilter::from_vars(vars)?,
         })
     }
 }
 
-fn parse_or<T>(variable: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    match value {
-        None => Ok(default),
-        Some(text) => text
-            .trim()
-            .parse()
-            .map_err(|error| ConfigError::new(variable, format!("{text:?}: {error}"))),
-    }
-}
-
-fn parse_bool(variable: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
-    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("false") | Some("0") | Some("no") => Ok(false),
-        Some("true") | Some("1") | Some("yes") => Ok(true),
-        Some(other) => Err(ConfigError::new(
-            variable,
-            format!("{other:?} is not a boolean: expected true or false"),
-        )),
-    }
-}
-
 /// A database or schema name: created with a quoted identifier, so restricted to a safe set.
-fn identifier(
-    variable: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<String, ConfigError> {
-    let name = value.unwrap_or_else(|| default.to_owned());
+fn identifier(variable: &str, name: &str) -> Result<(), ConfigError> {
     let valid_start = name
         .chars()
         .next()
@@ -392,16 +313,11 @@ fn identifier(
             ),
         ));
     }
-    Ok(name)
+    Ok(())
 }
 
 /// An exchange or queue name: a non-empty AMQP short string.
-fn amqp_name(
-    variable: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<String, ConfigError> {
-    let name = value.unwrap_or_else(|| default.to_owned());
+fn amqp_name(variable: &str, name: String) -> Result<String, ConfigError> {
     // The dead-letter names append ".dlx"/".dlq"; keep room for them within 255 bytes.
     if name.len() > 250 || name.starts_with("amq.") {
         return Err(ConfigError::new(
@@ -410,97 +326,6 @@ fn amqp_name(
         ));
     }
     Ok(name)
-}
-
-fn parse_amqp_url(url: &str) -> Result<AMQPUri, ConfigError> {
-    // The AMQP URI parser passes a malformed %-escape through as text, which would then fail
-    // later as a wrong password or an unknown vhost.
-    if !percent_escapes_are_valid(url) {
-        return Err(ConfigError::new(
-            "AMQP_URL",
-            "has an invalid %-escape (a % must be followed by two hex digits)",
-        ));
-    }
-    // The parser's message may quote the URL, password included: keep only a generic reason.
-    url.parse::<AMQPUri>().map_err(|_| {
-        ConfigError::new(
-            "AMQP_URL",
-            "not a valid AMQP URL (expected amqp://user:password@host:port/vhost)",
-        )
-    })
-}
-
-fn percent_escapes_are_valid(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    bytes.iter().enumerate().all(|(index, &byte)| {
-        byte != b'%'
-            || bytes
-                .get(index + 1..index + 3)
-                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
-    })
-}
-
-fn database_from_url(
-    url: &str,
-    schema: Option<String>,
-    debug: Option<String>,
-) -> Result<DatabaseSettings, ConfigError> {
-    let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let parsed = if scheme_ok { url.parse().ok() } else { None };
-    let options: PgConnectOptions = parsed.ok_or_else(|| {
-        ConfigError::new(
-            "DATABASE_URL",
-            "not a valid PostgreSQL URL (expected postgres://user:password@host:port/database)",
-        )
-    })?;
-    let password = password_of_url(url);
-    Ok(DatabaseSettings {
-        host: options.get_host().to_owned(),
-        port: options.get_port(),
-        user: options.get_username().to_owned(),
-        password: Secret::new(password),
-        name: identifier(
-            "DATABASE_URL",
-            options.get_database().map(str::to_owned),
-            "shipmentdb",
-        )?,
-        schema: identifier("DB_SCHEMA", schema, "shipments")?,
-        debug: parse_bool("DB_DEBUG", debug)?,
-    })
-}
-
-/// The percent-decoded password of a `postgres://user:password@host/db` URL, or empty.
-fn password_of_url(url: &str) -> String {
-    let Some((_, rest)) = url.split_once("://") else {
-        return String::new();
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let Some((userinfo, _)) = authority.rsplit_once('@') else {
-        return String::new();
-    };
-    let Some((_, password)) = userinfo.split_once(':') else {
-        return String::new();
-    };
-    percent_decode(password)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' && index + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).ok();
-            if let Some(value) = hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
-                decoded.push(value);
-                index += 3;
-                continue;
-            }
-        }
-        decoded.push(bytes[index]);
-        index += 1;
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 #[cfg(test)]
@@ -521,7 +346,7 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.server.port, 3001);
         assert_eq!(config.server.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert_eq!(config.database.name, "shipmentdb");
+        assert_eq!(config.database.connection.database, "shipmentdb");
         assert_eq!(config.database.schema, "shipments");
         assert_eq!(config.broker.queue, "shipment.orders");
         assert_eq!(config.broker.exchange, "order.events");
@@ -571,11 +396,11 @@ mod tests {
             ("DB_SCHEMA", "ship"),
         ])
         .unwrap();
-        assert_eq!(config.database.host, "db.example");
-        assert_eq!(config.database.port, 6543);
-        assert_eq!(config.database.user, "app");
-        assert_eq!(config.database.password.expose(), "s@cret");
-        assert_eq!(config.database.name, "shipdb");
+        assert_eq!(config.database.connection.host, "db.example");
+        assert_eq!(config.database.connection.port, 6543);
+        assert_eq!(config.database.connection.user, "app");
+        assert_eq!(config.database.connection.password.expose(), "s@cret");
+        assert_eq!(config.database.connection.database, "shipdb");
         assert_eq!(config.database.schema, "ship");
         let printed = format!("{config:?}");
         assert!(
@@ -595,12 +420,16 @@ mod tests {
             ("RABBITMQ_QUEUE_TYPE", "quorum"),
         ])
         .unwrap();
-        assert_eq!(from_parts.broker.redacted_url(), "amqp://svc@mq:5673/prod");
+        // One redacted form for the three binaries (service_kit::amqp): `user:***@`.
+        assert_eq!(
+            from_parts.broker.redacted_url(),
+            "amqp://svc:***@mq:5673/prod"
+        );
         assert_eq!(from_parts.broker.queue_type, QueueType::Quorum);
         assert!(!format!("{from_parts:?}").contains("hunter2"));
         let from_url = config(&[("AMQP_URL", "amqp://u:hunter2@h:1234/%2f")]).unwrap();
         assert_eq!(from_url.broker.uri().authority.userinfo.password, "hunter2");
-        assert_eq!(from_url.broker.redacted_url(), "amqp://u@h:1234/%2f");
+        assert_eq!(from_url.broker.redacted_url(), "amqp://u:***@h:1234/%2F");
         assert!(!format!("{from_url:?}").contains("hunter2"));
     }
 
@@ -624,9 +453,45 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%40b%2"), "a@b%2");
-        assert_eq!(password_of_url("postgres://u:p%3Aw@h/db"), "p:w");
-        assert_eq!(password_of_url("postgres://u@h/db"), "");
+    fn the_shared_rules_apply() {
+        for (text, expected) in [("on", true), ("OFF", false), ("yes", true), ("0", false)] {
+            assert_eq!(
+                config(&[("DB_DEBUG", text)]).unwrap().database.debug,
+                expected,
+                "{text}"
+            );
+        }
+        // A variable that is not UTF-8 was silently unset: now an error naming it.
+        let lookup = |name: &str| match name {
+            "RABBITMQ_PASSWORD" => Err(std::env::VarError::NotUnicode("x".into())),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        let error = Config::from_vars(&Vars::new(&lookup)).unwrap_err();
+        assert_eq!(error.variable, "RABBITMQ_PASSWORD");
+        // A bad RUST_LOG stops the service instead of falling back to info.
+        let error = config(&[("RUST_LOG", "info,[[[")]).unwrap_err();
+        assert_eq!(error.variable, "RUST_LOG");
+        assert_eq!(config(&[]).unwrap().log_filter.as_str(), "info");
+    }
+
+    #[test]
+    fn the_database_url_keeps_its_query_string() {
+        let parsed = config(&[(
+            "DATABASE_URL",
+            "postgres://u:p%3Aw@h/db?sslmode=disable&application_name=ops",
+        )])
+        .unwrap();
+        assert_eq!(parsed.database.connection.password.expose(), "p:w");
+        let options = parsed.database.connect_options();
+        assert_eq!(options.get_application_name(), Some("ops"));
+        assert!(matches!(
+            options.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::Disable
+        ));
+        let no_password = config(&[("DATABASE_URL", "postgres://u@h/db")]).unwrap();
+        assert_eq!(no_password.database.connection.password.expose(), "");
+        // A malformed %-escape in the password is an error naming the variable.
+        let error = config(&[("DATABASE_URL", "postgres://u:a%2@h/db")]).unwrap_err();
+        assert_eq!(error.variable, "DATABASE_URL");
     }
 }

@@ -13,7 +13,7 @@
 //! more deliveries never happens: a lone message is handled at once.
 //!
 //! Failures:
-//! - the database is unreachable → wait with backoff and retry the same message, without limit
+//! - the database is unreachable ([`service_kit::postgres::is_unavailable`]) → wait with backoff and retry the same message, without limit
 //!   and without counting: the message is not at fault;
 //! - any other database error → retried with backoff, and after `SHIPMENT_MAX_ATTEMPTS` attempts
 //!   the message goes to the dead-letter queue (`x-death-reason: max-attempts`);
@@ -26,6 +26,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use service_kit::Backoff;
+use service_kit::postgres::is_unavailable;
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -58,6 +61,8 @@ pub struct Consumer {
     broker: BrokerSettings,
     settings: ConsumerSettings,
     health: Arc<Health>,
+    /// Whether the crash-after-commit failpoint already fired (it fires once).
+    #[cfg(feature = "failpoints")]
     hook_fired: AtomicBool,
 }
 
@@ -73,6 +78,7 @@ impl Consumer {
             broker,
             settings,
             health,
+            #[cfg(feature = "failpoints")]
             hook_fired: AtomicBool::new(false),
         }
     }
@@ -80,7 +86,8 @@ impl Consumer {
     /// Runs with `session` (opened at start-up), reconnecting whenever the broker goes away.
     pub async fn run(self, session: BrokerSession, shutdown: CancellationToken) {
         let mut session = Some(session);
-        let mut pause = Duration::from_millis(200);
+        // Capped low: a broker back from a restart should be used within seconds.
+        let mut backoff = Backoff::starting_at(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let current = match session.take() {
                 Some(open) => open,
@@ -95,19 +102,18 @@ impl Consumer {
                             open
                         }
                         Err(error) => {
+                            let pause = backoff.next_delay();
                             tracing::warn!(%error, retry_in = ?pause, "RabbitMQ unavailable");
                             if sleep_or_shutdown(pause, &shutdown).await {
                                 return;
                             }
-                            // Capped low: a broker back from a restart should be used within seconds.
-                            pause = (pause * 2).min(Duration::from_secs(5));
                             continue;
                         }
                     }
                 }
             };
             self.set_broker_connected(true);
-            pause = Duration::from_millis(200);
+            backoff.reset();
             let stop = self.consume(&current, &shutdown).await;
             self.set_broker_connected(false);
             match stop {
@@ -119,7 +125,7 @@ impl Consumer {
                 Stop::Lost(error) => {
                     tracing::warn!(%error, "lost the RabbitMQ session; unacked messages return to the queue");
                     current.abandon("reconnecting").await;
-                    if sleep_or_shutdown(pause, &shutdown).await {
+                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                         return;
                     }
                 }
@@ -262,7 +268,8 @@ impl Consumer {
         };
         let event_type = event.kind.type_name();
         let mut attempts = 0u32;
-        let mut pause = self.settings.retry_backoff;
+        let mut backoff =
+            Backoff::starting_at(self.settings.retry_backoff, self.settings.max_retry_backoff);
         loop {
             let error = match apply::apply(&self.pool, &event).await {
                 Ok(outcome) => {
@@ -288,7 +295,8 @@ impl Consumer {
                 }
                 Err(ApplyError::Database(error)) => error,
             };
-            if is_unreachable(&error) {
+            let pause = backoff.next_delay();
+            if is_unavailable(&error) {
                 metrics::gauge!(names::DATABASE_UP).set(0.0);
                 tracing::warn!(event_id = %event.id, %error, retry_in = ?pause, "PostgreSQL unreachable; retrying the message");
             } else {
@@ -310,7 +318,6 @@ impl Consumer {
                 // Not committed, so not acked: the broker redelivers it after we close.
                 return Err(Stop::Shutdown);
             }
-            pause = (pause * 2).min(self.settings.max_retry_backoff);
         }
     }
 
@@ -343,6 +350,9 @@ impl Consumer {
         Ok(())
     }
 
+    /// The `failpoints` feature's crash between commit and ack: closes the connection once,
+    /// right after committing the chosen event.
+    #[cfg(feature = "failpoints")]
     async fn maybe_crash_after_commit(
         &self,
         session: &BrokerSession,
@@ -355,6 +365,16 @@ impl Consumer {
             let _ = session.connection.close(320, "test hook".into()).await;
             return Err(Stop::Lost(BrokerError::DroppedByTestHook));
         }
+        Ok(())
+    }
+
+    /// Without the `failpoints` feature there is nothing to check.
+    #[cfg(not(feature = "failpoints"))]
+    async fn maybe_crash_after_commit(
+        &self,
+        _session: &BrokerSession,
+        _event_id: uuid::Uuid,
+    ) -> Result<(), Stop> {
         Ok(())
     }
 }
@@ -389,22 +409,6 @@ fn record_event_delay(delivery: &Delivery) {
     };
     let delay = now.as_secs_f64() - timestamp as f64;
     metrics::histogram!(names::EVENT_DELAY_SECONDS).record(delay.max(0.0));
-}
-
-/// Errors that say the database cannot be reached, as opposed to this message failing.
-fn is_unreachable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 57P01..57P03: shutdown / cannot connect now.
-            code.starts_with("08") || code.starts_with("57P")
-        }),
-        _ => false,
-    }
 }
 
 /// Sleeps `pause`; returns true if shutdown was requested meanwhile.

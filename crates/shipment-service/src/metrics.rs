@@ -11,9 +11,7 @@
 //! | `shipment_orphaned_line_updates_total` | | parked updates that did not fit their order |
 //! | `shipment_broker_connected` / `shipment_database_up` | | 1 when reachable |
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const MESSAGES_CONSUMED: &str = "shipment_messages_consumed_total";
 pub const DUPLICATES: &str = "shipment_duplicates_total";
@@ -32,33 +30,13 @@ const DELAY_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 ];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-global recorder once; later calls (several apps in one test process)
-/// reuse it. `None` if another recorder was installed by someone else.
+/// Installs the process-global recorder once (`service_kit::prometheus`); later calls (several
+/// apps in one test process) share it. `None` if it could not be installed.
 pub fn install() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(PROCESSING_SECONDS.to_owned()),
-                    PROCESSING_BUCKETS,
-                )
-                .and_then(|builder| {
-                    builder.set_buckets_for_metric(
-                        Matcher::Full(EVENT_DELAY_SECONDS.to_owned()),
-                        DELAY_BUCKETS,
-                    )
-                });
-            match builder.and_then(|builder| builder.install_recorder()) {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    tracing::warn!(%error, "metrics recorder not installed; /metrics stays empty");
-                    None
-                }
-            }
-        })
-        .clone()
+    service_kit::prometheus::install_global(&[
+        (PROCESSING_SECONDS, PROCESSING_BUCKETS),
+        (EVENT_DELAY_SECONDS, DELAY_BUCKETS),
+    ])
 }
 
 /// Declares every metric so that `/metrics` lists it from the start (alerts need the series).

@@ -5,7 +5,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use service_kit::Backoff;
+use service_kit::backoff::retry_until;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -121,16 +124,12 @@ impl Application {
 }
 
 async fn open_broker(config: &Config, patience: Duration) -> Result<BrokerSession, BrokerError> {
-    let deadline = Instant::now() + patience;
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match BrokerSession::open(&config.broker, config.consumer.prefetch).await {
-            Err(error) if !error.is_permanent() && Instant::now() + pause < deadline => {
-                tracing::warn!(%error, retry_in = ?pause, "RabbitMQ not reachable yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            result => return result,
-        }
-    }
+    retry_until(
+        "RabbitMQ",
+        patience,
+        Backoff::starting_at(Duration::from_millis(200), Duration::from_secs(5)),
+        |error: &BrokerError| !error.is_permanent(),
+        || BrokerSession::open(&config.broker, config.consumer.prefetch),
+    )
+    .await
 }
