@@ -428,6 +428,17 @@ async fn start(prepare: impl FnOnce(&SourceHandle, &SinkHandle)) -> Running {
     start_with::<false>(settings(None), prepare).await
 }
 
+/// Starts with confirms held and one transaction (commit 100) of `events`, all published.
+async fn start_holding(events: &[&str]) -> Running {
+    let relay = start(|source, sink| {
+        sink.state().hold = true;
+        source.commit(100, events.iter().map(|id| row(id)).collect());
+    })
+    .await;
+    eventually("published", || relay.sink.held() == events.len()).await;
+    relay
+}
+
 /// Waits (in paused time) until `condition` holds.
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let waited = tokio::time::timeout(EVENTUALLY, async {
@@ -571,12 +582,7 @@ async fn a_refused_probe_keeps_the_stall_and_nothing_is_acked() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_sink_connection_publishes_the_window_again_on_a_new_one() {
-    let relay = start(|source, sink| {
-        sink.state().hold = true;
-        source.commit(100, vec![row("e1"), row("e2")]);
-    })
-    .await;
-    eventually("published", || relay.sink.held() == 2).await;
+    let relay = start_holding(&["e1", "e2"]).await;
     {
         let mut state = relay.sink.state();
         state.connect_failures = 2;
@@ -638,12 +644,7 @@ async fn a_lost_source_reopens_from_the_flush_position() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_source_waits_for_the_window_to_drain_before_reopening() {
-    let relay = start(|source, sink| {
-        sink.state().hold = true;
-        source.commit(100, vec![row("e1")]);
-    })
-    .await;
-    eventually("published", || relay.sink.held() == 1).await;
+    let relay = start_holding(&["e1"]).await;
     relay.source.state().fail_next = true;
     relay.source.commit(200, vec![row("e2")]);
     later(10).await;
@@ -749,12 +750,7 @@ async fn a_rereading_source_resumes_once_the_row_is_fixed() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_in_flight_confirms_then_acks_them() {
-    let relay = start(|source, sink| {
-        sink.state().hold = true;
-        source.commit(100, vec![row("e1"), row("e2")]);
-    })
-    .await;
-    eventually("published", || relay.sink.held() == 2).await;
+    let relay = start_holding(&["e1", "e2"]).await;
     relay.stop.cancel();
     later(1).await;
     assert!(!relay.task.is_finished(), "waits for the confirms");
@@ -767,12 +763,7 @@ async fn shutdown_waits_for_in_flight_confirms_then_acks_them() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_with_confirms_that_never_come_is_bounded() {
-    let relay = start(|source, sink| {
-        sink.state().hold = true;
-        source.commit(100, vec![row("e1")]);
-    })
-    .await;
-    eventually("published", || relay.sink.held() == 1).await;
+    let relay = start_holding(&["e1"]).await;
     let (source, sink) = relay.shutdown().await;
     assert_eq!(
         source.state().closed_at,

@@ -554,36 +554,48 @@ mod tests {
         )
     }
 
-    #[test]
-    fn defaults_route_like_the_original_system() {
-        let mut router = Router::new(RouterConfig::default());
+    /// The order row routed with `config`: exchange, routing key, event id, payload and
+    /// headers (name, value, kind).
+    fn route_order_row(config: RouterConfig) -> (String, String, String, String, Vec<String>) {
+        let mut router = Router::new(config);
         router.on_table(&outbox_relation());
         let row = order_row();
         let event = router.route(&row).unwrap().unwrap();
-        assert_eq!(event.exchange, "order.events");
-        assert_eq!(event.routing_key, "");
-        assert_eq!(event.event_id, "4e8b1f0a-6c1d-4f7e-9a52-1d2c3b4a5f60");
-        assert_eq!(event.payload, r#"{"id": "agg-1"}"#);
+        let headers = event
+            .headers
+            .iter()
+            .map(|h| format!("{}={} ({:?})", h.name, h.value, h.kind))
+            .collect();
+        let fields = (event.routing_key, event.event_id, event.payload);
+        let (key, id, payload) = fields;
+        (
+            event.exchange,
+            key.into(),
+            id.into(),
+            payload.into(),
+            headers,
+        )
+    }
+
+    #[test]
+    fn defaults_route_like_the_original_system() {
+        let (exchange, key, id, payload, headers) = route_order_row(RouterConfig::default());
+        assert_eq!(exchange, "order.events");
+        assert_eq!(key, "");
+        assert_eq!(id, "4e8b1f0a-6c1d-4f7e-9a52-1d2c3b4a5f60");
+        assert_eq!(payload, r#"{"id": "agg-1"}"#);
         assert_eq!(
-            event.headers,
-            vec![
-                Header {
-                    name: "id",
-                    value: "4e8b1f0a-6c1d-4f7e-9a52-1d2c3b4a5f60",
-                    kind: HeaderKind::Uuid
-                },
-                Header {
-                    name: "eventType",
-                    value: "OrderCreated",
-                    kind: HeaderKind::String
-                },
+            headers,
+            [
+                "id=4e8b1f0a-6c1d-4f7e-9a52-1d2c3b4a5f60 (Uuid)",
+                "eventType=OrderCreated (String)"
             ]
         );
     }
 
     #[test]
     fn each_setting_changes_the_route() {
-        let mut router = Router::new(RouterConfig {
+        let (exchange, key, id, payload, headers) = route_order_row(RouterConfig {
             route_by_field: "type".into(),
             route_topic_replacement: "outbox.${routedByValue}.x".into(),
             field_event_id: "aggregate_id".into(),
@@ -594,19 +606,24 @@ mod tests {
             routing_key: RoutingKeySource::Key,
             ..RouterConfig::default()
         });
-        router.on_table(&outbox_relation());
-        let row = order_row();
-        let event = router.route(&row).unwrap().unwrap();
-        assert_eq!(event.exchange, "outbox.OrderCreated.x");
-        assert_eq!(event.routing_key, "order");
-        assert_eq!(event.event_id, "agg-1");
-        assert_eq!(event.payload, "2024-01-01 12:00:00+00");
-        let names: Vec<_> = event.headers.iter().map(|h| (h.name, h.value)).collect();
         assert_eq!(
-            names,
-            vec![("id", "agg-1"), ("kind", "order"), ("type", "OrderCreated")]
+            [exchange, key, id, payload],
+            [
+                "outbox.OrderCreated.x",
+                "order",
+                "agg-1",
+                "2024-01-01 12:00:00+00"
+            ]
         );
-        assert_eq!(event.headers[0].kind, HeaderKind::String);
+        assert_eq!(
+            headers,
+            [
+                "id=agg-1 (String)",
+                "kind=order (String)",
+                "type=OrderCreated (String)"
+            ]
+        );
+        let row = order_row();
 
         let mut by_type = Router::new(RouterConfig {
             routing_key: RoutingKeySource::Type,
