@@ -92,10 +92,12 @@ impl Settings {
     }
 }
 
-/// An event in the window with its exchange's counters and its transaction's commit time.
+/// An event in the window with its table, its exchange's counters and its transaction's
+/// commit time.
 #[derive(Debug)]
 struct Queued {
     message: OutgoingMessage,
+    table: u32,
     counters: Arc<ExchangeCounters>,
     commit_time: Option<CommitTime>,
 }
@@ -160,8 +162,8 @@ pub(crate) struct Pipeline<S: Source, C: Connector> {
     in_transaction: bool,
     /// The open transaction's commit time, when the source knows it.
     commit_time: Option<CommitTime>,
-    /// The stalled row's reason while reported (logged and counted once per row).
-    row_stall: Option<String>,
+    /// The stalled row's table and reason while reported (logged and counted once).
+    row_stall: Option<(u32, String)>,
     source_backoff: Backoff,
     refused_backoff: Backoff,
     row_backoff: Backoff,
@@ -410,7 +412,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
                 }
                 // Nothing left to read: a stalled row was deleted.
                 if self.reading == Reading::Streaming {
-                    self.clear_row_stall();
+                    self.clear_row_stall(None);
                 }
             }
         }
@@ -422,18 +424,19 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             .map_or_else(unix_now, CommitTime::unix_seconds);
         match message::for_row(&self.router, &self.settings.encoding, row, timestamp) {
             Ok(None) => {}
-            Ok(Some(message)) => self.enqueue(message),
+            Ok(Some(message)) => self.enqueue(message, row.table),
             Err(reason) => self.on_unroutable_row(row, &reason),
         }
     }
 
-    fn enqueue(&mut self, message: OutgoingMessage) {
+    fn enqueue(&mut self, message: OutgoingMessage, table: u32) {
         let counters = self.exchange_metrics.get(&message.exchange);
         counters.received.increment(1);
         let size = message.size();
         self.window.push_event(
             Queued {
                 message,
+                table,
                 counters,
                 commit_time: self.commit_time,
             },
@@ -453,11 +456,15 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             self.status.add_unroutable();
             tracing::error!(%table, %reason, dead_letter_exchange = %exchange, "unroutable outbox row: dead-lettered");
             let message = message::dead_letter(&self.router, row, exchange, &table, reason);
-            self.enqueue(message);
+            self.enqueue(message, row.table);
             return;
         }
         let stalled = format!("unroutable outbox row in {table}: {reason}");
-        if self.row_stall.as_ref() != Some(&stalled) {
+        if self
+            .row_stall
+            .as_ref()
+            .is_none_or(|(_, reported)| *reported != stalled)
+        {
             metrics::counter!(UNROUTABLE, "reason" => "row").increment(1);
             self.status.add_unroutable();
             tracing::error!(
@@ -467,7 +474,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             );
         }
         self.status.set_stalled(Some(stalled.clone()));
-        self.row_stall = Some(stalled.clone());
+        self.row_stall = Some((row.table, stalled.clone()));
         let retry_at =
             S::REREADS_CHANGED_ROWS.then(|| Instant::now() + self.row_backoff.next_delay());
         self.reading = Reading::Stalled {
@@ -476,9 +483,16 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
         };
     }
 
-    /// Events get through after a stalled row: it was fixed or deleted.
-    fn clear_row_stall(&mut self) {
-        if self.row_stall.take().is_some() {
+    /// Events of the stalled row's table (any table: `None`) get through: the row was fixed
+    /// or deleted. (Other tables of a re-reading source flow between the stalled row's
+    /// retries: their events say nothing about it.)
+    fn clear_row_stall(&mut self, table: Option<u32>) {
+        let fixed = self
+            .row_stall
+            .as_ref()
+            .is_some_and(|(stalled, _)| table.is_none_or(|table| table == *stalled));
+        if fixed {
+            self.row_stall = None;
             tracing::info!("the stalled row is fixed or gone: resuming");
             self.row_backoff.reset();
             if self.publishing == Publishing::Flowing {
@@ -550,11 +564,12 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
                 if self.publishing == Publishing::Probing {
                     self.publishing = Publishing::Flowing;
                     self.refused_backoff.reset();
-                    self.status.set_stalled(self.row_stall.clone());
+                    self.status
+                        .set_stalled(self.row_stall.as_ref().map(|(_, reason)| reason.clone()));
                     tracing::info!("the broker routes events again: resuming");
                 }
                 if self.reading == Reading::Streaming {
-                    self.clear_row_stall();
+                    self.clear_row_stall(Some(event.message.table));
                 }
             }
             Outcome::Returned {

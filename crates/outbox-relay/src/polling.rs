@@ -645,11 +645,9 @@ impl Worker {
                             wait = Duration::ZERO;
                         }
                     }
-                    Polled::Rewound => {
-                        found = true;
-                        wait = Duration::ZERO;
-                        break;
-                    }
+                    // The stalled row's table is read again at the next round: the other
+                    // tables get their turn in between.
+                    Polled::Rewound => found = true,
                     Polled::Empty => {}
                 }
             }
