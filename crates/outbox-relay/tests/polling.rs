@@ -1,8 +1,8 @@
 //! The polling source (`--source polling`), in-process against the real servers: timestamp
 //! order, messages identical to the replication source's in both wire formats, an emptied
 //! table; rows kept while no queue is bound; unroutable rows with and without a dead-letter
-//! exchange; a row locked by another session; an aborted relay; start checks; a 10,000-row
-//! drain.
+//! exchange; a stalled table next to a flowing one; a row locked by another session; an
+//! aborted relay; start checks; a 10,000-row drain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -289,6 +289,66 @@ async fn an_unroutable_row_stalls_the_table_until_it_is_fixed() {
     assert_eq!(ids, vec![bad.to_string(), after.to_string()]);
     wait_table_empty(pool).await;
     wait_stall_cleared(&relay).await;
+
+    relay.shutdown().await.unwrap();
+    queue.close().await;
+    fixture.cleanup().await;
+}
+
+/// Two outbox tables: an unroutable row stalls its own table only; the other table's rows
+/// are relayed between the stalled row's retries, and the stall is counted once.
+#[tokio::test]
+async fn a_stalled_table_does_not_hold_back_another_table() {
+    let fixture = Fixture::new("relay_poll_two_tables").await;
+    let pool = &fixture.db.pool;
+    add_destination_column(pool).await;
+    sqlx::query("CREATE TABLE orders.outbox_event_b (LIKE orders.outbox_event INCLUDING ALL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
+    insert_with_destination(pool, 0, None).await;
+    let cli = Cli {
+        tables: Some("orders.outbox_event,orders.outbox_event_b".into()),
+        ..polling_cli(&fixture)
+    };
+    let relay = Relay::start(routed_by_destination(cli, None))
+        .await
+        .unwrap();
+    wait_stalled(&relay).await;
+
+    let mut expected = Vec::new();
+    for n in 1..=3_i64 {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO orders.outbox_event_b \
+             (id, aggregate_type, aggregate_id, type, payload, \"timestamp\", destination) \
+             VALUES ($1, 'order', 'agg-b', 'Numbered', jsonb_build_object('n', $2::int8), \
+                     now(), 'order.events')",
+        )
+        .bind(id)
+        .bind(n)
+        .execute(pool)
+        .await
+        .unwrap();
+        expected.push(id.to_string());
+    }
+    let received = queue.take(3, EVENTUALLY).await;
+    let ids: Vec<_> = received.iter().map(|m| m.message_id().unwrap()).collect();
+    assert_eq!(ids, expected);
+    wait_until("table b emptied", EVENTUALLY, || async {
+        let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders.outbox_event_b")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (rows == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let report = relay.status().report();
+    assert!(report.stalled.is_some(), "{report:?}");
+    assert_eq!(report.unroutable_events, 1, "counted once");
+    assert_eq!(outbox_rows(pool).await, 1, "the unroutable row stays");
 
     relay.shutdown().await.unwrap();
     queue.close().await;
