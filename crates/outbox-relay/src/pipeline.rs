@@ -34,7 +34,10 @@
 //!   open, idle positions (keepalives) are acked.
 //! - **Bounded shutdown.** Stop reading, wait for in-flight confirms (up to
 //!   `RELAY_SHUTDOWN_TIMEOUT_SECS`), ack the final position, close both connections (each
-//!   bounded). Every wait of the loop watches the shutdown signal.
+//!   bounded). Every wait of the loop (reading, confirms, a source's open, a sink's
+//!   reconnect, the pause after a refusal, a standby's retry) watches the shutdown signal;
+//!   only a publish itself is awaited whole (it queues frames, or declares an exchange once
+//!   per connection).
 
 use std::future::Future;
 use std::pin::Pin;
