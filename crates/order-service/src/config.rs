@@ -17,23 +17,21 @@ use sqlx::postgres::PgConnectOptions;
 
 pub use service_kit::{ConfigError, Secret};
 
-/// Every environment variable the binary reads (docker-compose may set only these).
-pub const ENV_VARS: &[&str] = &[
-    "SERVER_HOST",
-    "SERVER_PORT",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_NAME",
-    "DB_SCHEMA",
-    "DB_DEBUG",
-    "DB_POOL_SIZE",
-    "DATABASE_URL",
-    "OUTBOX_DELETE_AFTER_INSERT",
-    "ID_FORMAT",
-    "RUST_LOG",
-];
+/// Every environment variable the binary reads (docker-compose may set only these): its own
+/// and those of the kit's PostgreSQL and log settings.
+pub const ENV_VARS: &[&str] = &service_kit::env::concat::<14>(&[
+    &[
+        "SERVER_HOST",
+        "SERVER_PORT",
+        "DB_SCHEMA",
+        "DB_DEBUG",
+        "DB_POOL_SIZE",
+        "OUTBOX_DELETE_AFTER_INSERT",
+        "ID_FORMAT",
+    ],
+    service_kit::postgres::ENV_VARS,
+    service_kit::logging::ENV_VARS,
+]);
 
 /// The application name our sessions show in `pg_stat_activity` (unless the URL sets one).
 const APPLICATION_NAME: &str = "order-service";

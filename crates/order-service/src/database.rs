@@ -12,10 +12,12 @@
 
 use std::time::Duration;
 
-use service_kit::migrate::{Baseline, SchemaOrigin, migrate_adopting};
-use service_kit::postgres::{self, SetupError};
+use service_kit::migrate::Baseline;
+use service_kit::postgres::{self, Prepare};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+
+pub use service_kit::postgres::DatabaseError;
 
 use crate::config::DatabaseConfig;
 
@@ -29,42 +31,29 @@ pub const BASELINE: Baseline<'static> = Baseline {
     marker_table: "purchase_order",
 };
 
-/// Why the database could not be prepared.
-#[derive(Debug, thiserror::Error)]
-pub enum DatabaseError {
-    /// Connecting, creating the database or the schema (`service_kit::postgres`).
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    #[error("cannot apply the migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
-
-/// Connects the pool, creating the database first if needed, then brings the schema up to date.
+/// Connects the pool, creating the database first if needed, then creates the schema
+/// (`DB_SCHEMA`) and applies the migrations into it; they use unqualified names, resolved
+/// through `search_path`. On the original system's database the baseline is skipped (see the
+/// module documentation).
 pub async fn connect_and_migrate(config: &DatabaseConfig) -> Result<PgPool, DatabaseError> {
-    postgres::ensure_database(&config.connection, config.application_name()).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.pool_size)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(config.connect_options())
-        .await
-        .map_err(|source| SetupError::Connect {
-            target: config.describe(),
-            source,
-        })?;
-    migrate(&pool, &config.schema).await?;
+    let (pool, _) = postgres::prepare(Prepare {
+        settings: &config.connection,
+        application_name: config.application_name(),
+        options: config.connect_options(),
+        pool: PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(Duration::from_secs(5)),
+        schema: &config.schema,
+        migrator: &MIGRATOR,
+        baseline: BASELINE,
+    })
+    .await?;
     Ok(pool)
 }
 
-/// Creates the schema (`DB_SCHEMA`, already checked to be a plain identifier) and applies the
-/// migrations into it; they use unqualified names, resolved through `search_path`. On the
-/// original system's database the baseline is skipped (see the module documentation).
+/// Creates the schema and applies the migrations on an existing pool (the benchmark prepares
+/// its database this way).
 pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), DatabaseError> {
-    postgres::create_schema(pool, schema).await?;
-    if migrate_adopting(pool, &MIGRATOR, BASELINE).await? == SchemaOrigin::Original {
-        tracing::info!(
-            schema,
-            "adopted the original system's tables: every row kept, only missing columns and indexes added"
-        );
-    }
+    postgres::migrate_into(pool, schema, &MIGRATOR, BASELINE).await?;
     Ok(())
 }

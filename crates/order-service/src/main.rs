@@ -19,11 +19,8 @@ async fn main() -> anyhow::Result<()> {
         outbox_delete_after_insert = config.outbox_delete_after_insert,
         "starting order-service"
     );
-    let application = Application::build(config)
-        .await
-        .context("order-service cannot start")?;
-    application
-        .run_until_stopped(shutdown)
-        .await
-        .context("order-service failed while serving")
+    let application = Application::build(config).await;
+    let application = application.context("order-service cannot start")?;
+    let served = application.run_until_stopped(shutdown).await;
+    served.context("order-service failed while serving")
 }

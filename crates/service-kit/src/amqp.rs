@@ -15,6 +15,16 @@ pub const DEFAULT_USER: &str = "guest";
 pub const DEFAULT_PASSWORD: &str = "guest";
 pub const DEFAULT_VHOST: &str = "/";
 
+/// Every variable [`AmqpSettings::from_vars`] reads.
+pub const ENV_VARS: &[&str] = &[
+    "AMQP_URL",
+    "RABBITMQ_HOST",
+    "RABBITMQ_PORT",
+    "RABBITMQ_USER",
+    "RABBITMQ_PASSWORD",
+    "RABBITMQ_VHOST",
+];
+
 /// The parts of a connection when there is no URL.
 #[derive(Debug, Clone)]
 pub struct AmqpParts {
@@ -165,18 +175,10 @@ pub fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::collections::HashMap;
-    use std::env::VarError;
-
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<AmqpSettings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let lookup = move |name: &str| map.get(name).cloned().ok_or(VarError::NotPresent);
-        AmqpSettings::from_vars(&Vars::new(&lookup))
+        crate::env::with(vars, |vars| AmqpSettings::from_vars(&vars))
     }
 
     #[test]

@@ -139,6 +139,26 @@ impl<'a> Vars<'a> {
     }
 }
 
+/// The lists of variables a binary reads, joined at compile time: a service's `ENV_VARS` is its
+/// own names plus the kit's ([`crate::postgres::ENV_VARS`], [`crate::amqp::ENV_VARS`],
+/// [`crate::logging::ENV_VARS`]). `N` must be the total (a wrong one fails to compile).
+pub const fn concat<const N: usize>(lists: &[&[&'static str]]) -> [&'static str; N] {
+    let mut joined = [""; N];
+    let mut at = 0;
+    let mut list = 0;
+    while list < lists.len() {
+        let mut index = 0;
+        while index < lists[list].len() {
+            joined[at] = lists[list][index];
+            at += 1;
+            index += 1;
+        }
+        list += 1;
+    }
+    assert!(at == N, "concat: N is not the number of names");
+    joined
+}
+
 fn not_unicode(name: &str) -> ConfigError {
     ConfigError::new(name, "is not valid UTF-8")
 }
@@ -214,21 +234,28 @@ pub fn parse_port(name: &str, text: &str) -> Result<u16, ConfigError> {
     parse_in(name, text, 1..=u16::MAX)
 }
 
+/// Runs `read` over an environment holding exactly `pairs` (the kit's tests).
+#[cfg(test)]
+pub(crate) fn with<R>(pairs: &[(&str, &str)], read: impl FnOnce(Vars<'_>) -> R) -> R {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let lookup = move |name: &str| map.get(name).cloned().ok_or(VarError::NotPresent);
+    read(Vars::new(&lookup))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::collections::HashMap;
     use std::ffi::OsString;
 
     use super::*;
 
-    fn with<R>(vars: &[(&str, &str)], read: impl FnOnce(Vars<'_>) -> R) -> R {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let lookup = move |name: &str| map.get(name).cloned().ok_or(VarError::NotPresent);
-        read(Vars::new(&lookup))
+    #[test]
+    fn lists_concatenate() {
+        const JOINED: [&str; 3] = concat::<3>(&[&["A"], &[], &["B", "C"]]);
+        assert_eq!(JOINED, ["A", "B", "C"]);
     }
 
     #[test]

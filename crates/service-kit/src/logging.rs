@@ -3,12 +3,14 @@
 //! format, text or JSON. Colour codes only on a terminal: `make up` and compose send the logs to
 //! files.
 
-use std::fmt;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::env::{ConfigError, Vars};
+
+/// The variable [`LogFilter::from_vars`] reads.
+pub const ENV_VARS: &[&str] = &["RUST_LOG"];
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -27,15 +29,6 @@ impl FromStr for LogFormat {
             "json" => Ok(Self::Json),
             other => Err(format!("{other:?}: expected text or json")),
         }
-    }
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        })
     }
 }
 

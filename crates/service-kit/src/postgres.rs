@@ -7,12 +7,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use sqlx::postgres::PgSslMode;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::Secret;
 use crate::env::{ConfigError, Vars};
+use crate::migrate::{Baseline, SchemaOrigin, migrate_adopting};
 
 /// The `DB_*` defaults shared by the binaries (those of the original system).
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -22,6 +24,15 @@ pub const DEFAULT_PASSWORD: &str = "postgres";
 
 /// The variables `DATABASE_URL` replaces.
 pub const PART_VARS: &[&str] = &["DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME"];
+/// Every variable [`PgSettings::from_vars`] reads.
+pub const ENV_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+];
 
 /// SQLSTATE `invalid_catalog_name`: the database does not exist.
 const UNDEFINED_DATABASE: &str = "3D000";
@@ -322,6 +333,73 @@ impl SetupError {
     }
 }
 
+/// What a service's database needs at start (see [`prepare`]).
+#[derive(Debug)]
+pub struct Prepare<'a> {
+    pub settings: &'a PgSettings,
+    /// For the connections that create the database.
+    pub application_name: &'a str,
+    /// The pool's sessions (their `search_path` resolves the migrations' unqualified names).
+    pub options: PgConnectOptions,
+    pub pool: PgPoolOptions,
+    /// Created when missing; already checked to be a plain identifier.
+    pub schema: &'a str,
+    pub migrator: &'a Migrator,
+    pub baseline: Baseline<'a>,
+}
+
+/// Why a service's database could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("cannot apply the migrations: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+impl DatabaseError {
+    /// Whether waiting may help (the server is not reachable yet).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DatabaseError::Setup(setup) if setup.is_unavailable())
+    }
+}
+
+/// A service's database at start: created when missing ([`ensure_database`]), the pool
+/// connected, the schema created, the migrations applied, adopting a database the original
+/// system created ([`migrate_adopting`]: its rows are kept, only what is missing is added).
+pub async fn prepare(step: Prepare<'_>) -> Result<(PgPool, SchemaOrigin), DatabaseError> {
+    ensure_database(step.settings, step.application_name).await?;
+    let pool = step
+        .pool
+        .connect_with(step.options)
+        .await
+        .map_err(|source| SetupError::Connect {
+            target: step.settings.display(),
+            source,
+        })?;
+    let origin = migrate_into(&pool, step.schema, step.migrator, step.baseline).await?;
+    Ok((pool, origin))
+}
+
+/// Creates `schema` when missing and applies `migrator` into it (the pool's `search_path` is
+/// that schema), adopting a database the original system created.
+pub async fn migrate_into(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &Migrator,
+    baseline: Baseline<'_>,
+) -> Result<SchemaOrigin, DatabaseError> {
+    create_schema(pool, schema).await?;
+    let origin = migrate_adopting(pool, migrator, baseline).await?;
+    if origin == SchemaOrigin::Original {
+        tracing::info!(
+            schema,
+            "adopted the original system's tables: every row kept, only missing columns and indexes added"
+        );
+    }
+    Ok(origin)
+}
+
 /// Connects once and, when the database does not exist, creates it through the `postgres`
 /// database of the same server (another instance creating it at the same moment is fine).
 /// Lets `make up` and docker start a service against a bare server.
@@ -388,18 +466,10 @@ pub async fn create_schema(pool: &PgPool, schema: &str) -> Result<(), SetupError
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::collections::HashMap;
-    use std::env::VarError;
-
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<PgSettings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let lookup = move |name: &str| map.get(name).cloned().ok_or(VarError::NotPresent);
-        PgSettings::from_vars(&Vars::new(&lookup), "appdb")
+        crate::env::with(vars, |vars| PgSettings::from_vars(&vars, "appdb"))
     }
 
     #[test]
@@ -455,11 +525,19 @@ mod tests {
 
     #[test]
     fn unavailable_sqlstates() {
-        for code in ["57P01", "57P02", "57P03", "08006", "08001"] {
-            assert!(is_unavailable_sqlstate(code), "{code}");
-        }
-        for code in ["23505", "42P01", "57014", "3D000"] {
-            assert!(!is_unavailable_sqlstate(code), "{code}");
+        let cases = [
+            ("57P01", true),
+            ("57P02", true),
+            ("57P03", true),
+            ("08006", true),
+            ("08001", true),
+            ("23505", false),
+            ("42P01", false),
+            ("57014", false),
+            ("3D000", false),
+        ];
+        for (code, unavailable) in cases {
+            assert_eq!(is_unavailable_sqlstate(code), unavailable, "{code}");
         }
         assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
         assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::other("x"))));

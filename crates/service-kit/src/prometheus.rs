@@ -6,6 +6,12 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// Latency buckets in seconds, 0.5 ms to 10 s: request, processing and publish-to-confirm
+/// times of the three binaries.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// A histogram's name and its bucket bounds.
 pub type Buckets<'a> = (&'a str, &'a [f64]);
 

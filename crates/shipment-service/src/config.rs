@@ -5,7 +5,6 @@
 //! variable counts as unset; a value that is not UTF-8 is an error. Passwords live in
 //! [`Secret`] whose `Debug` prints `***`, so a logged `Config` never reveals them.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,31 +19,24 @@ use sqlx::postgres::PgConnectOptions;
 
 pub use service_kit::{ConfigError, Secret};
 
-/// Every environment variable the binary reads (docker-compose may set only these).
-pub const ENV_VARS: &[&str] = &[
-    "SERVER_PORT",
-    "SERVER_HOST",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_NAME",
-    "DB_SCHEMA",
-    "DB_DEBUG",
-    "DATABASE_URL",
-    "RABBITMQ_HOST",
-    "RABBITMQ_PORT",
-    "RABBITMQ_USER",
-    "RABBITMQ_PASSWORD",
-    "RABBITMQ_VHOST",
-    "AMQP_URL",
-    "RABBITMQ_ORDER_QUEUE",
-    "RABBITMQ_EXCHANGE",
-    "RABBITMQ_QUEUE_TYPE",
-    "RABBITMQ_PREFETCH",
-    "SHIPMENT_MAX_ATTEMPTS",
-    "RUST_LOG",
-];
+/// Every environment variable the binary reads (docker-compose may set only these): its own
+/// and those of the kit's PostgreSQL, RabbitMQ and log settings.
+pub const ENV_VARS: &[&str] = &service_kit::env::concat::<22>(&[
+    &[
+        "SERVER_PORT",
+        "SERVER_HOST",
+        "DB_SCHEMA",
+        "DB_DEBUG",
+        "RABBITMQ_ORDER_QUEUE",
+        "RABBITMQ_EXCHANGE",
+        "RABBITMQ_QUEUE_TYPE",
+        "RABBITMQ_PREFETCH",
+        "SHIPMENT_MAX_ATTEMPTS",
+    ],
+    service_kit::postgres::ENV_VARS,
+    service_kit::amqp::ENV_VARS,
+    service_kit::logging::ENV_VARS,
+]);
 
 /// The application name our sessions show in `pg_stat_activity` (unless the URL sets one).
 pub const APPLICATION_NAME: &str = "shipment-service";
@@ -113,8 +105,8 @@ impl FromStr for QueueType {
     }
 }
 
-/// How to reach RabbitMQ and which topology to declare.
-#[derive(Clone)]
+/// How to reach RabbitMQ and which topology to declare. `Debug` shows no password.
+#[derive(Debug, Clone)]
 pub struct BrokerSettings {
     /// `AMQP_URL` or the `RABBITMQ_*` parts.
     pub connection: AmqpSettings,
@@ -154,17 +146,6 @@ impl BrokerSettings {
     /// The queue that keeps poison messages for an operator.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.queue)
-    }
-}
-
-impl fmt::Debug for BrokerSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrokerSettings")
-            .field("url", &self.redacted_url())
-            .field("exchange", &self.exchange)
-            .field("queue", &self.queue)
-            .field("queue_type", &self.queue_type)
-            .finish()
     }
 }
 

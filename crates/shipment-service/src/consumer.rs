@@ -187,15 +187,7 @@ impl Consumer {
         let started = Instant::now();
         let parsed: Option<Vec<IncomingEvent>> = batch
             .iter()
-            .map(|delivery| {
-                let headers = string_headers(delivery.properties.headers().as_ref());
-                let message_id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str());
-                event::parse(&delivery.data, message_id, &headers).ok()
-            })
+            .map(|delivery| parse(delivery).ok())
             .collect();
         let applied = match &parsed {
             Some(events) => match apply::apply_batch(&self.pool, events).await {
@@ -256,13 +248,7 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
-        let headers = string_headers(delivery.properties.headers().as_ref());
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str());
-        let event = match event::parse(&delivery.data, message_id, &headers) {
+        let event = match parse(&delivery) {
             Ok(event) => event,
             Err(poison) => return self.dead_letter(session, &delivery, &poison, 1).await,
         };
@@ -377,6 +363,17 @@ impl Consumer {
     ) -> Result<(), Stop> {
         Ok(())
     }
+}
+
+/// A delivery's body, message id and string headers → the event, or why it is poison.
+fn parse(delivery: &Delivery) -> Result<IncomingEvent, Poison> {
+    let headers = string_headers(delivery.properties.headers().as_ref());
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str());
+    event::parse(&delivery.data, message_id, &headers)
 }
 
 fn consume_error(source: lapin::Error) -> BrokerError {

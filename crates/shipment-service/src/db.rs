@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use service_kit::Backoff;
 use service_kit::backoff::retry_until;
-use service_kit::migrate::{Baseline, SchemaOrigin, migrate_adopting};
-use service_kit::postgres::{self, SetupError};
+use service_kit::migrate::Baseline;
+use service_kit::postgres::{self, Prepare};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
+
+pub use service_kit::postgres::DatabaseError;
 
 use crate::config::{APPLICATION_NAME, DatabaseSettings};
 
@@ -28,48 +30,34 @@ const BASELINE: Baseline<'static> = Baseline {
     marker_table: "consumed_message",
 };
 
-/// Why the database could not be prepared.
-#[derive(Debug, thiserror::Error)]
-pub enum DatabaseError {
-    /// Connecting, creating the database or the schema (`service_kit::postgres`).
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
-
 /// Creates database and schema when missing, migrates, and returns the pool. Waits up to
 /// `patience` for a server that is not reachable yet (containers starting together).
 pub async fn prepare(
     settings: &DatabaseSettings,
     patience: Duration,
 ) -> Result<PgPool, DatabaseError> {
-    retry_until(
+    let (pool, _) = retry_until(
         "PostgreSQL",
         patience,
         Backoff::starting_at(Duration::from_millis(200), Duration::from_secs(5)),
-        |error: &DatabaseError| matches!(error, DatabaseError::Setup(setup) if setup.is_unavailable()),
-        || try_prepare(settings),
+        DatabaseError::is_unavailable,
+        || {
+            postgres::prepare(Prepare {
+                settings: &settings.connection,
+                application_name: APPLICATION_NAME,
+                options: settings.connect_options(),
+                // Short acquire timeout, so that an unreachable database surfaces as an error
+                // the consumer retries.
+                pool: PgPoolOptions::new()
+                    .max_connections(5)
+                    .acquire_timeout(Duration::from_secs(5)),
+                schema: &settings.schema,
+                migrator: &MIGRATOR,
+                baseline: BASELINE,
+            })
+        },
     )
-    .await
-}
-
-async fn try_prepare(settings: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
-    postgres::ensure_database(&settings.connection, APPLICATION_NAME).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(5)
-        // Short, so that an unreachable database surfaces as an error the consumer retries.
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(settings.connect_options())
-        .await
-        .map_err(|source| SetupError::Connect {
-            target: settings.connection.display(),
-            source,
-        })?;
-    postgres::create_schema(&pool, &settings.schema).await?;
-    if migrate_adopting(&pool, &MIGRATOR, BASELINE).await? == SchemaOrigin::Original {
-        tracing::info!(schema = %settings.schema, "adopted the original system's shipment tables; their rows are kept");
-    }
+    .await?;
     warn_without_unique_order_id(&pool).await;
     Ok(pool)
 }

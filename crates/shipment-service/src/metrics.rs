@@ -23,9 +23,7 @@ pub const ORPHANED_UPDATES: &str = "shipment_orphaned_line_updates_total";
 pub const BROKER_CONNECTED: &str = "shipment_broker_connected";
 pub const DATABASE_UP: &str = "shipment_database_up";
 
-const PROCESSING_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const PROCESSING_BUCKETS: &[f64] = service_kit::prometheus::LATENCY_BUCKETS;
 const DELAY_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 ];
