@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 .PHONY: up up-detached down test infra infra-down lint fmt clean-test-resources create-order \
 	cancel-order-line order-service-logs shipment-service-logs relay-logs order-db-cli shipment-db-cli \
-	bench chaos takeover-from-debezium
+	bench chaos takeover-from-debezium deny
 
 ORDER_SERVICE_URL ?= http://localhost:3000
 LOG_DIR := .local/logs
@@ -65,6 +65,15 @@ test: infra
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Licences, banned or duplicated crates, crate sources (deny.toml). Installs cargo-deny from
+## crates.io when it is missing (a few minutes, once per machine). No advisories: the RustSec
+## database lives on a git host that our machines cannot reach.
+CARGO_DENY_VERSION := 0.20.2
+deny:
+	@$(CARGO) deny --version 2>/dev/null | grep -q "$(CARGO_DENY_VERSION)" || \
+	  $(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all
