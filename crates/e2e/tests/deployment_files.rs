@@ -26,7 +26,7 @@ fn binary_env_vars(binary: &str) -> &'static [&'static str] {
     match binary {
         "order-service" => order_service::ENV_VARS,
         "shipment-service" => shipment_service::ENV_VARS,
-        "outbox-relay" => outbox_relay::ENV_VARS,
+        "outbox-relay" => outbox_relay::ENV_VARS.as_slice(),
         other => panic!("compose runs unknown binary {other}"),
     }
 }

@@ -6,8 +6,9 @@ use anyhow::Context;
 // runtime only added cross-thread wake-ups (8% more CPU at 1,000 events/s, same drain rate).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let config = outbox_relay::Config::from_env_and_args()?;
-    outbox_relay::telemetry::init_logging(config.log_format);
+    let config = outbox_relay::Config::from_env_and_args().context("invalid configuration")?;
+    outbox_relay::telemetry::init_logging(&config.log_filter, config.log_format)
+        .context("cannot set up logging")?;
     config.log_notes();
     let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     outbox_relay::run(config, shutdown)

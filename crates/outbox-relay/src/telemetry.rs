@@ -22,14 +22,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Histogram, counter, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::config::LogFormat;
+use service_kit::logging::{LogFilter, LogFormat, LogInitError};
 
 pub const EVENTS_RECEIVED: &str = "outbox_relay_events_received_total";
 pub const EVENTS_PUBLISHED: &str = "outbox_relay_events_published_total";
@@ -54,40 +54,17 @@ const COMMIT_DELAY_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The process-wide Prometheus handle, installing the recorder on first use. `None` if
-/// another recorder was installed first (then `/metrics` says so).
+/// The process-wide Prometheus handle, installing the recorder on first use
+/// (`service_kit::prometheus`). `None` if it could not be installed (then `/metrics` says so).
 pub fn prometheus_handle() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(PUBLISH_CONFIRM_SECONDS.into()),
-                    &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0,
-                    ],
-                )
-                .ok()?
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(COMMIT_TO_PUBLISH_SECONDS.into()),
-                    COMMIT_DELAY_BUCKETS,
-                )
-                .ok()?
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(COMMIT_TO_CONFIRM_SECONDS.into()),
-                    COMMIT_DELAY_BUCKETS,
-                )
-                .ok()?;
-            match builder.install_recorder() {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot install the Prometheus recorder");
-                    None
-                }
-            }
-        })
-        .clone()
+    service_kit::prometheus::install_global(&[
+        (
+            PUBLISH_CONFIRM_SECONDS,
+            service_kit::prometheus::LATENCY_BUCKETS,
+        ),
+        (COMMIT_TO_PUBLISH_SECONDS, COMMIT_DELAY_BUCKETS),
+        (COMMIT_TO_CONFIRM_SECONDS, COMMIT_DELAY_BUCKETS),
+    ])
 }
 
 /// Per-exchange counters, looked up once per exchange rather than per event.
@@ -321,24 +298,17 @@ impl RelayStatus {
     }
 }
 
-/// Installs the global tracing subscriber (`RUST_LOG` filter, default `info`).
-pub fn init_logging(format: LogFormat) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Installs the global tracing subscriber (`service_kit::logging`): the `RUST_LOG` filter,
+/// checked with the configuration.
+pub fn init_logging(filter: &LogFilter, format: LogFormat) -> Result<(), LogInitError> {
     // lapin logs every returned message with its whole body at WARN; the relay reports returns
     // itself (log line, metric, /health), so keep lapin's copy out unless RUST_LOG asks for it.
-    let user_asked_for_lapin = std::env::var("RUST_LOG").is_ok_and(|value| value.contains("lapin"));
-    if !user_asked_for_lapin && let Ok(directive) = "lapin::returned_messages=error".parse() {
-        filter = filter.add_directive(directive);
-    }
-    // Colour codes only on a terminal: `make up` and compose send the logs to files.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let extra: &[&str] = if filter.as_str().contains("lapin") {
+        &[]
+    } else {
+        &["lapin::returned_messages=error"]
     };
+    service_kit::logging::init(filter, extra, format)
 }
 
 #[cfg(test)]
