@@ -6,7 +6,8 @@ use order_service::{Application, Config, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env().context("invalid configuration")?;
+    let config =
+        Config::from_vars(&service_kit::Vars::process()).context("invalid configuration")?;
     let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     telemetry::init_tracing(&config.log_filter, config.database.debug)
         .context("cannot set up logging")?;

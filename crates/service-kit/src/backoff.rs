@@ -108,7 +108,13 @@ mod tests {
             || {
                 calls.set(calls.get() + 1);
                 let n = calls.get();
-                async move { if n <= failures { Err(format!("down {n}")) } else { Ok(n) } }
+                async move {
+                    if n <= failures {
+                        Err(format!("down {n}"))
+                    } else {
+                        Ok(n)
+                    }
+                }
             },
         )
         .await;

@@ -139,6 +139,15 @@ impl<'a> Vars<'a> {
     }
 }
 
+/// Reads `T` through a lookup that answers `Option` (a map in tests): `None` is unset.
+pub fn from_lookup<T>(
+    lookup: impl Fn(&str) -> Option<String>,
+    read: impl FnOnce(&Vars<'_>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let lookup = |name: &str| lookup(name).ok_or(VarError::NotPresent);
+    read(&Vars::new(&lookup))
+}
+
 /// The lists of variables a binary reads, joined at compile time: a service's `ENV_VARS` is its
 /// own names plus the kit's ([`crate::postgres::ENV_VARS`], [`crate::amqp::ENV_VARS`],
 /// [`crate::logging::ENV_VARS`]). `N` must be the total (a wrong one fails to compile).

@@ -8,8 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use sqlx::postgres::PgSslMode;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::Secret;

@@ -207,15 +207,10 @@ impl DatabaseSettings {
 }
 
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(&Vars::process())
-    }
-
-    /// Reads settings through `lookup` (tests pass a map).
+    /// Reads settings through `lookup`, a map in tests (the binary reads the process
+    /// environment: `from_vars(&Vars::process())`).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let lookup = |name: &str| lookup(name).ok_or(std::env::VarError::NotPresent);
-        Self::from_vars(&Vars::new(&lookup))
+        service_kit::env::from_lookup(lookup, Self::from_vars)
     }
 
     pub fn from_vars(vars: &Vars<'_>) -> Result<Self, ConfigError> {

@@ -185,10 +185,8 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
-        let parsed: Option<Vec<IncomingEvent>> = batch
-            .iter()
-            .map(|delivery| parse(delivery).ok())
-            .collect();
+        let parsed: Option<Vec<IncomingEvent>> =
+            batch.iter().map(|delivery| parse(delivery).ok()).collect();
         let applied = match &parsed {
             Some(events) => match apply::apply_batch(&self.pool, events).await {
                 Ok(outcomes) => Some(outcomes),

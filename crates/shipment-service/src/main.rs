@@ -7,7 +7,8 @@ use shipment_service::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env().context("invalid configuration")?;
+    let config =
+        Config::from_vars(&service_kit::Vars::process()).context("invalid configuration")?;
     logging::init(&config.log_filter, &[], LogFormat::Text).context("cannot set up logging")?;
     let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     let application = Application::build(config)

@@ -92,11 +92,6 @@ impl Application {
         self.port
     }
 
-    /// The database pool (tests read the tables through it).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Serves HTTP and consumes until `shutdown` completes, then finishes the message in hand
     /// and returns.
     pub async fn run_until_stopped(
@@ -120,6 +115,11 @@ impl Application {
             tracing::error!(%error, "the consumer task failed");
         }
         served
+    }
+
+    /// The database pool (tests read the tables through it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 

@@ -22,21 +22,34 @@ const ORIGINAL_ENV: &[(&str, &str)] = &[
     ("DATABASE_OUTBOX_TABLE", "outbox_event"),
 ];
 
-#[test]
-fn the_originals_file_with_its_environment_configures_the_relay() {
-    let config = Config::from_cli_with_env(
+/// The configuration from the original's file with its environment.
+fn the_originals_config() -> Config {
+    Config::from_cli_with_env(
         Cli {
             debezium_properties: Some(the_originals_file()),
             ..cli()
         },
         &env_of(ORIGINAL_ENV),
     )
-    .unwrap();
-    assert_eq!(config.postgres.host, "db.internal");
-    assert_eq!(config.postgres.port, 5433);
-    assert_eq!(config.postgres.user, "dbz");
-    assert_eq!(config.postgres.password.expose(), "Db-pw-4419");
-    assert_eq!(config.postgres.database, "orderdb");
+    .unwrap()
+}
+
+#[test]
+fn the_originals_file_with_its_environment_configures_the_relay() {
+    let config = the_originals_config();
+    let postgres = &config.postgres;
+    assert_eq!(
+        (
+            postgres.host.as_str(),
+            postgres.port,
+            postgres.user.as_str()
+        ),
+        ("db.internal", 5433, "dbz")
+    );
+    assert_eq!(
+        (postgres.password.expose(), postgres.database.as_str()),
+        ("Db-pw-4419", "orderdb")
+    );
     assert_eq!(
         config.amqp.url.expose(),
         "amqp://rabbit:Rb-pw-7731@broker.internal:5673/%2F"
@@ -57,14 +70,7 @@ fn the_originals_file_with_its_environment_configures_the_relay() {
 
 #[test]
 fn every_ignored_key_gets_one_note_with_its_reason_and_no_value() {
-    let config = Config::from_cli_with_env(
-        Cli {
-            debezium_properties: Some(the_originals_file()),
-            ..cli()
-        },
-        &env_of(ORIGINAL_ENV),
-    )
-    .unwrap();
+    let config = the_originals_config();
     let note = |key: &str| -> String {
         let found: Vec<&ConfigNote> = config.notes.iter().filter(|n| n.setting == key).collect();
         assert_eq!(found.len(), 1, "one note for {key}: {:?}", config.notes);
