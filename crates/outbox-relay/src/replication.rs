@@ -43,6 +43,22 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `object_in_use`: the slot is active for another session.
 const OBJECT_IN_USE: &str = "55006";
 
+/// Refuses settings that ask for TLS: the replication connection of this build has none, and
+/// connecting in clear text where `sslmode` requires TLS would silently break the promise.
+/// (`prefer` falls back to clear text, as libpq does.)
+pub fn check_tls(settings: &PostgresSettings) -> Result<(), StartError> {
+    use sqlx::postgres::PgSslMode;
+    let mode = match settings.ssl_mode {
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => return Ok(()),
+    };
+    Err(StartError::ReplicationTls {
+        mode: mode.to_owned(),
+    })
+}
+
 /// Checks the server and creates publication and slot; returns the slot's confirmed position.
 pub async fn prepare(
     connection: &mut PgConnection,
@@ -453,7 +469,31 @@ impl Source for ReplicationSource {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn settings_that_require_tls_are_refused_not_downgraded() {
+        let settings = |query: &str| {
+            PostgresSettings::from_url(
+                "DATABASE_URL",
+                &format!("postgres://relay:secret@db.example:5432/orderdb{query}"),
+                "orderdb",
+            )
+            .unwrap()
+        };
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let error = check_tls(&settings(&format!("?sslmode={mode}"))).unwrap_err();
+            assert!(matches!(error, StartError::ReplicationTls { .. }), "{mode}");
+            assert!(
+                error.to_string().contains(&format!("sslmode {mode}")),
+                "{error}"
+            );
+        }
+        for query in ["", "?sslmode=prefer", "?sslmode=disable"] {
+            assert!(check_tls(&settings(query)).is_ok(), "{query}");
+        }
+    }
 
     #[test]
     fn a_busy_slot_is_told_by_its_sqlstate() {

@@ -16,7 +16,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use pgoutput::Lsn;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::config::PostgresSettings;
@@ -173,6 +172,12 @@ pub enum StartError {
         database: String,
         expected_database: String,
     },
+    #[error(
+        "the PostgreSQL settings ask for TLS (sslmode {mode}), but this build's replication \
+         connection has none (pgwire-replication without its tls-rustls feature): use \
+         sslmode=prefer or disable, or RELAY_SOURCE=polling"
+    )]
+    ReplicationTls { mode: String },
     #[error("{what} failed: {source}")]
     Sql {
         what: String,
@@ -191,13 +196,9 @@ pub async fn connect(
     settings: &PostgresSettings,
     timeout: Duration,
 ) -> Result<PgConnection, StartError> {
-    let options = PgConnectOptions::new()
-        .host(&settings.host)
-        .port(settings.port)
-        .username(&settings.user)
-        .password(settings.password.expose())
-        .database(&settings.database)
-        .application_name("outbox-relay")
+    // The URL's query string and `sslmode` included.
+    let options = settings
+        .connect_options("outbox-relay")
         .disable_statement_logging();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
