@@ -6,13 +6,10 @@
 //! is held in a [`Secret`] whose `Debug` and `Display` print `***`, so the configuration can be
 //! logged whole.
 
-use std::time::Duration;
-
 use events::{IdFormat, UnknownIdFormat};
 use service_kit::env::Vars;
 use service_kit::logging::LogFilter;
 use service_kit::postgres::PgSettings;
-use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
 pub use service_kit::{ConfigError, Secret};
@@ -77,25 +74,11 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// Connection options for the configured database, with the schema as `search_path`, the
-    /// session time zone UTC and statement logging as `DB_DEBUG` asks.
-    ///
-    /// UTC matters on a database the original system created: its `timestamp` columns (without
-    /// time zone) hold UTC wall time, and PostgreSQL converts to and from them with the
-    /// session's zone.
+    /// The pool's sessions: `search_path` = `DB_SCHEMA`, `TimeZone` UTC (the original's
+    /// `timestamp` columns hold UTC wall time), statements logged as `DB_DEBUG` asks.
     pub fn connect_options(&self) -> PgConnectOptions {
-        let options = self
-            .connection
-            .connect_options(APPLICATION_NAME)
-            .options([("search_path", self.schema.as_str()), ("TimeZone", "UTC")]);
-        let statements = if self.debug {
-            tracing::log::LevelFilter::Info
-        } else {
-            tracing::log::LevelFilter::Debug
-        };
-        options
-            .log_statements(statements)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
+        self.connection
+            .session_options(APPLICATION_NAME, &self.schema, self.debug)
     }
 
     /// `host:port/database as user`, for messages: never the password.

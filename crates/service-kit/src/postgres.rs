@@ -185,6 +185,32 @@ impl PgSettings {
         }
     }
 
+    /// Options for the sessions of a service whose tables live in `schema`: `search_path` =
+    /// `schema`, `TimeZone` UTC, every statement logged at INFO with `debug` (`DB_DEBUG`), else
+    /// at DEBUG, and slow ones (over a second) at WARN.
+    ///
+    /// UTC matters on a database the original system created: its `timestamp` columns (without
+    /// time zone) hold UTC wall time, as its NodeJS services wrote it, and PostgreSQL converts
+    /// to and from them in the session's zone. Explicit, whatever the server's default.
+    pub fn session_options(
+        &self,
+        application_name: &str,
+        schema: &str,
+        debug: bool,
+    ) -> PgConnectOptions {
+        use sqlx::ConnectOptions;
+        use tracing::log::LevelFilter;
+        let statements = if debug {
+            LevelFilter::Info
+        } else {
+            LevelFilter::Debug
+        };
+        self.connect_options(application_name)
+            .options([("search_path", schema), ("TimeZone", "UTC")])
+            .log_statements(statements)
+            .log_slow_statements(LevelFilter::Warn, std::time::Duration::from_secs(1))
+    }
+
     /// `host:port/database as user name`: for messages, never the password.
     pub fn display(&self) -> String {
         format!(

@@ -14,7 +14,6 @@ use service_kit::amqp::AmqpSettings;
 use service_kit::env::Vars;
 use service_kit::logging::LogFilter;
 use service_kit::postgres::PgSettings;
-use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
 pub use service_kit::{ConfigError, Secret};
@@ -187,22 +186,11 @@ pub struct TestHooks {
 }
 
 impl DatabaseSettings {
-    /// Connection options for the database: `search_path` = the schema, `TimeZone` UTC, SQL
-    /// statements logged at INFO with `DB_DEBUG`.
-    ///
-    /// UTC: the original's columns are `timestamp` (without time zone) holding UTC wall time, as
-    /// its NodeJS services wrote it; our timestamptz values are converted to and from them in
-    /// the session time zone. Explicit, whatever the server's or database's default.
+    /// The pool's sessions: `search_path` = `DB_SCHEMA`, `TimeZone` UTC (the original's
+    /// `timestamp` columns hold UTC wall time), statements logged as `DB_DEBUG` asks.
     pub fn connect_options(&self) -> PgConnectOptions {
-        let options = self
-            .connection
-            .connect_options(APPLICATION_NAME)
-            .options([("search_path", self.schema.as_str()), ("TimeZone", "UTC")]);
-        if self.debug {
-            options.log_statements(tracing::log::LevelFilter::Info)
-        } else {
-            options.disable_statement_logging()
-        }
+        self.connection
+            .session_options(APPLICATION_NAME, &self.schema, self.debug)
     }
 }
 
