@@ -4,18 +4,13 @@
 
 mod common;
 
-use common::{Fixture, current_wal_lsn, slot_confirmed, spawn_relay, stop_relay, wait_streaming};
-use test_support::process::free_port;
+use common::{Fixture, current_wal_lsn, slot_confirmed, spawn_streaming, stop_relay};
 use test_support::{EVENTUALLY, wait_until};
 
 #[tokio::test]
 async fn slot_advances_while_only_other_tables_change() {
     let fixture = Fixture::new("relay_idle").await;
-    let mut relay = spawn_relay(&fixture.env(free_port()));
-    wait_streaming(&relay).await;
-    let before = slot_confirmed(&fixture.db.pool, &fixture.slot)
-        .await
-        .unwrap();
+    let (mut relay, before) = spawn_streaming(&fixture).await;
 
     for round in 0..200 {
         sqlx::query("INSERT INTO orders.other_table (note) VALUES ($1)")

@@ -8,10 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Fixture, bind_queue, current_wal_lsn, insert_series, slot_confirmed, spawn_relay, stop_relay,
-    wait_streaming,
+    Fixture, bind_queue, current_wal_lsn, insert_series, slot_confirmed, spawn_streaming,
+    stop_relay,
 };
-use test_support::process::free_port;
 use test_support::{EVENTUALLY, wait_until};
 
 const EVENTS: usize = 50;
@@ -19,11 +18,7 @@ const EVENTS: usize = 50;
 #[tokio::test]
 async fn nothing_is_lost_while_no_queue_is_bound() {
     let fixture = Fixture::new("relay_unroutable").await;
-    let mut relay = spawn_relay(&fixture.env(free_port()));
-    wait_streaming(&relay).await;
-    let before = slot_confirmed(&fixture.db.pool, &fixture.slot)
-        .await
-        .unwrap();
+    let (mut relay, before) = spawn_streaming(&fixture).await;
 
     insert_series(&fixture.db.pool, 0, EVENTS, 10).await;
     let written = current_wal_lsn(&fixture.db.pool).await;

@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
-use common::{Row, bind_queue, insert_transaction};
+use common::{Row, bind_queue, insert_transaction, relay_cli};
 use outbox_relay::config::Cli;
 use outbox_relay::{Config, Relay};
 use sqlx::postgres::PgConnectOptions;
@@ -106,13 +106,7 @@ impl Setup {
             db_user: Some(self.role.clone()),
             db_password: Some(self.password.clone()),
             db_name: Some(self.db.name.clone()),
-            amqp_url: Some(self.vhost.amqp_url.clone()),
-            slot: Some(self.slot.clone()),
-            publication: Some(self.publication.clone()),
-            http_port: Some("0".into()),
-            connect_timeout_secs: Some("5".into()),
-            status_interval_ms: Some("100".into()),
-            ..Cli::default()
+            ..relay_cli(&self.vhost.amqp_url, &self.slot, &self.publication)
         })
         .unwrap()
     }

@@ -35,6 +35,31 @@ pub const OUTBOX_DDL: &[&str] = &[
     "CREATE TABLE orders.other_table (id bigserial PRIMARY KEY, note text)",
 ];
 
+/// The flags every in-process relay of these tests has (the database is the caller's): the
+/// broker, slot and publication, an HTTP port the system picks, short timeouts.
+pub fn relay_cli(amqp_url: &str, slot: &str, publication: &str) -> Cli {
+    Cli {
+        amqp_url: Some(amqp_url.to_owned()),
+        slot: Some(slot.to_owned()),
+        publication: Some(publication.to_owned()),
+        http_port: Some("0".into()),
+        connect_timeout_secs: Some("5".into()),
+        status_interval_ms: Some("100".into()),
+        ..Cli::default()
+    }
+}
+
+/// Starts the relay binary on `fixture`, waits until it streams, and returns it with the
+/// slot's confirmed position at that moment.
+pub async fn spawn_streaming(fixture: &Fixture) -> (ServiceProcess, u64) {
+    let relay = spawn_relay(&fixture.env(test_support::process::free_port()));
+    wait_streaming(&relay).await;
+    let confirmed = slot_confirmed(&fixture.db.pool, &fixture.slot)
+        .await
+        .unwrap();
+    (relay, confirmed)
+}
+
 /// A database with the outbox table, a vhost, and unique slot/publication names.
 pub struct Fixture {
     pub db: TestDatabase,
@@ -64,13 +89,7 @@ impl Fixture {
     pub fn cli(&self) -> Cli {
         Cli {
             database_url: Some(self.db.url.clone()),
-            amqp_url: Some(self.vhost.amqp_url.clone()),
-            slot: Some(self.slot.clone()),
-            publication: Some(self.publication.clone()),
-            http_port: Some("0".into()),
-            connect_timeout_secs: Some("5".into()),
-            status_interval_ms: Some("100".into()),
-            ..Cli::default()
+            ..relay_cli(&self.vhost.amqp_url, &self.slot, &self.publication)
         }
     }
 
