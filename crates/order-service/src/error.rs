@@ -123,27 +123,13 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::DatabaseUnavailable(error),
-            sqlx::Error::Database(ref database_error)
-                if database_error
-                    .code()
-                    .is_some_and(|code| is_unavailable_sqlstate(&code)) =>
-            {
-                Self::DatabaseUnavailable(error)
-            }
-            other => Self::Internal(anyhow::Error::new(other)),
+        // The server going away or not yet accepting work: the client may retry (503).
+        if service_kit::postgres::is_unavailable(&error) {
+            Self::DatabaseUnavailable(error)
+        } else {
+            Self::Internal(anyhow::Error::new(error))
         }
     }
-}
-
-/// SQLSTATEs that mean the server is going away or not yet accepting work (class 08 connection
-/// exceptions; 57P01-57P03 admin/crash shutdown, cannot connect now): the client may retry.
-fn is_unavailable_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 impl From<outbox::OutboxError> for ApiError {
@@ -186,20 +172,5 @@ impl IntoResponse for ApiError {
             field: self.field(),
         };
         (status, Json(body)).into_response()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_unavailable_sqlstate;
-
-    #[test]
-    fn shutdown_and_connection_sqlstates_mean_unavailable() {
-        for code in ["57P01", "57P02", "57P03", "08006", "08001"] {
-            assert!(is_unavailable_sqlstate(code), "{code}");
-        }
-        for code in ["23505", "40001", "42P01", "57014"] {
-            assert!(!is_unavailable_sqlstate(code), "{code}");
-        }
     }
 }

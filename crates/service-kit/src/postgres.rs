@@ -558,6 +558,7 @@ mod tests {
             ("08006", true),
             ("08001", true),
             ("23505", false),
+            ("40001", false),
             ("42P01", false),
             ("57014", false),
             ("3D000", false),
