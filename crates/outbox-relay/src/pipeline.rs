@@ -200,7 +200,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
         start: S::Position,
     ) -> Self {
         if let Some(lsn) = start.as_lsn() {
-            status.set_confirmed_lsn(lsn.0);
+            status.set_confirmed_lsn(lsn);
         }
         Self {
             router: Router::new(settings.router.clone()),
@@ -406,7 +406,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             }
             SourceEvent::Idle { position } => {
                 if let Some(lsn) = position.and_then(|p| p.as_lsn()) {
-                    self.status.set_server_wal_end(lsn.0);
+                    self.status.set_server_wal_end(lsn);
                 }
                 if !self.in_transaction
                     && let Some(position) = position.and_then(|p| self.window.advance_idle(p))
@@ -512,7 +512,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
 
     fn report_flushed(&self, position: S::Position) {
         if let Some(lsn) = position.as_lsn() {
-            self.status.set_confirmed_lsn(lsn.0);
+            self.status.set_confirmed_lsn(lsn);
         }
     }
 
@@ -652,7 +652,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             .map_or(0.0, |at| at.elapsed().as_secs_f64());
         metrics::gauge!(OLDEST_UNCONFIRMED_AGE).set(age.max(self.source.backlog_age()));
         if let Some(lsn) = self.source.server_position() {
-            self.status.set_server_wal_end(lsn.0);
+            self.status.set_server_wal_end(lsn);
         }
         metrics::gauge!(LAG_BYTES).set(self.status.lag_bytes() as f64);
         if !self.confirms.is_empty()

@@ -207,15 +207,17 @@ pub async fn connect(
                 .await;
         let reason = match attempt {
             Ok(Ok(connection)) => return Ok(connection),
-            // A server that answered (wrong password, no such database) will not change its
-            // mind: fail at once.
-            Ok(Err(sqlx::Error::Database(error))) => {
+            // The kit's one rule: a server that is starting or shutting down (57P0x, class
+            // 08) or that nothing answers for is worth waiting for.
+            Ok(Err(error)) if service_kit::postgres::is_unavailable(&error) => error.to_string(),
+            // A server that answered otherwise (wrong password, no such database) will not
+            // change its mind: fail at once.
+            Ok(Err(error)) => {
                 return Err(StartError::Refused {
                     address: settings.display(),
                     reason: error.to_string(),
                 });
             }
-            Ok(Err(error)) => error.to_string(),
             Err(_) => "connection attempt timed out".to_owned(),
         };
         if tokio::time::Instant::now() >= deadline {

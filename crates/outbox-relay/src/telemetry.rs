@@ -27,6 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Histogram, counter, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
+use pgoutput::Lsn;
 use serde::Serialize;
 
 use service_kit::logging::{LogFilter, LogFormat, LogInitError};
@@ -230,13 +231,13 @@ impl RelayStatus {
         self.broker_connected.store(connected, Ordering::Relaxed);
     }
 
-    pub fn set_confirmed_lsn(&self, lsn: u64) {
-        self.confirmed_lsn.store(lsn, Ordering::Relaxed);
-        metrics::gauge!(CONFIRMED_LSN).set(lsn as f64);
+    pub fn set_confirmed_lsn(&self, lsn: Lsn) {
+        self.confirmed_lsn.store(lsn.0, Ordering::Relaxed);
+        metrics::gauge!(CONFIRMED_LSN).set(lsn.0 as f64);
     }
 
-    pub fn set_server_wal_end(&self, lsn: u64) {
-        self.server_wal_end.fetch_max(lsn, Ordering::Relaxed);
+    pub fn set_server_wal_end(&self, lsn: Lsn) {
+        self.server_wal_end.fetch_max(lsn.0, Ordering::Relaxed);
     }
 
     pub fn set_in_flight(&self, events: u64) {
