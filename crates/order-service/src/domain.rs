@@ -97,17 +97,9 @@ pub struct Order {
     pub line_items: Vec<OrderLine>,
 }
 
-/// One line of an [`Order`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OrderLine {
-    pub id: Uuid,
-    pub item: String,
-    pub quantity: i32,
-    #[serde(with = "rust_decimal::serde::float")]
-    pub total_price: Decimal,
-    pub status: LineStatus,
-}
+/// One line of an [`Order`]: the line the `OrderCreated` event carries, answered in the same
+/// JSON, so the two cannot drift apart.
+pub type OrderLine = OrderLineItem;
 
 /// An order as read back from the tables, as `GET` and `PUT` answer it: the shape of [`Order`].
 ///
@@ -144,17 +136,7 @@ impl Order {
             id: self.id,
             customer_id: self.customer_id,
             order_date: self.order_date,
-            line_items: self
-                .line_items
-                .iter()
-                .map(|line| OrderLineItem {
-                    id: line.id,
-                    item: line.item.clone(),
-                    quantity: line.quantity,
-                    total_price: line.total_price,
-                    status: line.status,
-                })
-                .collect(),
+            line_items: self.line_items.clone(),
         })
     }
 }

@@ -3,9 +3,8 @@
 //! the service runs after inserting the order and its lines (or updating the line).
 
 use reqwest::StatusCode;
-use serde_json::json;
 
-use crate::helpers::{Counts, TestApp, assert_error, ids, sample_create_request, spawn_app};
+use crate::helpers::{Counts, TestApp, assert_api_error, ids, sample_create_request, spawn_app};
 
 async fn make_outbox_inserts_fail(app: &TestApp) {
     for statement in [
@@ -32,34 +31,17 @@ async fn a_failed_outbox_insert_rolls_back_the_order() {
 
     let response = app.post_order(&sample_create_request()).await;
 
-    assert_error(
-        response,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        None,
-    )
-    .await;
+    assert_api_error(response, "internal_error", None).await;
     assert_eq!(
         app.counts().await,
-        Counts {
-            orders: 0,
-            lines: 0,
-            events: 0
-        },
+        Counts::new(0, 0, 0),
         "neither business rows nor an event"
     );
 
     let_outbox_inserts_succeed(&app).await;
     let response = app.post_order(&sample_create_request()).await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(
-        app.counts().await,
-        Counts {
-            orders: 1,
-            lines: 2,
-            events: 1
-        }
-    );
+    assert_eq!(app.counts().await, Counts::new(1, 2, 1));
     app.stop().await;
 }
 
@@ -69,25 +51,15 @@ async fn a_failed_outbox_insert_rolls_back_the_status_change() {
     let (order_id, line_ids) = ids(&app.create_sample_order().await);
     make_outbox_inserts_fail(&app).await;
 
-    let response = app
-        .put_line(&order_id, &line_ids[0], &json!({"newStatus": "SHIPPED"}))
-        .await;
+    let response = app.put_status(&order_id, &line_ids[0], "SHIPPED").await;
 
-    assert_error(
-        response,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        None,
-    )
-    .await;
+    assert_api_error(response, "internal_error", None).await;
     assert_eq!(app.line_status(&line_ids[0]).await, "ENTERED");
     assert_eq!(app.counts().await.events, 1, "only the OrderCreated event");
 
     // The line is still ENTERED, so the change can happen once the outbox works again.
     let_outbox_inserts_succeed(&app).await;
-    let response = app
-        .put_line(&order_id, &line_ids[0], &json!({"newStatus": "SHIPPED"}))
-        .await;
+    let response = app.put_status(&order_id, &line_ids[0], "SHIPPED").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(app.line_status(&line_ids[0]).await, "SHIPPED");
     assert_eq!(app.counts().await.events, 2);

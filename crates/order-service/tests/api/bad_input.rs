@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_error, ids, sample_create_request, spawn_app};
+use crate::helpers::{assert_api_error, ids, sample_create_request, spawn_app};
 
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
     *body.pointer_mut(pointer).unwrap() = value;
@@ -189,35 +189,17 @@ async fn malformed_bodies_and_media_types_are_refused() {
     let invalid_utf8 = app
         .post_order_raw(vec![b'{', 0xff, 0xfe, b'}'], Some("application/json"))
         .await;
-    assert_error(
-        invalid_utf8,
-        StatusCode::BAD_REQUEST,
-        "malformed_json",
-        None,
-    )
-    .await;
+    assert_api_error(invalid_utf8, "malformed_json", None).await;
 
     let response = app.post_order_raw(sample.clone(), None).await;
-    assert_error(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        None,
-    )
-    .await;
+    assert_api_error(response, "unsupported_media_type", None).await;
     for content_type in [
         "text/plain",
         "application/x-www-form-urlencoded",
         "application/xml",
     ] {
         let response = app.post_order_raw(sample.clone(), Some(content_type)).await;
-        assert_error(
-            response,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            None,
-        )
-        .await;
+        assert_api_error(response, "unsupported_media_type", None).await;
     }
     // Parameters are fine.
     let response = app
@@ -235,13 +217,7 @@ async fn malformed_bodies_and_media_types_are_refused() {
     let response = app
         .post_order_raw(huge.clone(), Some("application/json"))
         .await;
-    assert_error(
-        response,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        None,
-    )
-    .await;
+    assert_api_error(response, "payload_too_large", None).await;
     let status_line = post_chunked(&app.address, huge.as_bytes()).await;
     assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
 
@@ -317,45 +293,21 @@ async fn invalid_status_changes_are_refused_and_change_nothing() {
     let response = app
         .put_line_raw(&order_id, line, "{\"newStatus\":", Some("application/json"))
         .await;
-    assert_error(response, StatusCode::BAD_REQUEST, "malformed_json", None).await;
+    assert_api_error(response, "malformed_json", None).await;
     let response = app
         .put_line_raw(&order_id, line, "{\"newStatus\":\"CANCELLED\"}", None)
         .await;
-    assert_error(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        None,
-    )
-    .await;
+    assert_api_error(response, "unsupported_media_type", None).await;
     let response = app
         .put_line_raw(&order_id, line, "newStatus=CANCELLED", Some("text/plain"))
         .await;
-    assert_error(
-        response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        None,
-    )
-    .await;
+    assert_api_error(response, "unsupported_media_type", None).await;
 
     let cancel = json!({"newStatus": "CANCELLED"});
     let response = app.put_line("not-a-uuid", line, &cancel).await;
-    assert_error(
-        response,
-        StatusCode::BAD_REQUEST,
-        "invalid_path_parameter",
-        Some("orderId"),
-    )
-    .await;
+    assert_api_error(response, "invalid_path_parameter", Some("orderId")).await;
     let response = app.put_line(&order_id, "42", &cancel).await;
-    assert_error(
-        response,
-        StatusCode::BAD_REQUEST,
-        "invalid_path_parameter",
-        Some("orderLineId"),
-    )
-    .await;
+    assert_api_error(response, "invalid_path_parameter", Some("orderLineId")).await;
 
     assert_eq!(app.counts().await, before);
     assert_eq!(app.line_status(line).await, "ENTERED");
@@ -367,28 +319,16 @@ async fn unknown_routes_and_methods_answer_json() {
     let app = spawn_app().await;
 
     let response = app.get("/nothing/here").await;
-    assert_error(response, StatusCode::NOT_FOUND, "not_found", None).await;
+    assert_api_error(response, "not_found", None).await;
     let response = app.request(Method::DELETE, "/orders").await;
-    assert_error(
-        response,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        None,
-    )
-    .await;
+    assert_api_error(response, "method_not_allowed", None).await;
     let response = app
         .request(
             Method::DELETE,
             "/orders/0f5c7d1e-2a3b-4c5d-8e9f-a0b1c2d3e4f5",
         )
         .await;
-    assert_error(
-        response,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        None,
-    )
-    .await;
+    assert_api_error(response, "method_not_allowed", None).await;
 
     assert_eq!(app.counts().await.orders, 0);
     app.stop().await;

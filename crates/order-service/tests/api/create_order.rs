@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Counts, assert_error, ids, sample_create_request, spawn_app};
+use crate::helpers::{Counts, assert_api_error, ids, sample_create_request, spawn_app};
 
 #[tokio::test]
 async fn the_sample_request_creates_the_order_and_its_event() {
@@ -27,14 +27,7 @@ async fn the_sample_request_creates_the_order_and_its_event() {
             ]
         })
     );
-    assert_eq!(
-        app.counts().await,
-        Counts {
-            orders: 1,
-            lines: 2,
-            events: 1
-        }
-    );
+    assert_eq!(app.counts().await, Counts::new(1, 2, 1));
     let prices: Vec<(String, Option<i32>)> = sqlx::query_as(
         "SELECT total_price::text, position FROM orders.order_line WHERE order_id = $1::uuid \
          ORDER BY position",
@@ -101,12 +94,7 @@ async fn order_dates_with_an_offset_or_fraction_are_answered_in_utc_millis() {
         assert_eq!(response.status(), StatusCode::CREATED, "{sent}");
         let created: serde_json::Value = response.json().await.unwrap();
         assert_eq!(created["orderDate"], answered, "{sent}");
-        let fetched: serde_json::Value = app
-            .get_order(created["id"].as_str().unwrap())
-            .await
-            .json()
-            .await
-            .unwrap();
+        let fetched: serde_json::Value = app.fetch_order(&created).await;
         assert_eq!(fetched, created, "{sent}");
     }
     app.stop().await;
@@ -122,12 +110,7 @@ async fn lines_keep_their_request_order_and_prices() {
         json!({"customerId": 2147483647, "orderDate": "2024-01-01T12:00:00", "lineItems": lines});
 
     let created: serde_json::Value = app.post_order(&body).await.json().await.unwrap();
-    let fetched: serde_json::Value = app
-        .get_order(created["id"].as_str().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let fetched: serde_json::Value = app.fetch_order(&created).await;
 
     assert_eq!(fetched, created);
     let (_, line_ids) = crate::helpers::ids(&created);
@@ -146,13 +129,7 @@ async fn unknown_or_malformed_order_ids_are_refused() {
     let app = spawn_app().await;
 
     let response = app.get_order("0f5c7d1e-2a3b-4c5d-8e9f-a0b1c2d3e4f5").await;
-    let body = assert_error(
-        response,
-        StatusCode::NOT_FOUND,
-        "order_not_found",
-        Some("orderId"),
-    )
-    .await;
+    let body = assert_api_error(response, "order_not_found", Some("orderId")).await;
     assert!(
         body["message"]
             .as_str()
@@ -161,13 +138,7 @@ async fn unknown_or_malformed_order_ids_are_refused() {
     );
 
     let response = app.get_order("%FF%FE").await;
-    assert_error(
-        response,
-        StatusCode::BAD_REQUEST,
-        "invalid_path_parameter",
-        Some("path"),
-    )
-    .await;
+    assert_api_error(response, "invalid_path_parameter", Some("path")).await;
     for bad in [
         "42",
         "not-a-uuid",
@@ -175,13 +146,7 @@ async fn unknown_or_malformed_order_ids_are_refused() {
         "%00",
     ] {
         let response = app.get_order(bad).await;
-        assert_error(
-            response,
-            StatusCode::BAD_REQUEST,
-            "invalid_path_parameter",
-            Some("orderId"),
-        )
-        .await;
+        assert_api_error(response, "invalid_path_parameter", Some("orderId")).await;
     }
     app.stop().await;
 }

@@ -37,6 +37,16 @@ pub struct Counts {
     pub events: i64,
 }
 
+impl Counts {
+    pub const fn new(orders: i64, lines: i64, events: i64) -> Self {
+        Self {
+            orders,
+            lines,
+            events,
+        }
+    }
+}
+
 /// One row of the outbox table.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -135,6 +145,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GETs the order `order` names by its `id`; returns the answer's body.
+    pub async fn fetch_order(&self, order: &Value) -> Value {
+        self.get_order(order["id"].as_str().unwrap())
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn put_line(&self, order_id: &str, line_id: &str, body: &Value) -> Response {
         self.client
             .put(self.url(&format!("/orders/{order_id}/lines/{line_id}")))
@@ -142,6 +161,16 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// PUTs `{"newStatus": new_status}` for the line.
+    pub async fn put_status(&self, order_id: &str, line_id: &str, new_status: &str) -> Response {
+        self.put_line(
+            order_id,
+            line_id,
+            &serde_json::json!({ "newStatus": new_status }),
+        )
+        .await
     }
 
     pub async fn put_line_raw(
@@ -163,6 +192,22 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GETs `path`, asserts a 200 and answers the JSON body.
+    pub async fn get_ok_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// GETs `/metrics`, asserts a 200 in the Prometheus text format and answers the text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        response.text().await.unwrap()
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str) -> Response {
@@ -277,6 +322,22 @@ pub async fn assert_error(
     );
     assert_eq!(body["field"].as_str(), field, "{body}");
     body
+}
+
+/// [`assert_error`] for an error `code`, with the one status the service answers it with.
+pub async fn assert_api_error(response: Response, code: &str, field: Option<&str>) -> Value {
+    let status = match code {
+        "invalid_field" | "malformed_json" | "invalid_path_parameter" => StatusCode::BAD_REQUEST,
+        "not_found" | "order_not_found" | "order_line_not_found" => StatusCode::NOT_FOUND,
+        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
+        "status_conflict" => StatusCode::CONFLICT,
+        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "internal_error" => StatusCode::INTERNAL_SERVER_ERROR,
+        "database_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        other => panic!("no status known for error code {other}"),
+    };
+    assert_error(response, status, code, field).await
 }
 
 /// The ids of an order response: (order id, line ids).

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_error, ids, sample_create_request, spawn_app};
+use crate::helpers::{assert_api_error, ids, sample_create_request, spawn_app};
 
 /// The value of the sample of `name` whose labels include all of `labels`.
 fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -28,10 +28,8 @@ fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 async fn health_reports_the_database_up() {
     let app = spawn_app().await;
 
-    let response = app.get("/health").await;
+    let body = app.get_ok_json("/health").await;
 
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
     assert_eq!(
         body,
         json!({"status": "UP", "database": "UP", "health": true}),
@@ -45,39 +43,29 @@ async fn metrics_count_requests_by_route_template_and_events_by_type() {
     let app = spawn_app().await;
     let (order_id, line_ids) = ids(&app.create_sample_order().await);
     app.create_sample_order().await;
-    assert_eq!(app.get_order(&order_id).await.status(), StatusCode::OK);
-    let cancel = json!({"newStatus": "CANCELLED"});
-    assert_eq!(
-        app.put_line(&order_id, &line_ids[0], &cancel)
+    let statuses = [
+        app.get_order(&order_id).await.status(),
+        app.put_status(&order_id, &line_ids[0], "CANCELLED")
             .await
             .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.put_line(&order_id, &line_ids[0], &cancel)
+        app.put_status(&order_id, &line_ids[0], "CANCELLED")
             .await
             .status(),
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
         app.post_order(&json!({})).await.status(),
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
         app.get("/no/such/route").await.status(),
-        StatusCode::NOT_FOUND
+    ];
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND
+        ]
     );
 
-    let response = app.get("/metrics").await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let text = response.text().await.unwrap();
+    let text = app.metrics_text().await;
     let requests = |method, route, status| {
         metric_value(
             &text,
@@ -143,21 +131,9 @@ async fn without_its_database_the_service_answers_503_and_writes_nothing() {
     assert_eq!(body["health"], false);
 
     let response = app.post_order(&sample_create_request()).await;
-    assert_error(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database_unavailable",
-        None,
-    )
-    .await;
+    assert_api_error(response, "database_unavailable", None).await;
     let response = app.get_order(&order_id).await;
-    assert_error(
-        response,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database_unavailable",
-        None,
-    )
-    .await;
+    assert_api_error(response, "database_unavailable", None).await;
     assert_eq!(app.counts().await, before);
     app.stop().await;
 }

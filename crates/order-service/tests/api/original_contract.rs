@@ -160,12 +160,7 @@ async fn id_format_uuid7_makes_time_ordered_ids_everywhere() {
             "the original's consumers would refuse it"
         );
     }
-    let fetched: Value = app
-        .get_order(created["id"].as_str().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let fetched: Value = app.fetch_order(&created).await;
     assert_eq!(fetched, created, "lines in request order");
     app.stop().await;
 }
@@ -235,10 +230,8 @@ async fn error_bodies_carry_the_status_code() {
 async fn health_answers_the_originals_key() {
     let app = spawn_app().await;
 
-    let response = app.get("/health").await;
+    let body = app.get_ok_json("/health").await;
 
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
     assert_eq!(body["health"], json!(true), "{body}");
     app.stop().await;
 }

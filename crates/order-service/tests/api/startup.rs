@@ -89,11 +89,7 @@ async fn db_schema_is_honoured() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(
         app.counts().await,
-        Counts {
-            orders: 1,
-            lines: 2,
-            events: 1
-        },
+        Counts::new(1, 2, 1),
         "rows in schema sales"
     );
     let orders_schema: Option<String> =
@@ -119,14 +115,7 @@ async fn delete_after_insert_leaves_the_table_empty_and_the_insert_in_the_wal() 
 
     assert_eq!(response.status(), StatusCode::CREATED);
     let order: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(
-        app.counts().await,
-        Counts {
-            orders: 1,
-            lines: 2,
-            events: 0
-        }
-    );
+    assert_eq!(app.counts().await, Counts::new(1, 2, 0));
     let changes: Vec<String> =
         sqlx::query_scalar("SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL)")
             .bind(&slot)

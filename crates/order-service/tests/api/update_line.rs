@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, ids, sample_cancel_request, spawn_app};
+use crate::helpers::{assert_api_error, ids, sample_cancel_request, spawn_app};
 
 #[tokio::test]
 async fn the_sample_cancel_request_cancels_one_line_and_writes_its_event() {
@@ -48,9 +48,7 @@ async fn an_entered_line_can_be_shipped() {
     let app = spawn_app().await;
     let (order_id, line_ids) = ids(&app.create_sample_order().await);
 
-    let response = app
-        .put_line(&order_id, &line_ids[1], &json!({"newStatus": "SHIPPED"}))
-        .await;
+    let response = app.put_status(&order_id, &line_ids[1], "SHIPPED").await;
 
     assert_eq!(response.status(), StatusCode::OK);
     let order: serde_json::Value = response.json().await.unwrap();
@@ -66,9 +64,7 @@ async fn an_entered_line_can_be_shipped() {
 async fn refused_transitions_answer_409_and_write_no_event() {
     let app = spawn_app().await;
     let (order_id, line_ids) = ids(&app.create_sample_order().await);
-    let cancel = app
-        .put_line(&order_id, &line_ids[0], &json!({"newStatus": "CANCELLED"}))
-        .await;
+    let cancel = app.put_status(&order_id, &line_ids[0], "CANCELLED").await;
     assert_eq!(cancel.status(), StatusCode::OK);
     let before = app.counts().await;
 
@@ -78,16 +74,8 @@ async fn refused_transitions_answer_409_and_write_no_event() {
         (&line_ids[0], "ENTERED", "CANCELLED"),
         (&line_ids[1], "ENTERED", "ENTERED"),
     ] {
-        let response = app
-            .put_line(&order_id, line, &json!({"newStatus": new_status}))
-            .await;
-        let body = assert_error(
-            response,
-            StatusCode::CONFLICT,
-            "status_conflict",
-            Some("newStatus"),
-        )
-        .await;
+        let response = app.put_status(&order_id, line, new_status).await;
+        let body = assert_api_error(response, "status_conflict", Some("newStatus")).await;
         let message = body["message"].as_str().unwrap();
         assert!(
             message.contains(current) && message.contains(new_status),
@@ -109,32 +97,14 @@ async fn unknown_orders_and_lines_answer_404_naming_which() {
     let cancel = sample_cancel_request();
 
     let response = app.put_line(unknown, &line_ids[0], &cancel).await;
-    assert_error(
-        response,
-        StatusCode::NOT_FOUND,
-        "order_not_found",
-        Some("orderId"),
-    )
-    .await;
+    assert_api_error(response, "order_not_found", Some("orderId")).await;
 
     let response = app.put_line(&order_id, unknown, &cancel).await;
-    assert_error(
-        response,
-        StatusCode::NOT_FOUND,
-        "order_line_not_found",
-        Some("orderLineId"),
-    )
-    .await;
+    assert_api_error(response, "order_line_not_found", Some("orderLineId")).await;
 
     // A line that exists, but in another order.
     let response = app.put_line(&order_id, &other_line_ids[0], &cancel).await;
-    assert_error(
-        response,
-        StatusCode::NOT_FOUND,
-        "order_line_not_found",
-        Some("orderLineId"),
-    )
-    .await;
+    assert_api_error(response, "order_line_not_found", Some("orderLineId")).await;
 
     assert_eq!(app.counts().await, before);
     assert_eq!(app.line_status(&other_line_ids[0]).await, "ENTERED");
