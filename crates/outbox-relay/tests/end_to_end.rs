@@ -6,14 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    Fixture, Row, bind_queue, current_wal_lsn, insert_transaction, metrics_text, slot_confirmed,
-};
+use common::{Fixture, Row, bind_queue, current_wal_lsn, insert_transaction, metrics_text};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use outbox_relay::Relay;
 use outbox_relay::config::Cli;
-use test_support::{EVENTUALLY, wait_until};
+use test_support::EVENTUALLY;
 
 #[tokio::test]
 async fn plain_events_arrive_in_commit_order_with_their_metadata() {
@@ -21,12 +19,8 @@ async fn plain_events_arrive_in_commit_order_with_their_metadata() {
     let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
     let relay = Relay::start(fixture.config()).await.unwrap();
 
-    let a: Vec<Row> = (0..3)
-        .map(|n| Row::order("agg-a", "OrderCreated", n))
-        .collect();
-    let b: Vec<Row> = (3..5)
-        .map(|n| Row::order("agg-b", "OrderLineUpdated", n))
-        .collect();
+    let a = Row::orders("agg-a", "OrderCreated", 0..3);
+    let b = Row::orders("agg-b", "OrderLineUpdated", 3..5);
     insert_transaction(&fixture.db.pool, &a).await;
     // Rows of another table in the same database are not outbox events.
     sqlx::query("INSERT INTO orders.other_table (note) VALUES ('not an event')")
@@ -94,13 +88,9 @@ async fn plain_events_arrive_in_commit_order_with_their_metadata() {
     );
 
     // The slot's position passes everything once confirmed.
-    wait_until("slot confirmed past the inserts", EVENTUALLY, || async {
-        slot_confirmed(&fixture.db.pool, &fixture.slot)
-            .await
-            .filter(|lsn| *lsn >= written_up_to)
-    })
-    .await
-    .unwrap();
+    fixture
+        .wait_slot_past("slot confirmed past the inserts", written_up_to)
+        .await;
 
     let health: serde_json::Value = reqwest::get(format!("http://{}/health", relay.http_addr()))
         .await
@@ -221,16 +211,12 @@ async fn restart_after_graceful_shutdown_resumes_without_duplicates() {
     let fixture = Fixture::new("relay_e2e_restart").await;
     let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
     let relay = Relay::start(fixture.config()).await.unwrap();
-    let first: Vec<Row> = (0..20)
-        .map(|n| Row::order("agg-r", "Numbered", n))
-        .collect();
+    let first = Row::orders("agg-r", "Numbered", 0..20);
     insert_transaction(&fixture.db.pool, &first).await;
     assert_eq!(queue.take(20, EVENTUALLY).await.len(), 20);
     relay.shutdown().await.unwrap();
 
-    let second: Vec<Row> = (20..30)
-        .map(|n| Row::order("agg-r", "Numbered", n))
-        .collect();
+    let second = Row::orders("agg-r", "Numbered", 20..30);
     insert_transaction(&fixture.db.pool, &second).await;
     let relay = Relay::start(fixture.config()).await.unwrap();
     let received = queue.take(10, EVENTUALLY).await;

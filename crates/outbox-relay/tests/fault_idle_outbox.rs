@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{Fixture, current_wal_lsn, slot_confirmed, spawn_streaming, stop_relay};
-use test_support::{EVENTUALLY, wait_until};
+use common::{Fixture, current_wal_lsn, spawn_streaming, stop_relay};
 
 #[tokio::test]
 async fn slot_advances_while_only_other_tables_change() {
@@ -22,17 +21,9 @@ async fn slot_advances_while_only_other_tables_change() {
     let written = current_wal_lsn(&fixture.db.pool).await;
     assert!(written > before);
 
-    let confirmed = wait_until(
-        "slot advances past the other table's writes",
-        EVENTUALLY,
-        || async {
-            slot_confirmed(&fixture.db.pool, &fixture.slot)
-                .await
-                .filter(|lsn| *lsn >= written)
-        },
-    )
-    .await
-    .unwrap();
+    let confirmed = fixture
+        .wait_slot_past("slot advances past the other table's writes", written)
+        .await;
     eprintln!("idle outbox: slot advanced {} bytes", confirmed - before);
     stop_relay(&mut relay).await;
     fixture.cleanup().await;

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Collector, Fixture, bind_queue, insert_series};
+use common::{Collector, Fixture, bind_queue, insert_series, wait_relay_streaming};
 use outbox_relay::Relay;
 use test_support::{EVENTUALLY, wait_until};
 
@@ -57,11 +57,7 @@ async fn lost_replication_connections_lose_nothing() {
     }
     writer.await.unwrap();
     collector.wait_all(EVENTS, Duration::from_secs(120)).await;
-    wait_until("streaming again", EVENTUALLY, || async {
-        relay.status().report().streaming.then_some(())
-    })
-    .await
-    .unwrap();
+    wait_relay_streaming(&relay, "streaming again").await;
     eprintln!(
         "replication disconnects: {EVENTS} events, {DISCONNECTS} disconnects, {} received",
         collector.received()

@@ -11,7 +11,7 @@ use common::{
     Fixture, bind_queue, current_wal_lsn, insert_series, slot_confirmed, spawn_streaming,
     stop_relay,
 };
-use test_support::{EVENTUALLY, wait_until};
+use test_support::EVENTUALLY;
 
 const EVENTS: usize = 50;
 
@@ -78,13 +78,9 @@ async fn nothing_is_lost_while_no_queue_is_bound() {
         .wait_health("relay ready again", EVENTUALLY, |code, _| code == 200)
         .await
         .unwrap();
-    wait_until("slot passes the delivered events", EVENTUALLY, || async {
-        slot_confirmed(&fixture.db.pool, &fixture.slot)
-            .await
-            .filter(|lsn| *lsn >= written)
-    })
-    .await
-    .unwrap();
+    fixture
+        .wait_slot_past("slot passes the delivered events", written)
+        .await;
     eprintln!(
         "unroutable: {EVENTS} events, {} messages received after binding",
         received.len()

@@ -44,16 +44,15 @@ impl Setup {
     async fn new(prefix: &str) -> Self {
         test_support::init_tracing();
         let db = TestDatabase::create(prefix).await.unwrap();
-        let mut admin = PgConnection::connect_with(&db.options).await.unwrap();
-        sqlx::raw_sql("CREATE SCHEMA orders; SET search_path TO orders")
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(ORDER_SERVICE_MIGRATION)
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
+        let admin = PgConnection::connect_with(&db.options).await.unwrap();
+        run_all(
+            admin,
+            &[
+                "CREATE SCHEMA orders; SET search_path TO orders",
+                ORDER_SERVICE_MIGRATION,
+            ],
+        )
+        .await;
         let suffix = unique_suffix();
         Self {
             db,
@@ -81,11 +80,7 @@ impl Setup {
         .execute(&mut admin)
         .await
         .unwrap();
-        sqlx::raw_sql(PROVISIONING_SQL)
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
+        run_all(admin, &[PROVISIONING_SQL]).await;
     }
 
     /// Connection options of the relay's role.
@@ -141,6 +136,14 @@ async fn sqlstate_of(connection: &mut PgConnection, statement: &str) -> Option<S
     }
 }
 
+/// Runs each of `scripts` (several statements each) on `admin`'s session, then closes it.
+async fn run_all(mut admin: PgConnection, scripts: &[&str]) {
+    for script in scripts {
+        sqlx::raw_sql(script).execute(&mut admin).await.unwrap();
+    }
+    admin.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_least_privilege_role_streams_events_and_reads_nothing_else() {
     let setup = Setup::new("relay_least_priv").await;
@@ -166,9 +169,7 @@ async fn the_least_privilege_role_streams_events_and_reads_nothing_else() {
 
         let queue = bind_queue(&setup.vhost.amqp_url, "order.events").await;
         let relay = Relay::start(setup.relay_config()).await.unwrap();
-        let rows: Vec<Row> = (0..3)
-            .map(|n| Row::order("agg-lp", "OrderCreated", n))
-            .collect();
+        let rows = Row::orders("agg-lp", "OrderCreated", 0..3);
         insert_transaction(&setup.db.pool, &rows).await;
         let received = queue.take(rows.len(), EVENTUALLY).await;
         assert_eq!(

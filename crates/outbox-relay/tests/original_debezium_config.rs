@@ -179,38 +179,55 @@ struct Expected {
 /// optional, small integers int32), keys in jsonb's order (shorter first, then bytewise), the
 /// shape of the captured messages in `crates/wire-format/tests/fixtures`.
 fn original_rows_expected() -> Vec<Expected> {
-    let created = concat!(
-        r#"{"schema":{"type":"struct","fields":["#,
-        r#"{"type":"string","optional":true,"field":"id"},"#,
-        r#"{"type":"string","optional":true,"field":"eventType"},"#,
-        r#"{"type":"string","optional":true,"field":"orderDate"},"#,
-        r#"{"type":"int32","optional":true,"field":"customerId"}"#,
-        r#"],"optional":true,"name":"payload"},"payload":{"#,
-        r#""id":"6f1c2a3e-8b4d-4f5a-9c6b-7d8e9fa0b1c2","eventType":"OrderCreated","#,
-        r#""orderDate":"2019-01-31T12:13:01.000Z","customerId":123}}"#
+    let created = envelope(
+        &[
+            ("string", "id"),
+            ("string", "eventType"),
+            ("string", "orderDate"),
+            ("int32", "customerId"),
+        ],
+        concat!(
+            r#"{"id":"6f1c2a3e-8b4d-4f5a-9c6b-7d8e9fa0b1c2","eventType":"OrderCreated","#,
+            r#""orderDate":"2019-01-31T12:13:01.000Z","customerId":123}"#
+        ),
     );
-    let line_updated = concat!(
-        r#"{"schema":{"type":"struct","fields":["#,
-        r#"{"type":"string","optional":true,"field":"orderId"},"#,
-        r#"{"type":"string","optional":true,"field":"newStatus"},"#,
-        r#"{"type":"string","optional":true,"field":"oldStatus"},"#,
-        r#"{"type":"string","optional":true,"field":"orderLineId"}"#,
-        r#"],"optional":true,"name":"payload"},"payload":{"#,
-        r#""orderId":"6f1c2a3e-8b4d-4f5a-9c6b-7d8e9fa0b1c2","newStatus":"CANCELLED","#,
-        r#""oldStatus":"ENTERED","orderLineId":"1b8c4d5e-6f7a-4b2c-9d3e-4f5a6b7c8d9e"}}"#
+    let line_updated = envelope(
+        &[
+            ("string", "orderId"),
+            ("string", "newStatus"),
+            ("string", "oldStatus"),
+            ("string", "orderLineId"),
+        ],
+        concat!(
+            r#"{"orderId":"6f1c2a3e-8b4d-4f5a-9c6b-7d8e9fa0b1c2","newStatus":"CANCELLED","#,
+            r#""oldStatus":"ENTERED","orderLineId":"1b8c4d5e-6f7a-4b2c-9d3e-4f5a6b7c8d9e"}"#
+        ),
     );
     vec![
         Expected {
-            body: created.to_owned(),
+            body: created,
             id_header: uuid_header("2c9d5e6f-7a8b-4c3d-8e4f-5a6b7c8d9e0f"),
             type_header: type_header("OrderCreated"),
         },
         Expected {
-            body: line_updated.to_owned(),
+            body: line_updated,
             id_header: uuid_header("3d0e6f7a-8b9c-4d4e-9f5a-6b7c8d9e0f1a"),
             type_header: type_header("OrderLineUpdated"),
         },
     ]
+}
+
+/// The JSON converter's envelope around `payload`: a schema listing each of `fields` (type,
+/// name) as optional, in the payload's key order.
+fn envelope(fields: &[(&str, &str)], payload: &str) -> String {
+    let fields: Vec<String> = fields
+        .iter()
+        .map(|(kind, name)| format!(r#"{{"type":"{kind}","optional":true,"field":"{name}"}}"#))
+        .collect();
+    format!(
+        r#"{{"schema":{{"type":"struct","fields":[{}],"optional":true,"name":"payload"}},"payload":{payload}}}"#,
+        fields.join(",")
+    )
 }
 
 /// The messages Debezium 3.6.3 published, captured from the broker, with their source rows.

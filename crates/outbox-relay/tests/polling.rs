@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{
     Collector, Fixture, Received, add_destination_column, assert_dead_lettered, bind_queue,
     insert_series, metrics_text, outbox_rows, routed_by_destination, start_error,
-    wait_stall_cleared, wait_stalled, wait_table_empty,
+    wait_relay_streaming, wait_stall_cleared, wait_stalled, wait_table_empty,
 };
 use lapin::BasicProperties;
 use outbox_relay::config::Cli;
@@ -374,11 +374,7 @@ async fn a_row_locked_by_another_session_holds_back_the_rows_after_it() {
         .unwrap();
 
     let relay = Relay::start(polling_config(&fixture)).await.unwrap();
-    wait_until("relay polling", EVENTUALLY, || async {
-        relay.status().report().streaming.then_some(())
-    })
-    .await
-    .unwrap();
+    wait_relay_streaming(&relay, "relay polling").await;
     // It polls every 10 ms, backing off to 100, 200, 400 ms: several polls meet the lock.
     assert!(
         queue.take(1, Duration::from_millis(700)).await.is_empty(),
@@ -497,12 +493,7 @@ async fn start_checks_name_the_table_and_the_missing_privilege() {
         sqlx::query(&statement).execute(admin).await.unwrap();
     }
     let as_role = || Cli {
-        database_url: Some(format!(
-            "postgres://{role}:pw@{}:{}/{}",
-            fixture.db.options.get_host(),
-            fixture.db.options.get_port(),
-            fixture.db.name
-        )),
+        database_url: Some(fixture.url_as(&role, "pw")),
         ..polling_cli(&fixture)
     };
     let no_delete = start_error(as_role()).await;

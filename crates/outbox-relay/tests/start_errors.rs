@@ -26,12 +26,7 @@ async fn role_without_replication_privilege_is_refused() {
             .unwrap();
     }
     let message = start_error(Cli {
-        database_url: Some(format!(
-            "postgres://{role}:pw@{}:{}/{}",
-            fixture.db.options.get_host(),
-            fixture.db.options.get_port(),
-            fixture.db.name
-        )),
+        database_url: Some(fixture.url_as(&role, "pw")),
         ..fixture.cli()
     })
     .await;
@@ -102,12 +97,7 @@ async fn unreachable_or_refusing_servers_are_named() {
     assert!(!message.contains("secret"), "{message}");
 
     let message = start_error(Cli {
-        database_url: Some(format!(
-            "postgres://postgres:wrong-secret@{}:{}/{}",
-            fixture.db.options.get_host(),
-            fixture.db.options.get_port(),
-            fixture.db.name
-        )),
+        database_url: Some(fixture.url_as("postgres", "wrong-secret")),
         ..fixture.cli()
     })
     .await;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,6 +50,15 @@ pub fn relay_cli(amqp_url: &str, slot: &str, publication: &str) -> Cli {
     }
 }
 
+/// Waits until the in-process `relay` reports that it streams (`what` names the wait).
+pub async fn wait_relay_streaming(relay: &RunningRelay, what: &str) {
+    wait_until(what, EVENTUALLY, || async {
+        relay.status().report().streaming.then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// Starts the relay binary on `fixture`, waits until it streams, and returns it with the
 /// slot's confirmed position at that moment.
 pub async fn spawn_streaming(fixture: &Fixture) -> (ServiceProcess, u64) {
@@ -85,12 +95,35 @@ impl Fixture {
         }
     }
 
+    /// This fixture's database URL, logging in as `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        let options = &self.db.options;
+        format!(
+            "postgres://{user}:{password}@{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            self.db.name
+        )
+    }
+
     /// Flags for an in-process relay against this fixture.
     pub fn cli(&self) -> Cli {
         Cli {
             database_url: Some(self.db.url.clone()),
             ..relay_cli(&self.vhost.amqp_url, &self.slot, &self.publication)
         }
+    }
+
+    /// Waits until the slot's confirmed position reaches `lsn` (`what` names it in the timeout
+    /// error); returns that position.
+    pub async fn wait_slot_past(&self, what: &str, lsn: u64) -> u64 {
+        wait_until(what, EVENTUALLY, || async {
+            slot_confirmed(&self.db.pool, &self.slot)
+                .await
+                .filter(|confirmed| *confirmed >= lsn)
+        })
+        .await
+        .unwrap()
     }
 
     pub fn config(&self) -> Config {
@@ -136,6 +169,13 @@ impl Row {
             event_type: event_type.into(),
             payload: format!(r#"{{"n": {n}, "orderId": "{aggregate_id}"}}"#),
         }
+    }
+
+    /// [`Row::order`] for each `n` of `numbers`, in order.
+    pub fn orders(aggregate_id: &str, event_type: &str, numbers: Range<usize>) -> Vec<Self> {
+        numbers
+            .map(|n| Self::order(aggregate_id, event_type, n))
+            .collect()
     }
 }
 
