@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use sqlx::PgPool;
 use test_support::process::{ServiceCommand, ServiceProcess};
-use test_support::{EVENTUALLY, unique_suffix, wait_until};
+use test_support::{EVENTUALLY, TestDatabase, TestVhost, unique_suffix, wait_until};
 
 /// How long each service may take to exit after SIGTERM at the end of a test.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -68,6 +68,57 @@ where
     command.envs(env).start(EVENTUALLY).await
 }
 
+/// Starts `name` with the inherited environment plus its database, HTTP port and `more`.
+async fn start_service(
+    name: &str,
+    database_url: &str,
+    port: u16,
+    more: Vec<(&str, String)>,
+    log_dir: &Path,
+) -> Result<ServiceProcess> {
+    let mut env = vec![
+        ("DATABASE_URL", database_url.to_owned()),
+        ("SERVER_PORT", port.to_string()),
+    ];
+    env.extend(more);
+    start_binary(name, port, env, Environment::Inherited, log_dir).await
+}
+
+/// Starts shipment-service on `database_url` and `amqp_url`, serving HTTP on `port`.
+pub async fn start_shipment_service(
+    database_url: &str,
+    amqp_url: &str,
+    port: u16,
+    log_dir: &Path,
+) -> Result<ServiceProcess> {
+    let amqp = vec![("AMQP_URL", amqp_url.to_owned())];
+    start_service("shipment-service", database_url, port, amqp, log_dir).await
+}
+
+/// Starts order-service on `database_url`, serving HTTP on `port`.
+pub async fn start_order_service(
+    database_url: &str,
+    port: u16,
+    log_dir: &Path,
+) -> Result<ServiceProcess> {
+    start_service("order-service", database_url, port, Vec::new(), log_dir).await
+}
+
+/// Ends a test: [`stop_all`], then drops its databases and vhost; passes `result` on.
+pub async fn finish(
+    services: &mut [ServiceProcess],
+    result: Result<()>,
+    databases: impl IntoIterator<Item = TestDatabase>,
+    vhost: TestVhost,
+) -> Result<()> {
+    stop_all(services, result.is_err()).await;
+    for database in databases {
+        database.drop_database().await?;
+    }
+    vhost.delete().await?;
+    result
+}
+
 /// SIGTERMs the services, last started first; shows their logs' tails when the test failed.
 pub async fn stop_all(services: &mut [ServiceProcess], failed: bool) {
     if failed {
@@ -80,21 +131,38 @@ pub async fn stop_all(services: &mut [ServiceProcess], failed: bool) {
     }
 }
 
-/// `POST /orders` with `body`; the created order.
-pub async fn create_order(client: &reqwest::Client, order_url: &str, body: &str) -> Result<Value> {
-    let response = client
-        .post(format!("{order_url}/orders"))
+/// Sends `request` with the JSON `body`; fails unless the answer has `expected` status.
+async fn send_json(
+    request: reqwest::RequestBuilder,
+    body: String,
+    expected: reqwest::StatusCode,
+    what: &str,
+) -> Result<reqwest::Response> {
+    let response = request
         .header("content-type", "application/json")
-        .body(body.to_owned())
+        .body(body)
         .send()
         .await?;
-    if response.status() != reqwest::StatusCode::CREATED {
+    if response.status() != expected {
         bail!(
-            "POST /orders answered {}: {}",
+            "{what} answered {}: {}",
             response.status(),
             response.text().await?
         );
     }
+    Ok(response)
+}
+
+/// `POST /orders` with `body`; the created order.
+pub async fn create_order(client: &reqwest::Client, order_url: &str, body: &str) -> Result<Value> {
+    let request = client.post(format!("{order_url}/orders"));
+    let response = send_json(
+        request,
+        body.to_owned(),
+        reqwest::StatusCode::CREATED,
+        "POST /orders",
+    )
+    .await?;
     Ok(response.json().await?)
 }
 
@@ -105,19 +173,10 @@ pub async fn cancel_line(
     order_id: &str,
     line_id: &str,
 ) -> Result<()> {
-    let response = client
-        .put(format!("{order_url}/orders/{order_id}/lines/{line_id}"))
-        .header("content-type", "application/json")
-        .body(repo_file("resources/data/cancel-order-line-request.json")?)
-        .send()
-        .await?;
-    if response.status() != reqwest::StatusCode::OK {
-        bail!(
-            "PUT of line {line_id} answered {}: {}",
-            response.status(),
-            response.text().await?
-        );
-    }
+    let request = client.put(format!("{order_url}/orders/{order_id}/lines/{line_id}"));
+    let body = repo_file("resources/data/cancel-order-line-request.json")?;
+    let what = format!("PUT of line {line_id}");
+    send_json(request, body, reqwest::StatusCode::OK, &what).await?;
     Ok(())
 }
 

@@ -372,7 +372,8 @@ async fn normal_flow(world: &World) -> Result<Vec<Captured>> {
         ensure!(log.contains("DEBUG"), "{name} logged no debug line:\n{log}");
     }
     ensure!(
-        relay_log.contains(&format!("{}@", world.relay_role)),
+        // service-kit prints its settings as `host:port/database as user <role>`.
+        relay_log.contains(&format!("as user {}", world.relay_role)),
         "the relay's log names its role:\n{relay_log}"
     );
     for (name, text) in [

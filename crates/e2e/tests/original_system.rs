@@ -13,16 +13,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ops::Range;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use e2e::{
-    Environment, cancel_line, create_order, log_dir, repo_file, repo_root, start_binary, stop_all,
-    wait_for_line_status, wait_for_shipment_lines,
+    Environment, cancel_line, create_order, finish, log_dir, repo_file, repo_root, start_binary,
+    start_order_service, start_shipment_service, wait_for_line_status, wait_for_shipment_lines,
 };
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use test_support::process::free_port;
+use test_support::process::{ServiceProcess, free_port};
 use test_support::{EVENTUALLY, TestDatabase, TestVhost, unique_suffix, wait_until};
 use uuid::Uuid;
 
@@ -51,6 +52,19 @@ async fn original_database(prefix: &str, kind: &str, with_rows: bool) -> Result<
 /// The environment the original Debezium Server container gets, for our relay reading the
 /// original `application.properties`. The test's own vhost, slot and publication are passed
 /// the way Debezium Server takes any override: the key's name in upper case with `_`.
+/// Starts outbox-relay with only the original Debezium Server's environment
+/// ([`original_relay_env`]).
+async fn start_original_relay(
+    database: &TestDatabase,
+    vhost: &TestVhost,
+    slot: &str,
+    http_port: u16,
+    log_dir: &Path,
+) -> Result<ServiceProcess> {
+    let env = original_relay_env(database, vhost, slot, http_port);
+    start_binary("outbox-relay", http_port, env, Environment::Only, log_dir).await
+}
+
 fn original_relay_env(
     database: &TestDatabase,
     vhost: &TestVhost,
@@ -190,50 +204,15 @@ async fn every_piece_runs_on_the_originals_databases_and_configuration() -> Resu
     let mut services = Vec::new();
     let result = async {
         services.push(
-            start_binary(
-                "shipment-service",
-                shipment_port,
-                vec![
-                    ("DATABASE_URL", shipments_db.url.clone()),
-                    ("AMQP_URL", vhost.amqp_url.clone()),
-                    ("SERVER_PORT", shipment_port.to_string()),
-                ],
-                Environment::Inherited,
-                &log_dir,
-            )
-            .await?,
+            start_shipment_service(&shipments_db.url, &vhost.amqp_url, shipment_port, &log_dir)
+                .await?,
         );
-        services.push(
-            start_binary(
-                "outbox-relay",
-                relay_port,
-                original_relay_env(&orders_db, &vhost, &slot, relay_port),
-                Environment::Only,
-                &log_dir,
-            )
-            .await?,
-        );
-        services.push(
-            start_binary(
-                "order-service",
-                order_port,
-                vec![
-                    ("DATABASE_URL", orders_db.url.clone()),
-                    ("SERVER_PORT", order_port.to_string()),
-                ],
-                Environment::Inherited,
-                &log_dir,
-            )
-            .await?,
-        );
+        services.push(start_original_relay(&orders_db, &vhost, &slot, relay_port, &log_dir).await?);
+        services.push(start_order_service(&orders_db.url, order_port, &log_dir).await?);
         original_flows(&orders_db, &shipments_db, &vhost, order_port).await
     }
     .await;
-    stop_all(&mut services, result.is_err()).await;
-    orders_db.drop_database().await?;
-    shipments_db.drop_database().await?;
-    vhost.delete().await?;
-    result
+    finish(&mut services, result, [orders_db, shipments_db], vhost).await
 }
 
 async fn original_flows(
@@ -392,18 +371,9 @@ async fn taking_over_from_debezium_loses_nothing() -> Result<()> {
 
     let mut services = Vec::new();
     let result = async {
-        let shipment_service = start_binary(
-            "shipment-service",
-            shipment_port,
-            vec![
-                ("DATABASE_URL", shipments_db.url.clone()),
-                ("AMQP_URL", vhost.amqp_url.clone()),
-                ("SERVER_PORT", shipment_port.to_string()),
-            ],
-            Environment::Inherited,
-            &log_dir,
-        )
-        .await?;
+        let shipment_service =
+            start_shipment_service(&shipments_db.url, &vhost.amqp_url, shipment_port, &log_dir)
+                .await?;
         let shipments = &shipments_db.pool;
         // The first half of batch B, applied downstream before the take-over.
         sqlx::query(
@@ -413,16 +383,7 @@ async fn taking_over_from_debezium_loses_nothing() -> Result<()> {
         .execute(shipments)
         .await?;
         services.push(shipment_service);
-        services.push(
-            start_binary(
-                "outbox-relay",
-                relay_port,
-                original_relay_env(&orders_db, &vhost, &slot, relay_port),
-                Environment::Only,
-                &log_dir,
-            )
-            .await?,
-        );
+        services.push(start_original_relay(&orders_db, &vhost, &slot, relay_port, &log_dir).await?);
 
         wait_until("every event of batch B consumed", EVENTUALLY, || async {
             let consumed: i64 = sqlx::query_scalar(
@@ -465,9 +426,5 @@ async fn taking_over_from_debezium_loses_nothing() -> Result<()> {
         Ok(())
     }
     .await;
-    stop_all(&mut services, result.is_err()).await;
-    orders_db.drop_database().await?;
-    shipments_db.drop_database().await?;
-    vhost.delete().await?;
-    result
+    finish(&mut services, result, [orders_db, shipments_db], vhost).await
 }

@@ -6,8 +6,8 @@
 
 use anyhow::{Context, Result};
 use e2e::{
-    Environment, cancel_line, create_order, log_dir, repo_file, start_binary, stop_all,
-    wait_for_line_status, wait_for_shipment_lines,
+    Environment, cancel_line, create_order, finish, log_dir, repo_file, start_binary,
+    start_order_service, start_shipment_service, wait_for_line_status, wait_for_shipment_lines,
 };
 use sqlx::PgPool;
 use test_support::process::{ServiceProcess, free_port};
@@ -31,29 +31,9 @@ async fn an_order_flows_to_a_shipment_and_survives_a_relay_crash() -> Result<()>
 
     let (order_port, shipment_port, relay_port) = (free_port(), free_port(), free_port());
     let suffix = unique_suffix();
-    let shipment_service = start_binary(
-        "shipment-service",
-        shipment_port,
-        [
-            ("DATABASE_URL", shipments_db.url.clone()),
-            ("AMQP_URL", vhost.amqp_url.clone()),
-            ("SERVER_PORT", shipment_port.to_string()),
-        ],
-        Environment::Inherited,
-        &log_dir,
-    )
-    .await?;
-    let order_service = start_binary(
-        "order-service",
-        order_port,
-        [
-            ("DATABASE_URL", orders_db.url.clone()),
-            ("SERVER_PORT", order_port.to_string()),
-        ],
-        Environment::Inherited,
-        &log_dir,
-    )
-    .await?;
+    let shipment_service =
+        start_shipment_service(&shipments_db.url, &vhost.amqp_url, shipment_port, &log_dir).await?;
+    let order_service = start_order_service(&orders_db.url, order_port, &log_dir).await?;
     let relay = start_binary(
         "outbox-relay",
         relay_port,
@@ -72,11 +52,7 @@ async fn an_order_flows_to_a_shipment_and_survives_a_relay_crash() -> Result<()>
     let mut services = [shipment_service, order_service, relay];
     let [_, _, relay] = &mut services;
     let result = run_flows(&orders_db, &shipments_db, order_port, relay).await;
-    stop_all(&mut services, result.is_err()).await;
-    orders_db.drop_database().await?;
-    shipments_db.drop_database().await?;
-    vhost.delete().await?;
-    result
+    finish(&mut services, result, [orders_db, shipments_db], vhost).await
 }
 
 async fn run_flows(

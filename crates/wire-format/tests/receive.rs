@@ -3,26 +3,14 @@
 //! input never panics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::outbox_headers as headers;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use wire_format::{Header, HeaderKind, ReceiveError, WireFormat, decode, encode};
+use wire_format::{ReceiveError, WireFormat, decode, encode};
 
 const PAYLOAD_JSONB: &str = r#"{"id": "0f5c7d1e-2a3b-4c5d-8e9f-a0b1c2d3e4f5", "eventType": "OrderCreated", "lineItems": [{"id": "a1", "item": "Pen", "status": "ENTERED", "quantity": 2, "totalPrice": 39.98}], "orderDate": "2024-01-01T12:00:00.000Z", "customerId": 3}"#;
-
-fn headers<'a>(id: &'a str, event_type: &'a str) -> [Header<'a>; 2] {
-    [
-        Header {
-            name: "id",
-            value: id,
-            kind: HeaderKind::Uuid,
-        },
-        Header {
-            name: "eventType",
-            value: event_type,
-            kind: HeaderKind::String,
-        },
-    ]
-}
 
 #[test]
 fn both_formats_round_trip() {

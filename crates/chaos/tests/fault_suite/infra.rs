@@ -387,28 +387,24 @@ async fn wait_for_exit(pid: u32, what: &str) -> Result<()> {
 }
 
 async fn wait_port_open(port: u16, what: &str) -> Result<()> {
-    test_support::wait_until(
-        &format!("{what}'s port {port} to open"),
-        STOP_TIMEOUT,
-        || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-                .then_some(())
-        },
-    )
-    .await
+    wait_port(port, what, true).await
 }
 
 async fn wait_port_closed(port: u16, what: &str) -> Result<()> {
+    wait_port(port, what, false).await
+}
+
+/// Waits until `port` accepts connections (`open`) or refuses them.
+async fn wait_port(port: u16, what: &str, open: bool) -> Result<()> {
+    let to = if open { "open" } else { "close" };
     test_support::wait_until(
-        &format!("{what}'s port {port} to close"),
+        &format!("{what}'s port {port} to {to}"),
         STOP_TIMEOUT,
         || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+            let accepted = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
-                .is_err()
-                .then_some(())
+                .is_ok();
+            (accepted == open).then_some(())
         },
     )
     .await

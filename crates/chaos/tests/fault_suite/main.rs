@@ -238,6 +238,26 @@ impl fmt::Display for Report {
     }
 }
 
+/// Starts workspace binary `name` on a free HTTP port (given to it as `port_var`) with `vars`
+/// and the run's marker (which tells this run's processes from any other's).
+async fn start_service(
+    infra: &PrivateInfra,
+    name: &str,
+    port_var: &str,
+    vars: Vec<(&str, String)>,
+) -> Result<ServiceProcess> {
+    let port = free_port();
+    let env = vars
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .chain([
+            (port_var.to_owned(), port.to_string()),
+            (RUN_MARKER.to_owned(), infra.dir.display().to_string()),
+        ])
+        .collect();
+    services::start(name, port, env, &infra.log_dir()).await
+}
+
 /// The three services and what the run learns from them.
 struct System {
     http: reqwest::Client,
@@ -251,51 +271,36 @@ struct System {
 impl System {
     async fn start(infra: &PrivateInfra, rng: StdRng) -> Result<Self> {
         let http = reqwest::Client::new();
-        let marker = (RUN_MARKER.to_owned(), infra.dir.display().to_string());
-        let env = |pairs: &[(&str, String)]| {
-            pairs
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), value.clone()))
-                .chain([marker.clone()])
-                .collect::<Vec<_>>()
-        };
-        let log_dir = infra.log_dir();
-        let port = free_port();
-        let order_service = services::start(
+        let order_service = start_service(
+            infra,
             "order-service",
-            port,
-            env(&[
+            "SERVER_PORT",
+            vec![
                 ("DATABASE_URL", infra.pg_url("orderdb")),
-                ("SERVER_PORT", port.to_string()),
                 ("DB_POOL_SIZE", "20".to_owned()),
-            ]),
-            &log_dir,
+            ],
         )
         .await?;
-        let port = free_port();
-        let shipment_service = services::start(
+        let shipment_service = start_service(
+            infra,
             "shipment-service",
-            port,
-            env(&[
+            "SERVER_PORT",
+            vec![
                 ("DATABASE_URL", infra.pg_url("shipmentdb")),
                 ("AMQP_URL", infra.amqp_url()),
-                ("SERVER_PORT", port.to_string()),
-            ]),
-            &log_dir,
+            ],
         )
         .await?;
-        let port = free_port();
-        let relay = services::start(
+        let relay = start_service(
+            infra,
             "outbox-relay",
-            port,
-            env(&[
+            "RELAY_HTTP_PORT",
+            vec![
                 ("DATABASE_URL", infra.pg_url("orderdb")),
                 ("AMQP_URL", infra.amqp_url()),
                 ("RELAY_SLOT", "chaos_relay".to_owned()),
                 ("RELAY_PUBLICATION", "chaos_outbox".to_owned()),
-                ("RELAY_HTTP_PORT", port.to_string()),
-            ]),
-            &log_dir,
+            ],
         )
         .await?;
         Ok(Self {

@@ -57,12 +57,19 @@ where
 {
     let mut app = check(build_app_on(db, vhost, &[], |_| {}).await.start()).await;
     app.stop().await;
-    app.publisher
-        .connection
-        .close(200, "done".into())
-        .await
-        .ok();
+    app.publisher.close().await;
     (app.db, app.vhost)
+}
+
+/// [`run_once`] a last time, then drops the database and vhost.
+async fn run_last<F, Fut>(db: TestDatabase, vhost: TestVhost, check: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: std::future::Future<Output = TestApp>,
+{
+    let (db, vhost) = run_once(db, vhost, check).await;
+    db.drop_database().await.unwrap();
+    vhost.delete().await.unwrap();
 }
 
 /// The README flows: our producer's order with lines and a cancelled line, and the original
@@ -71,27 +78,18 @@ async fn readme_flows_work(app: &TestApp) {
     let ours = Order::new(2);
     app.create_order(&ours).await;
     app.publisher
-        .publish_plain(Uuid::new_v4(), &ours.line_updated(0, "CANCELLED"))
-        .await;
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &ours.line_updated(1, "CANCELLED"))
+        .publish_events(&[
+            ours.line_updated(0, "CANCELLED"),
+            ours.line_updated(1, "CANCELLED"),
+        ])
         .await;
     let original = OriginalOrder::new(1);
     app.publisher
-        .publish_as(
-            WireFormat::Debezium,
-            Uuid::new_v4(),
-            "OrderCreated",
-            &original.created(),
-        )
+        .publish_created(WireFormat::Debezium, Uuid::new_v4(), &original.created())
         .await;
+    let cancel = original.line_updated(0, "CANCELLED");
     app.publisher
-        .publish_as(
-            WireFormat::Debezium,
-            Uuid::new_v4(),
-            "OrderLineUpdated",
-            &original.line_updated(0, "CANCELLED"),
-        )
+        .publish_update(WireFormat::Debezium, Uuid::new_v4(), &cancel)
         .await;
     app.sync().await;
     assert_eq!(app.line_status(ours.lines[0]).await.unwrap(), "CANCELLED");
@@ -161,10 +159,9 @@ async fn the_original_database_is_adopted_with_its_rows_and_the_flows_work() {
             lines: vec![],
         };
         app.publisher
-            .publish_as(
+            .publish_created(
                 WireFormat::Debezium,
                 Uuid::parse_str(ORIGINAL_CREATED_EVENT).unwrap(),
-                "OrderCreated",
                 &again.created(),
             )
             .await;
@@ -175,10 +172,9 @@ async fn the_original_database_is_adopted_with_its_rows_and_the_flows_work() {
             lines: vec![line],
         };
         app.publisher
-            .publish_as(
+            .publish_update(
                 WireFormat::Plain,
                 Uuid::new_v4(),
-                "OrderLineUpdated",
                 &update.line_updated(0, "SHIPPED"),
             )
             .await;
@@ -203,7 +199,7 @@ async fn the_original_database_is_adopted_with_its_rows_and_the_flows_work() {
     .await;
 
     // A second start on the same database: nothing to migrate, everything still there.
-    let (db, vhost) = run_once(db, vhost, |app| async move {
+    run_last(db, vhost, |app| async move {
         assert_eq!(&original_rows(app.pool()).await, before);
         assert_eq!(migrations_recorded(app.pool()).await, vec![20261201000001]);
         assert_eq!(app.count("shipment").await, 5);
@@ -211,8 +207,6 @@ async fn the_original_database_is_adopted_with_its_rows_and_the_flows_work() {
         app
     })
     .await;
-    db.drop_database().await.unwrap();
-    vhost.delete().await.unwrap();
 }
 
 #[tokio::test]
@@ -309,7 +303,7 @@ async fn a_database_of_our_first_release_is_migrated_and_restarted() {
         );
         // Its lines are known: cancelling the only one cancels the shipment.
         app.publisher
-            .publish_plain(Uuid::new_v4(), &old.line_updated(0, "CANCELLED"))
+            .publish_event(&old.line_updated(0, "CANCELLED"))
             .await;
         app.sync().await;
         assert_eq!(app.shipment_status(old.id).await.unwrap(), "CANCELLED");
@@ -321,7 +315,7 @@ async fn a_database_of_our_first_release_is_migrated_and_restarted() {
         app
     })
     .await;
-    let (db, vhost) = run_once(db, vhost, |app| async move {
+    run_last(db, vhost, |app| async move {
         assert_eq!(
             migrations_recorded(app.pool()).await,
             vec![20261127000001, 20261201000001]
@@ -331,8 +325,6 @@ async fn a_database_of_our_first_release_is_migrated_and_restarted() {
         app
     })
     .await;
-    db.drop_database().await.unwrap();
-    vhost.delete().await.unwrap();
 }
 
 #[tokio::test]

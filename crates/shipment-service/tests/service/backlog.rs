@@ -21,23 +21,15 @@ async fn backlog_of_events_is_consumed() {
     let built = build_app(&[("RABBITMQ_PREFETCH", &prefetch)], |_| {}).await;
     let publisher = &built.publisher;
     let orders: Vec<Order> = (0..events / 2).map(|_| Order::new(2)).collect();
-    for order in &orders {
-        let created = order.created();
-        let id = Uuid::new_v4();
+    let created = orders.iter().map(Order::created);
+    let updated = orders
+        .iter()
+        .map(|order| order.line_updated(0, "CANCELLED"));
+    for payload in created.chain(updated) {
         publisher
             .publish_no_wait(
-                created.to_string().as_bytes(),
-                plain_properties(id, &created),
-            )
-            .await;
-    }
-    for order in &orders {
-        let updated = order.line_updated(0, "CANCELLED");
-        let id = Uuid::new_v4();
-        publisher
-            .publish_no_wait(
-                updated.to_string().as_bytes(),
-                plain_properties(id, &updated),
+                payload.to_string().as_bytes(),
+                plain_properties(Uuid::new_v4(), &payload),
             )
             .await;
     }

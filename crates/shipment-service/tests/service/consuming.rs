@@ -1,16 +1,11 @@
 //! Exactly-once effects: duplicates, each event type, both wire formats, crash between commit
 //! and ack, update before create, ordering with a prefetch window.
 
-use serde_json::Value;
 use test_support::{EVENTUALLY, wait_until};
 use uuid::Uuid;
-use wire_format::{Header, HeaderKind, WireFormat};
+use wire_format::WireFormat;
 
 use crate::support::*;
-
-/// Exact copies of the messages captured from Debezium 3.6.3
-/// (`shared/peers/debezium/sample-messages`).
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/debezium");
 
 #[tokio::test]
 async fn the_same_event_three_times_makes_one_shipment() {
@@ -68,18 +63,14 @@ async fn line_updates_change_the_line_and_the_shipment_status() {
     let partly = Order::new(2);
     let cancelled = Order::new(2);
     for order in [&partly, &cancelled] {
-        app.publisher
-            .publish_plain(Uuid::new_v4(), &order.created())
-            .await;
+        app.publisher.publish_event(&order.created()).await;
     }
     app.publisher
-        .publish_plain(Uuid::new_v4(), &partly.line_updated(0, "CANCELLED"))
-        .await;
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &cancelled.line_updated(0, "CANCELLED"))
-        .await;
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &cancelled.line_updated(1, "CANCELLED"))
+        .publish_events(&[
+            partly.line_updated(0, "CANCELLED"),
+            cancelled.line_updated(0, "CANCELLED"),
+            cancelled.line_updated(1, "CANCELLED"),
+        ])
         .await;
     app.sync().await;
 
@@ -93,7 +84,7 @@ async fn line_updates_change_the_line_and_the_shipment_status() {
 
     // Shipping the last open line: nothing left to ship.
     app.publisher
-        .publish_plain(Uuid::new_v4(), &partly.line_updated(1, "SHIPPED"))
+        .publish_event(&partly.line_updated(1, "SHIPPED"))
         .await;
     app.sync().await;
     assert_eq!(app.line_status(partly.lines[1]).await.unwrap(), "SHIPPED");
@@ -101,48 +92,16 @@ async fn line_updates_change_the_line_and_the_shipment_status() {
     app.cleanup().await;
 }
 
-fn sample(name: &str) -> Value {
-    let text = std::fs::read_to_string(format!("{SAMPLES}/{name}")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn sample_headers(sample: &Value) -> Vec<(String, String)> {
-    sample["properties"]["headers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned()))
-        .collect()
-}
-
 #[tokio::test]
 async fn debezium_samples_are_applied_exactly_once() {
     let app = spawn_app().await;
     let created = sample("order-created.json");
-    let order_id: Uuid = created["source_row"]["aggregate_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let event_id: Uuid = created["source_row"]["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    app.publisher
-        .publish_with_headers(
-            created["body"].as_str().unwrap().as_bytes(),
-            &sample_headers(&created),
-        )
-        .await;
+    let order_id = sample_order_id(&created);
+    let event_id = sample_id(&created, "/source_row/id");
+    app.publisher.publish_sample(&created).await;
     // The 3.x variant with extended headers is the same event: a duplicate.
     let extended = sample("extended-headers/order-created.json");
-    app.publisher
-        .publish_with_headers(
-            extended["body"].as_str().unwrap().as_bytes(),
-            &sample_headers(&extended),
-        )
-        .await;
+    app.publisher.publish_sample(&extended).await;
     app.sync().await;
 
     assert_eq!(app.shipment_count(order_id).await, 1);
@@ -155,48 +114,17 @@ async fn debezium_samples_are_applied_exactly_once() {
 async fn debezium_line_update_sample_cancels_the_line() {
     let app = spawn_app().await;
     let updated = sample("order-line-updated.json");
-    let order_id: Uuid = updated["source_row"]["aggregate_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let line_id: Uuid = updated["source_row"]["payload"]["orderLineId"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let order_id = sample_order_id(&updated);
+    let line_id = sample_id(&updated, "/source_row/payload/orderLineId");
     // The order itself, as the relay's Debezium format encodes a real OrderCreated.
     let order = Order {
         id: order_id,
         lines: vec![line_id],
     };
-    let created_id = Uuid::new_v4().to_string();
-    let encoded = wire_format::encode(
-        WireFormat::Debezium,
-        &order.created().to_string(),
-        &[
-            Header {
-                name: "id",
-                value: &created_id,
-                kind: HeaderKind::Uuid,
-            },
-            Header {
-                name: "eventType",
-                value: "OrderCreated",
-                kind: HeaderKind::String,
-            },
-        ],
-    )
-    .unwrap();
     app.publisher
-        .publish_with_headers(&encoded.body, &encoded.headers)
+        .publish_created(WireFormat::Debezium, Uuid::new_v4(), &order.created())
         .await;
-    app.publisher
-        .publish_with_headers(
-            updated["body"].as_str().unwrap().as_bytes(),
-            &sample_headers(&updated),
-        )
-        .await;
+    app.publisher.publish_sample(&updated).await;
     app.sync().await;
 
     assert_eq!(app.line_status(line_id).await.unwrap(), "CANCELLED");
@@ -224,12 +152,8 @@ async fn a_crash_between_commit_and_ack_still_applies_once() {
     assert_eq!(app.shipment_count(order.id).await, 1);
     assert_eq!(app.count("shipment_line").await, 3);
     assert_eq!(app.count("consumed_message").await, 2);
-    let (_, metrics) = app.get("/metrics").await;
-    let metrics = metrics.as_str().unwrap().to_owned();
-    assert!(
-        metrics.contains("outcome=\"duplicate\""),
-        "no duplicate counted:\n{metrics}"
-    );
+    // A duplicate was counted.
+    app.assert_metric("outcome=\"duplicate\"").await;
     app.cleanup().await;
 }
 
@@ -270,24 +194,22 @@ async fn with_a_prefetch_window_every_order_ends_in_its_final_state() {
     for (index, order) in orders.iter().enumerate() {
         if index % 3 == 0 {
             app.publisher
-                .publish_plain(Uuid::new_v4(), &order.line_updated(0, "CANCELLED"))
+                .publish_event(&order.line_updated(0, "CANCELLED"))
                 .await;
         }
-        app.publisher
-            .publish_plain(Uuid::new_v4(), &order.created())
-            .await;
+        app.publisher.publish_event(&order.created()).await;
     }
     for (index, order) in orders.iter().enumerate() {
         if index % 3 != 0 {
             app.publisher
-                .publish_plain(Uuid::new_v4(), &order.line_updated(0, "CANCELLED"))
+                .publish_event(&order.line_updated(0, "CANCELLED"))
                 .await;
         }
         app.publisher
-            .publish_plain(Uuid::new_v4(), &order.line_updated(1, "SHIPPED"))
-            .await;
-        app.publisher
-            .publish_plain(Uuid::new_v4(), &order.line_updated(2, "CANCELLED"))
+            .publish_events(&[
+                order.line_updated(1, "SHIPPED"),
+                order.line_updated(2, "CANCELLED"),
+            ])
             .await;
     }
     app.sync().await;

@@ -10,12 +10,10 @@ async fn shipments_are_listed_paged_filtered_and_fetched() {
     let app = spawn_app().await;
     let orders: Vec<Order> = (0..3).map(|_| Order::new(2)).collect();
     for order in &orders {
-        app.publisher
-            .publish_plain(Uuid::new_v4(), &order.created())
-            .await;
+        app.publisher.publish_event(&order.created()).await;
     }
     app.publisher
-        .publish_plain(Uuid::new_v4(), &orders[0].line_updated(0, "CANCELLED"))
+        .publish_event(&orders[0].line_updated(0, "CANCELLED"))
         .await;
     app.sync().await;
 
@@ -99,13 +97,7 @@ async fn bad_requests_get_json_errors_naming_the_field() {
 #[tokio::test]
 async fn health_and_metrics() {
     let app = spawn_app().await;
-    // The broker flag is set once the consumer runs.
-    test_support::wait_until("healthy", test_support::EVENTUALLY, || async {
-        let (status, _) = app.get("/health").await;
-        (status == 200).then_some(())
-    })
-    .await
-    .unwrap();
+    app.wait_healthy().await;
     let (_, health) = app.get("/health").await;
     assert_eq!(health["status"], "UP");
     assert_eq!(health["database"], "UP");
@@ -114,14 +106,7 @@ async fn health_and_metrics() {
     assert_eq!(health["health"], true);
 
     app.sync().await;
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let text = response.text().await.unwrap();
+    let text = app.metrics().await;
     for name in [
         "shipment_messages_consumed_total{event_type=\"OrderCreated\",outcome=\"applied\"}",
         "shipment_processing_seconds_bucket",
@@ -137,12 +122,7 @@ async fn health_and_metrics() {
 #[tokio::test]
 async fn health_is_false_when_the_broker_is_gone() {
     let app = spawn_app().await;
-    test_support::wait_until("healthy", test_support::EVENTUALLY, || async {
-        let (status, body) = app.get("/health").await;
-        (status == 200 && body["health"] == true).then_some(())
-    })
-    .await
-    .unwrap();
+    app.wait_healthy().await;
     // Deleting the vhost closes the service's connection, and it cannot reconnect.
     test_support::ManagementApi::from_env()
         .unwrap()

@@ -10,9 +10,6 @@ use crate::support::*;
 
 const FORMATS: [WireFormat; 2] = [WireFormat::Plain, WireFormat::Debezium];
 
-/// Exact copies of the messages captured from Debezium 3.6.3 (an OrderCreated without lines).
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/debezium");
-
 async fn lines_of(
     app: &TestApp,
     order_id: Uuid,
@@ -28,6 +25,22 @@ async fn lines_of(
     .unwrap()
 }
 
+/// Asserts the order's shipment records exactly these lines (indexes into `order.lines`) with
+/// these statuses, in order, each without item or quantity (the original producer never sends
+/// them); `context` names the case in a failure.
+async fn assert_bare_lines(
+    app: &TestApp,
+    order: &OriginalOrder,
+    expected: &[(usize, &str)],
+    context: impl std::fmt::Debug,
+) {
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(line, status)| (order.lines[*line], None, None, (*status).to_owned()))
+        .collect();
+    assert_eq!(lines_of(app, order.id).await, expected, "{context:?}");
+}
+
 #[tokio::test]
 async fn the_original_producers_events_make_a_pending_shipment_and_record_its_lines() {
     let app = spawn_app().await;
@@ -35,7 +48,7 @@ async fn the_original_producers_events_make_a_pending_shipment_and_record_its_li
         let order = OriginalOrder::new(3);
         let created_id = Uuid::new_v4();
         app.publisher
-            .publish_as(format, created_id, "OrderCreated", &order.created())
+            .publish_created(format, created_id, &order.created())
             .await;
         app.wait_for_shipment(order.id).await;
         assert_eq!(app.shipment_status(order.id).await.unwrap(), "PENDING");
@@ -43,44 +56,32 @@ async fn the_original_producers_events_make_a_pending_shipment_and_record_its_li
 
         // Every line it hears of is cancelled or shipped, yet other lines may exist: PENDING.
         let cancel_id = Uuid::new_v4();
-        app.publisher
-            .publish_as(
-                format,
+        for (id, event_type, payload) in [
+            (
                 cancel_id,
                 "OrderLineUpdated",
-                &order.line_updated(0, "CANCELLED"),
-            )
-            .await;
-        app.publisher
-            .publish_as(
-                format,
+                order.line_updated(0, "CANCELLED"),
+            ),
+            (
                 Uuid::new_v4(),
                 "OrderLineUpdated",
-                &order.line_updated(1, "SHIPPED"),
-            )
-            .await;
-        // Duplicates of both kinds are absorbed.
-        app.publisher
-            .publish_as(format, created_id, "OrderCreated", &order.created())
-            .await;
-        app.publisher
-            .publish_as(
-                format,
+                order.line_updated(1, "SHIPPED"),
+            ),
+            // Duplicates of both kinds are absorbed.
+            (created_id, "OrderCreated", order.created()),
+            (
                 cancel_id,
                 "OrderLineUpdated",
-                &order.line_updated(0, "CANCELLED"),
-            )
-            .await;
+                order.line_updated(0, "CANCELLED"),
+            ),
+        ] {
+            app.publisher
+                .publish_as(format, id, event_type, &payload)
+                .await;
+        }
         app.sync().await;
 
-        assert_eq!(
-            lines_of(&app, order.id).await,
-            vec![
-                (order.lines[0], None, None, "CANCELLED".to_owned()),
-                (order.lines[1], None, None, "SHIPPED".to_owned()),
-            ],
-            "{format:?}"
-        );
+        assert_bare_lines(&app, &order, &[(0, "CANCELLED"), (1, "SHIPPED")], format).await;
         assert_eq!(app.shipment_status(order.id).await.unwrap(), "PENDING");
         assert_eq!(app.shipment_count(order.id).await, 1);
         assert_eq!(app.consumed_count(created_id).await, 1);
@@ -116,12 +117,7 @@ async fn an_original_update_before_its_order_is_parked_then_recorded() {
         let update_id = Uuid::new_v4();
         let parked_before = app.count("pending_line_update").await;
         app.publisher
-            .publish_as(
-                format,
-                update_id,
-                "OrderLineUpdated",
-                &order.line_updated(1, "CANCELLED"),
-            )
+            .publish_update(format, update_id, &order.line_updated(1, "CANCELLED"))
             .await;
         wait_until("the update to be parked", EVENTUALLY, || async {
             (app.count("pending_line_update").await == parked_before + 1).then_some(())
@@ -131,24 +127,16 @@ async fn an_original_update_before_its_order_is_parked_then_recorded() {
         assert_eq!(app.shipment_count(order.id).await, 0);
 
         app.publisher
-            .publish_as(format, Uuid::new_v4(), "OrderCreated", &order.created())
+            .publish_created(format, Uuid::new_v4(), &order.created())
             .await;
         app.wait_for_shipment(order.id).await;
-        assert_eq!(
-            lines_of(&app, order.id).await,
-            vec![(order.lines[1], None, None, "CANCELLED".to_owned())]
-        );
+        assert_bare_lines(&app, &order, &[(1, "CANCELLED")], format).await;
         assert_eq!(app.shipment_status(order.id).await.unwrap(), "PENDING");
         assert_eq!(app.count("pending_line_update").await, 0);
 
         // The parked update redelivered later is a duplicate, not a second park or line.
         app.publisher
-            .publish_as(
-                format,
-                update_id,
-                "OrderLineUpdated",
-                &order.line_updated(1, "CANCELLED"),
-            )
+            .publish_update(format, update_id, &order.line_updated(1, "CANCELLED"))
             .await;
         app.sync().await;
         assert_eq!(app.count("pending_line_update").await, 0);
@@ -201,32 +189,18 @@ async fn one_batch_of_the_original_producers_events_ends_right() {
     app.wait_for_shipment(early.id).await;
     app.sync().await;
 
-    assert_eq!(
-        lines_of(&app, early.id).await,
-        vec![
-            (early.lines[0], None, None, "SHIPPED".to_owned()),
-            (early.lines[1], None, None, "CANCELLED".to_owned()),
-        ]
-    );
+    assert_bare_lines(
+        &app,
+        &early,
+        &[(0, "SHIPPED"), (1, "CANCELLED")],
+        "one batch",
+    )
+    .await;
     assert_eq!(app.shipment_status(early.id).await.unwrap(), "PENDING");
     assert_eq!(app.count("pending_line_update").await, 0);
     assert_eq!(app.count("consumed_message").await, 3 + 1);
     assert_eq!(app.dead_letter_depth().await, 0);
     app.cleanup().await;
-}
-
-fn sample(name: &str) -> Value {
-    let text = std::fs::read_to_string(format!("{SAMPLES}/{name}")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn sample_headers(sample: &Value) -> Vec<(String, String)> {
-    sample["properties"]["headers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned()))
-        .collect()
 }
 
 #[tokio::test]
@@ -235,23 +209,10 @@ async fn the_captured_debezium_samples_alone_record_the_line() {
     let app = spawn_app().await;
     let created = sample("order-created.json");
     let updated = sample("order-line-updated.json");
-    let order_id: Uuid = updated["source_row"]["aggregate_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let line_id: Uuid = updated["source_row"]["payload"]["orderLineId"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let order_id = sample_order_id(&updated);
+    let line_id = sample_id(&updated, "/source_row/payload/orderLineId");
     for message in [&created, &updated] {
-        app.publisher
-            .publish_with_headers(
-                message["body"].as_str().unwrap().as_bytes(),
-                &sample_headers(message),
-            )
-            .await;
+        app.publisher.publish_sample(message).await;
     }
     app.sync().await;
 

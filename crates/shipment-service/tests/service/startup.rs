@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use shipment_service::Application;
 use test_support::{TestDatabase, TestVhost};
-use uuid::Uuid;
 
 use crate::support::*;
 
@@ -86,9 +85,7 @@ async fn shutdown_leaves_unhandled_messages_in_the_queue() {
 
     // Published while stopped: stays in the queue for the next start.
     let later = Order::new(1);
-    app.publisher
-        .publish_plain(Uuid::new_v4(), &later.created())
-        .await;
+    app.publisher.publish_event(&later.created()).await;
     test_support::wait_until(
         "the message to wait in the queue",
         Duration::from_secs(60),

@@ -131,6 +131,23 @@ impl TestApp {
         )
     }
 
+    /// The Prometheus text of `/metrics` (asserting it is served as text/plain).
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        response.text().await.unwrap()
+    }
+
+    /// Asserts `/metrics` mentions `series` (a name, or a name with its labels).
+    pub async fn assert_metric(&self, series: &str) {
+        let metrics = self.metrics().await;
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.db.pool
     }
@@ -148,46 +165,42 @@ impl TestApp {
     /// Stops the service and drops its database and vhost.
     pub async fn cleanup(mut self) {
         self.stop().await;
-        self.publisher
-            .connection
-            .close(200, "done".into())
-            .await
-            .ok();
+        self.publisher.close().await;
         self.db.drop_database().await.unwrap();
         self.vhost.delete().await.unwrap();
     }
 
-    pub async fn shipment_count(&self, order_id: Uuid) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM shipments.shipment WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_one(self.pool())
+    /// The value `sql` (with `$1` = `id`) selects, if a row matches.
+    async fn scalar_by_id<T>(&self, sql: &str, id: Uuid) -> Option<T>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_optional(self.pool())
             .await
             .unwrap()
+    }
+
+    pub async fn shipment_count(&self, order_id: Uuid) -> i64 {
+        let sql = "SELECT count(*) FROM shipments.shipment WHERE order_id = $1";
+        self.scalar_by_id(sql, order_id).await.unwrap()
     }
 
     pub async fn shipment_status(&self, order_id: Uuid) -> Option<String> {
-        sqlx::query_scalar("SELECT status FROM shipments.shipment WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(self.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT status FROM shipments.shipment WHERE order_id = $1";
+        self.scalar_by_id(sql, order_id).await
     }
 
     pub async fn line_status(&self, line_id: Uuid) -> Option<String> {
-        sqlx::query_scalar("SELECT status FROM shipments.shipment_line WHERE order_line_id = $1")
-            .bind(line_id)
-            .fetch_optional(self.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT status FROM shipments.shipment_line WHERE order_line_id = $1";
+        self.scalar_by_id(sql, line_id).await
     }
 
     /// How many times event `event_id` was recorded as consumed (exactly once means 1).
     pub async fn consumed_count(&self, event_id: Uuid) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM shipments.consumed_message WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_one(self.pool())
-            .await
-            .unwrap()
+        let sql = "SELECT count(*) FROM shipments.consumed_message WHERE event_id = $1";
+        self.scalar_by_id(sql, event_id).await.unwrap()
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -215,6 +228,17 @@ impl TestApp {
         queue.message_count()
     }
 
+    /// Waits until `/health` answers 200 with the original's `"health": true` (the broker flag
+    /// is set once the consumer runs).
+    pub async fn wait_healthy(&self) {
+        wait_until("healthy", EVENTUALLY, || async {
+            let (status, body) = self.get("/health").await;
+            (status == 200 && body["health"] == true).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
     /// Waits until the shipment of `order_id` exists.
     pub async fn wait_for_shipment(&self, order_id: Uuid) {
         wait_until("the shipment", EVENTUALLY, || async {
@@ -226,9 +250,7 @@ impl TestApp {
 
     /// Publishes `order`'s OrderCreated (under a fresh event id) and waits for its shipment.
     pub async fn create_order(&self, order: &Order) {
-        self.publisher
-            .publish_plain(Uuid::new_v4(), &order.created())
-            .await;
+        self.publisher.publish_event(&order.created()).await;
         self.wait_for_shipment(order.id).await;
     }
 
@@ -274,6 +296,10 @@ impl Publisher {
         }
     }
 
+    pub async fn close(&self) {
+        self.connection.close(200, "done".into()).await.ok();
+    }
+
     /// Publishes to `order.events` and waits for the broker's confirm.
     pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
         let confirm = self
@@ -314,6 +340,39 @@ impl Publisher {
         self.publish(
             payload.to_string().as_bytes(),
             plain_properties(event_id, payload),
+        )
+        .await;
+    }
+
+    /// [`Publisher::publish_plain`] under a fresh event id.
+    pub async fn publish_event(&self, payload: &Value) {
+        self.publish_plain(Uuid::new_v4(), payload).await;
+    }
+
+    /// [`Publisher::publish_event`] of each payload, in order.
+    pub async fn publish_events(&self, payloads: &[Value]) {
+        for payload in payloads {
+            self.publish_event(payload).await;
+        }
+    }
+
+    /// [`Publisher::publish_as`] of an OrderCreated.
+    pub async fn publish_created(&self, format: WireFormat, event_id: Uuid, payload: &Value) {
+        self.publish_as(format, event_id, "OrderCreated", payload)
+            .await;
+    }
+
+    /// [`Publisher::publish_as`] of an OrderLineUpdated.
+    pub async fn publish_update(&self, format: WireFormat, event_id: Uuid, payload: &Value) {
+        self.publish_as(format, event_id, "OrderLineUpdated", payload)
+            .await;
+    }
+
+    /// Publishes a captured Debezium message (see [`sample`]) with its exact body and headers.
+    pub async fn publish_sample(&self, sample: &Value) {
+        self.publish_with_headers(
+            sample["body"].as_str().unwrap().as_bytes(),
+            &sample_headers(sample),
         )
         .await;
     }
@@ -388,6 +447,41 @@ pub fn string_table(headers: &[(String, String)]) -> FieldTable {
     table
 }
 
+/// Exact copies of the messages captured from Debezium 3.6.3
+/// (`shared/peers/debezium/sample-messages`).
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/debezium");
+
+/// The captured message `name` (a path below the fixtures' folder).
+pub fn sample(name: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{SAMPLES}/{name}")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn sample_headers(sample: &Value) -> Vec<(String, String)> {
+    sample["properties"]["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// The id of the order a sample is about.
+pub fn sample_order_id(sample: &Value) -> Uuid {
+    sample_id(sample, "/source_row/aggregate_id")
+}
+
+/// The id at `pointer` (a JSON pointer, e.g. `/source_row/aggregate_id`) of a sample.
+pub fn sample_id(sample: &Value, pointer: &str) -> Uuid {
+    sample
+        .pointer(pointer)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// A message read back from the dead-letter queue.
 #[derive(Debug)]
 pub struct DeadLetter {
@@ -405,6 +499,15 @@ impl DeadLetter {
             AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
             _ => None,
         }
+    }
+
+    /// Asserts the letter is message `message_id`, dead-lettered for `reason` with an
+    /// `x-error` that mentions `error`.
+    pub fn assert_dead_lettered(&self, message_id: Uuid, reason: &str, error: &str) {
+        assert_eq!(self.message_id, Some(message_id.to_string()));
+        assert_eq!(self.header_text("x-death-reason").as_deref(), Some(reason));
+        let text = self.header_text("x-error").unwrap();
+        assert!(text.contains(error), "{text}");
     }
 
     pub fn attempts(&self) -> Option<i64> {
@@ -469,6 +572,7 @@ pub struct Order {
 }
 
 impl Order {
+    /// A fresh order id and `lines` fresh line ids.
     pub fn new(lines: usize) -> Self {
         Self {
             id: Uuid::new_v4(),
@@ -524,11 +628,10 @@ pub struct OriginalOrder {
 }
 
 impl OriginalOrder {
+    /// Fresh ids, as [`Order::new`].
     pub fn new(lines: usize) -> Self {
-        Self {
-            id: Uuid::new_v4(),
-            lines: (0..lines).map(|_| Uuid::new_v4()).collect(),
-        }
+        let Order { id, lines } = Order::new(lines);
+        Self { id, lines }
     }
 
     pub fn created(&self) -> Value {
