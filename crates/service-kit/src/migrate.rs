@@ -67,6 +67,29 @@ pub async fn migrate_adopting(
     Ok(origin)
 }
 
+/// Applies only the migrations up to and including `version`: the schema an earlier release
+/// of the service left behind (the upgrade tests start from it).
+pub async fn migrate_up_to(
+    pool: &PgPool,
+    migrator: &Migrator,
+    version: i64,
+) -> Result<(), MigrateError> {
+    Migrator {
+        migrations: Cow::Owned(
+            migrator
+                .iter()
+                .filter(|migration| migration.version <= version)
+                .cloned()
+                .collect(),
+        ),
+        ignore_missing: migrator.ignore_missing,
+        locking: migrator.locking,
+        no_tx: migrator.no_tx,
+    }
+    .run(pool)
+    .await
+}
+
 async fn detect_origin(
     pool: &PgPool,
     baseline: Baseline<'_>,

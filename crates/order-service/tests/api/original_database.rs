@@ -3,13 +3,10 @@
 //! created before later migrations existed. Both are adopted without changing a row, again at
 //! every start, and the README flows work on them.
 
-use std::borrow::Cow;
-
 use order_service::database::{BASELINE, MIGRATOR};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::migrate::Migrator;
 use test_support::TestDatabase;
 use uuid::Uuid;
 
@@ -313,17 +310,9 @@ async fn a_database_our_first_migration_created_is_brought_up_to_date() {
     let pool = PgPool::connect_with(db.options.clone().options([("search_path", "orders")]))
         .await
         .unwrap();
-    let baseline_only = Migrator {
-        migrations: Cow::Owned(
-            MIGRATOR
-                .iter()
-                .filter(|migration| migration.version == BASELINE.version)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    baseline_only.run(&pool).await.unwrap();
+    service_kit::migrate::migrate_up_to(&pool, &MIGRATOR, BASELINE.version)
+        .await
+        .unwrap();
     let old_order = Uuid::now_v7();
     let old_lines: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     sqlx::query(

@@ -2,12 +2,9 @@
 //! (its DDL and rows from `resources/original`) and one made by our first migration only.
 //! Every existing row stays as it was, and the README flows work afterwards.
 
-use std::borrow::Cow;
-
 use serde_json::json;
 use shipment_service::Application;
 use sqlx::PgPool;
-use sqlx::migrate::Migrator;
 use test_support::{TestDatabase, TestVhost};
 use uuid::Uuid;
 use wire_format::WireFormat;
@@ -269,17 +266,9 @@ async fn a_database_of_our_first_release_is_migrated_and_restarted() {
         .connect_with(options)
         .await
         .unwrap();
-    let first_release = Migrator {
-        migrations: Cow::Owned(
-            shipment_service::db::MIGRATOR
-                .iter()
-                .filter(|migration| migration.version == 20261127000001)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    first_release.run(&pool).await.unwrap();
+    service_kit::migrate::migrate_up_to(&pool, &shipment_service::db::MIGRATOR, 20261127000001)
+        .await
+        .unwrap();
     pool.close().await;
     let old = Order::new(1);
     let shipment_id = Uuid::new_v4();
