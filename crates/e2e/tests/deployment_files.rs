@@ -24,8 +24,8 @@ fn compose() -> Value {
 
 fn binary_env_vars(binary: &str) -> &'static [&'static str] {
     match binary {
-        "order-service" => order_service::ENV_VARS,
-        "shipment-service" => shipment_service::ENV_VARS,
+        "order-service" => order_service::ENV_VARS.as_slice(),
+        "shipment-service" => shipment_service::ENV_VARS.as_slice(),
         "outbox-relay" => outbox_relay::ENV_VARS.as_slice(),
         other => panic!("compose runs unknown binary {other}"),
     }
@@ -314,4 +314,31 @@ fn the_relay_runs_as_the_least_privilege_role_that_relay_setup_provisions() {
         script_text.contains(&format!("RELAY_PUBLICATION:-{relay_default}}}")),
         "the script's default publication is the relay's default, {relay_default}"
     );
+}
+
+/// The README's configuration section of each binary names every variable the binary reads (the
+/// lists are derived from the readers, so a new variable shows up here until it is documented).
+#[test]
+fn every_variable_a_binary_reads_is_in_its_readme_section() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let configuration = readme
+        .split("\n## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a Configuration section");
+    for binary in ["order-service", "shipment-service", "outbox-relay"] {
+        let section = configuration
+            .split(&format!("\n### {binary} "))
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .unwrap_or_else(|| panic!("README documents {binary}'s configuration"));
+        let vars = binary_env_vars(binary);
+        assert!(vars.len() >= 10, "{binary} reads {vars:?}");
+        for name in vars {
+            assert!(
+                section.contains(&format!("`{name}`")),
+                "{binary} reads {name}, which its README section does not document"
+            );
+        }
+    }
 }

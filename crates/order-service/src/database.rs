@@ -13,13 +13,10 @@
 use std::time::Duration;
 
 use service_kit::migrate::Baseline;
-use service_kit::postgres::{self, Prepare};
+use service_kit::postgres::{self, DatabaseSettings, Prepare};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 pub use service_kit::postgres::DatabaseError;
-
-use crate::config::DatabaseConfig;
 
 /// The migrations in `crates/order-service/migrations`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -35,15 +32,10 @@ pub const BASELINE: Baseline<'static> = Baseline {
 /// (`DB_SCHEMA`) and applies the migrations into it; they use unqualified names, resolved
 /// through `search_path`. On the original system's database the baseline is skipped (see the
 /// module documentation).
-pub async fn connect_and_migrate(config: &DatabaseConfig) -> Result<PgPool, DatabaseError> {
+pub async fn connect_and_migrate(config: &DatabaseSettings) -> Result<PgPool, DatabaseError> {
     let (pool, _) = postgres::prepare(Prepare {
-        settings: &config.connection,
-        application_name: config.application_name(),
-        options: config.connect_options(),
-        pool: PgPoolOptions::new()
-            .max_connections(config.pool_size)
-            .acquire_timeout(Duration::from_secs(5)),
-        schema: &config.schema,
+        database: config,
+        acquire_timeout: Duration::from_secs(5),
         migrator: &MIGRATOR,
         baseline: BASELINE,
     })

@@ -148,24 +148,27 @@ pub fn from_lookup<T>(
     read(&Vars::new(&lookup))
 }
 
-/// The lists of variables a binary reads, joined at compile time: a service's `ENV_VARS` is its
-/// own names plus the kit's ([`crate::postgres::ENV_VARS`], [`crate::amqp::ENV_VARS`],
-/// [`crate::logging::ENV_VARS`]). `N` must be the total (a wrong one fails to compile).
-pub const fn concat<const N: usize>(lists: &[&[&'static str]]) -> [&'static str; N] {
-    let mut joined = [""; N];
-    let mut at = 0;
-    let mut list = 0;
-    while list < lists.len() {
-        let mut index = 0;
-        while index < lists[list].len() {
-            joined[at] = lists[list][index];
-            at += 1;
-            index += 1;
+/// Every variable `read` looks up, in the order it first does, read from an empty environment
+/// (where every default applies, so no branch stops early): a binary's list of the variables it
+/// reads, derived from the code that reads them instead of kept by hand beside it. The names
+/// are leaked once: call it from a `LazyLock`.
+pub fn names_read<T>(read: impl FnOnce(&Vars<'_>) -> Result<T, ConfigError>) -> Vec<&'static str> {
+    let names = std::cell::RefCell::new(Vec::<String>::new());
+    let lookup = |name: &str| {
+        let mut names = names.borrow_mut();
+        if !names.iter().any(|seen| seen == name) {
+            names.push(name.to_owned());
         }
-        list += 1;
-    }
-    assert!(at == N, "concat: N is not the number of names");
-    joined
+        Err(VarError::NotPresent)
+    };
+    // Only the names matter; an error would mean a default is invalid, which the binaries'
+    // own tests catch.
+    let _ = read(&Vars::new(&lookup));
+    names
+        .into_inner()
+        .into_iter()
+        .map(|name| &*Box::leak(name.into_boxed_str()))
+        .collect()
 }
 
 fn not_unicode(name: &str) -> ConfigError {
@@ -262,9 +265,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lists_concatenate() {
-        const JOINED: [&str; 3] = concat::<3>(&[&["A"], &[], &["B", "C"]]);
-        assert_eq!(JOINED, ["A", "B", "C"]);
+    fn names_read_lists_each_lookup_once_in_order() {
+        let names = names_read(|vars| {
+            let port = vars.port_or("PORT", 80)?;
+            vars.get("HOST")?;
+            vars.port_or("PORT", port)
+        });
+        assert_eq!(names, ["PORT", "HOST"]);
+        // A reader that stops early still lists what it read up to there.
+        let names = names_read(|vars| {
+            vars.get("FIRST")?;
+            Err::<(), _>(ConfigError::new("FIRST", "bad default"))
+        });
+        assert_eq!(names, ["FIRST"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 pub use sqlx::postgres::PgSslMode;
@@ -228,6 +229,78 @@ impl PgSettings {
     }
 }
 
+/// The database a service keeps its tables in: where it is (`DATABASE_URL` or the `DB_*` parts),
+/// the schema of its tables (`DB_SCHEMA`), statement logging (`DB_DEBUG`) and the pool's size
+/// (`DB_POOL_SIZE`). One reading of these for both services.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub connection: PgSettings,
+    /// Created when missing; its tables are reached through `search_path`.
+    pub schema: String,
+    /// Log every statement with its duration at INFO.
+    pub debug: bool,
+    /// The most connections the pool opens.
+    pub pool_size: u32,
+    /// What our sessions show in `pg_stat_activity` unless the URL names one.
+    pub application_name: &'static str,
+}
+
+/// A service's defaults for [`DatabaseSettings::from_vars`].
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseDefaults {
+    pub application_name: &'static str,
+    pub database: &'static str,
+    pub schema: &'static str,
+    pub pool_size: u32,
+}
+
+impl DatabaseSettings {
+    pub fn from_vars(vars: &Vars<'_>, defaults: DatabaseDefaults) -> Result<Self, ConfigError> {
+        let schema = vars.string_or("DB_SCHEMA", defaults.schema)?;
+        check_schema("DB_SCHEMA", &schema)?;
+        Ok(Self {
+            connection: PgSettings::from_vars(vars, defaults.database)?,
+            schema,
+            debug: vars.bool_or("DB_DEBUG", false)?,
+            pool_size: vars.number_in("DB_POOL_SIZE", defaults.pool_size, 1..=1000)?,
+            application_name: defaults.application_name,
+        })
+    }
+
+    /// The pool's sessions: `search_path` = the schema, `TimeZone` UTC (the original's
+    /// `timestamp` columns hold UTC wall time), statements logged as `DB_DEBUG` asks.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.connection
+            .session_options(self.application_name, &self.schema, self.debug)
+    }
+
+    /// `host:port/database as user name`: for messages, never the password.
+    pub fn describe(&self) -> String {
+        self.connection.display()
+    }
+}
+
+/// A schema name: lower-case, because `search_path` folds an unquoted name to lower case while
+/// the schema is created under its exact (quoted) name; both must name the same schema.
+pub fn check_schema(variable: &str, schema: &str) -> Result<(), ConfigError> {
+    let valid = schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            variable,
+            format!(
+                "{schema:?} is not a schema name: expected at most 63 lower-case letters, digits \
+                 and underscores, not starting with a digit"
+            ),
+        ))
+    }
+}
+
 /// A database name as PostgreSQL takes it: 1 to 63 bytes, no NUL.
 fn check_database_name(variable: &str, name: &str) -> Result<(), ConfigError> {
     if name.len() > 63 || name.contains('\0') || name.trim().is_empty() {
@@ -362,14 +435,10 @@ impl SetupError {
 /// What a service's database needs at start (see [`prepare`]).
 #[derive(Debug)]
 pub struct Prepare<'a> {
-    pub settings: &'a PgSettings,
-    /// For the connections that create the database.
-    pub application_name: &'a str,
-    /// The pool's sessions (their `search_path` resolves the migrations' unqualified names).
-    pub options: PgConnectOptions,
-    pub pool: PgPoolOptions,
-    /// Created when missing; already checked to be a plain identifier.
-    pub schema: &'a str,
+    pub database: &'a DatabaseSettings,
+    /// Up to [`DatabaseSettings::pool_size`] connections, and how long a statement may wait
+    /// for one.
+    pub acquire_timeout: Duration,
     pub migrator: &'a Migrator,
     pub baseline: Baseline<'a>,
 }
@@ -394,16 +463,18 @@ impl DatabaseError {
 /// connected, the schema created, the migrations applied, adopting a database the original
 /// system created ([`migrate_adopting`]: its rows are kept, only what is missing is added).
 pub async fn prepare(step: Prepare<'_>) -> Result<(PgPool, SchemaOrigin), DatabaseError> {
-    ensure_database(step.settings, step.application_name).await?;
-    let pool = step
-        .pool
-        .connect_with(step.options)
+    let database = step.database;
+    ensure_database(&database.connection, database.application_name).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(database.pool_size)
+        .acquire_timeout(step.acquire_timeout)
+        .connect_with(database.connect_options())
         .await
         .map_err(|source| SetupError::Connect {
-            target: step.settings.display(),
+            target: database.describe(),
             source,
         })?;
-    let origin = migrate_into(&pool, step.schema, step.migrator, step.baseline).await?;
+    let origin = migrate_into(&pool, &database.schema, step.migrator, step.baseline).await?;
     Ok((pool, origin))
 }
 

@@ -12,14 +12,11 @@ use std::time::Duration;
 use service_kit::Backoff;
 use service_kit::backoff::retry_until;
 use service_kit::migrate::Baseline;
-use service_kit::postgres::{self, Prepare};
+use service_kit::postgres::{self, DatabaseSettings, Prepare};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
 
 pub use service_kit::postgres::DatabaseError;
-
-use crate::config::{APPLICATION_NAME, DatabaseSettings};
 
 /// The embedded migrations.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -43,15 +40,10 @@ pub async fn prepare(
         DatabaseError::is_unavailable,
         || {
             postgres::prepare(Prepare {
-                settings: &settings.connection,
-                application_name: APPLICATION_NAME,
-                options: settings.connect_options(),
-                // Short acquire timeout, so that an unreachable database surfaces as an error
-                // the consumer retries.
-                pool: PgPoolOptions::new()
-                    .max_connections(5)
-                    .acquire_timeout(Duration::from_secs(5)),
-                schema: &settings.schema,
+                database: settings,
+                // Short, so that an unreachable database surfaces as an error the consumer
+                // retries.
+                acquire_timeout: Duration::from_secs(5),
                 migrator: &MIGRATOR,
                 baseline: BASELINE,
             })

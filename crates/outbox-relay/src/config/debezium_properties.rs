@@ -476,12 +476,25 @@ impl Origin<'_> {
     }
 }
 
+/// A value with its placeholders expanded.
+type Expanded = Result<String, ConfigError>;
+
+/// What is being resolved: the names on the way (a name met again is a loop) and how deeply
+/// expansions nest.
+struct Trail {
+    names: Vec<String>,
+    depth: usize,
+}
+
 impl Resolver<'_> {
     /// The value of `key`: an environment override, else the file's, expanded. None when
     /// unset or empty.
     fn value(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        let mut stack = vec![key.to_owned()];
-        self.lookup_value(key, &mut stack, 0)
+        let mut trail = Trail {
+            names: vec![key.to_owned()],
+            depth: 0,
+        };
+        self.lookup_value(key, &mut trail)
     }
 
     /// One environment variable; empty counts as unset, non-UTF-8 is an error naming it.
@@ -495,22 +508,17 @@ impl Resolver<'_> {
     }
 
     /// `name` looked up in the environment (exactly, then mapped), then among the file's keys;
-    /// the value found is expanded. `stack` holds the names being resolved (a loop check).
-    fn lookup_value(
-        &self,
-        name: &str,
-        stack: &mut Vec<String>,
-        depth: usize,
-    ) -> Result<Option<String>, ConfigError> {
+    /// the value found is expanded.
+    fn lookup_value(&self, name: &str, trail: &mut Trail) -> Result<Option<String>, ConfigError> {
         for candidate in env_names(name) {
             if let Some(value) = self.env_var(&candidate)? {
-                let expanded = self.expand(&value, Origin::Env(&candidate), stack, depth + 1)?;
+                let expanded = self.expand(&value, Origin::Env(&candidate), trail)?;
                 return Ok(Some(expanded).filter(|v| !v.is_empty()));
             }
         }
         match self.raw.values.get(name) {
             Some(raw) => {
-                let expanded = self.expand(raw, Origin::Key(name), stack, depth + 1)?;
+                let expanded = self.expand(raw, Origin::Key(name), trail)?;
                 Ok(Some(expanded).filter(|v| !v.is_empty()))
             }
             None => Ok(None),
@@ -518,19 +526,15 @@ impl Resolver<'_> {
     }
 
     /// Expands the placeholders of `text` (which came from `origin`).
-    fn expand(
-        &self,
-        text: &str,
-        origin: Origin<'_>,
-        stack: &mut Vec<String>,
-        depth: usize,
-    ) -> Result<String, ConfigError> {
-        if depth > MAX_DEPTH {
+    fn expand(&self, text: &str, origin: Origin<'_>, trail: &mut Trail) -> Expanded {
+        if trail.depth >= MAX_DEPTH {
             return Err(invalid(
                 &origin.setting(),
                 format!("placeholders nest more than {MAX_DEPTH} levels deep"),
             ));
         }
+        // Not restored on an error: the whole lookup ends with it.
+        trail.depth += 1;
         let bytes = text.as_bytes();
         let mut out = String::with_capacity(text.len());
         let mut literal_from = 0;
@@ -547,7 +551,7 @@ impl Resolver<'_> {
                     Some(close) => {
                         out.push_str(&text[literal_from..index]);
                         let body = &text[index + 2..close];
-                        out.push_str(&self.placeholder(body, origin, stack, depth)?);
+                        out.push_str(&self.placeholder(body, origin, trail)?);
                         index = close + 1;
                         literal_from = index;
                     }
@@ -558,24 +562,19 @@ impl Resolver<'_> {
             }
         }
         out.push_str(&text[literal_from..]);
+        trail.depth -= 1;
         Ok(out)
     }
 
     /// The value of one `${body}`.
-    fn placeholder(
-        &self,
-        body: &str,
-        origin: Origin<'_>,
-        stack: &mut Vec<String>,
-        depth: usize,
-    ) -> Result<String, ConfigError> {
+    fn placeholder(&self, body: &str, origin: Origin<'_>, trail: &mut Trail) -> Expanded {
         let (name_text, default) = match top_level_colon(body.as_bytes()) {
             Some(colon) => (&body[..colon], Some(&body[colon + 1..])),
             None => (body, None),
         };
-        let name = self.expand(name_text, origin, stack, depth + 1)?;
-        if let Some(position) = stack.iter().position(|seen| *seen == name) {
-            let mut chain = stack[position..].to_vec();
+        let name = self.expand(name_text, origin, trail)?;
+        if let Some(position) = trail.names.iter().position(|seen| *seen == name) {
+            let mut chain = trail.names[position..].to_vec();
             chain.push(name.clone());
             return Err(invalid(
                 &origin.setting(),
@@ -585,14 +584,14 @@ impl Resolver<'_> {
                 ),
             ));
         }
-        stack.push(name.clone());
-        let found = self.lookup_value(&name, stack, depth + 1);
-        stack.pop();
+        trail.names.push(name.clone());
+        let found = self.lookup_value(&name, trail);
+        trail.names.pop();
         if let Some(value) = found? {
             return Ok(value);
         }
         if let Some(default) = default {
-            return self.expand(default, origin, stack, depth + 1);
+            return self.expand(default, origin, trail);
         }
         if name == ROUTED_BY_VALUE {
             return Ok(format!("${{{ROUTED_BY_VALUE}}}"));
@@ -621,6 +620,16 @@ fn unset_alternatives(name: &str) -> String {
 /// Index of the `}` that closes a placeholder whose body starts at `start`: nested `${...}`
 /// are skipped whole, `\$` is not an opening.
 fn closing_brace(bytes: &[u8], start: usize) -> Option<usize> {
+    find_outside_placeholders(bytes, start, b'}')
+}
+
+/// The first `:` of a placeholder body outside nested placeholders (the default's separator).
+fn top_level_colon(bytes: &[u8]) -> Option<usize> {
+    find_outside_placeholders(bytes, 0, b':')
+}
+
+/// The first `wanted` byte from `start` that is not inside a nested `${...}`.
+fn find_outside_placeholders(bytes: &[u8], start: usize, wanted: u8) -> Option<usize> {
     let mut nested = 0usize;
     let mut index = start;
     while index < bytes.len() {
@@ -630,28 +639,8 @@ fn closing_brace(bytes: &[u8], start: usize) -> Option<usize> {
                 nested += 1;
                 index += 1;
             }
-            (b'}', _) if nested == 0 => return Some(index),
-            (b'}', _) => nested -= 1,
-            _ => {}
-        }
-        index += 1;
-    }
-    None
-}
-
-/// The first `:` of a placeholder body outside nested placeholders (the default's separator).
-fn top_level_colon(bytes: &[u8]) -> Option<usize> {
-    let mut nested = 0usize;
-    let mut index = 0;
-    while index < bytes.len() {
-        match (bytes[index], bytes.get(index + 1)) {
-            (b'\\', Some(b'$')) => index += 1,
-            (b'$', Some(b'{')) => {
-                nested += 1;
-                index += 1;
-            }
+            (byte, _) if byte == wanted && nested == 0 => return Some(index),
             (b'}', _) => nested = nested.saturating_sub(1),
-            (b':', _) if nested == 0 => return Some(index),
             _ => {}
         }
         index += 1;
