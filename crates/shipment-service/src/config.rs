@@ -56,12 +56,15 @@ pub struct ServerSettings {
     pub port: u16,
 }
 
-/// Classic or quorum queue (`x-queue-type`).
+/// The type of the work queue and its dead-letter queue (`x-queue-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
+    /// RabbitMQ's recommended durable queue: replicated once clustered, with the broker's own
+    /// delivery limit as the last guard against a poison loop. 1.9 × the classic ceiling here.
     #[default]
-    Classic,
     Quorum,
+    /// A classic queue, declared with `x-queue-version: 2` (its faster storage).
+    Classic,
 }
 
 impl QueueType {
@@ -81,11 +84,14 @@ impl FromStr for QueueType {
             "classic" => Ok(QueueType::Classic),
             "quorum" => Ok(QueueType::Quorum),
             other => Err(format!(
-                "{other:?} is not a queue type: expected classic or quorum"
+                "{other:?} is not a queue type: expected quorum or classic"
             )),
         }
     }
 }
+
+/// The default of `RABBITMQ_DELIVERY_LIMIT`.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 
 /// How to reach RabbitMQ and which topology to declare. `Debug` shows no password.
 #[derive(Debug, Clone)]
@@ -96,7 +102,15 @@ pub struct BrokerSettings {
     pub exchange: String,
     /// Queue this service consumes.
     pub queue: String,
+    /// `RABBITMQ_QUEUE_TYPE`, for the queues this service creates; a queue that already exists
+    /// is used as it is.
     pub queue_type: QueueType,
+    /// `RABBITMQ_DELIVERY_LIMIT`: deliveries of one message after which a quorum queue moves it
+    /// to the dead-letter exchange. The service dead-letters a failing message itself after
+    /// `SHIPMENT_MAX_ATTEMPTS`; this catches a message that never gets that far (one that
+    /// crashes the process, say). Counts every return to the queue, a lost connection included,
+    /// so it is far above the service's own attempts.
+    pub delivery_limit: u32,
 }
 
 impl BrokerSettings {
@@ -106,7 +120,8 @@ impl BrokerSettings {
             connection: AmqpSettings::from_url("AMQP_URL", url)?,
             exchange: exchange.to_owned(),
             queue: queue.to_owned(),
-            queue_type: QueueType::Classic,
+            queue_type: QueueType::default(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
         })
     }
 
@@ -200,7 +215,12 @@ impl Config {
                 "RABBITMQ_ORDER_QUEUE",
                 vars.string_or("RABBITMQ_ORDER_QUEUE", "shipment.orders")?,
             )?,
-            queue_type: vars.parse_or("RABBITMQ_QUEUE_TYPE", QueueType::Classic)?,
+            queue_type: vars.parse_or("RABBITMQ_QUEUE_TYPE", QueueType::default())?,
+            delivery_limit: vars.number_in(
+                "RABBITMQ_DELIVERY_LIMIT",
+                DEFAULT_DELIVERY_LIMIT,
+                1..=1_000_000,
+            )?,
         };
         // 0 would mean unlimited deliveries in flight.
         let prefetch = vars.number_in("RABBITMQ_PREFETCH", 50, 1..=u16::MAX)?;
@@ -254,7 +274,8 @@ mod tests {
         assert_eq!(config.database.schema, "shipments");
         assert_eq!(config.broker.queue, "shipment.orders");
         assert_eq!(config.broker.exchange, "order.events");
-        assert_eq!(config.broker.queue_type, QueueType::Classic);
+        assert_eq!(config.broker.queue_type, QueueType::Quorum);
+        assert_eq!(config.broker.delivery_limit, 20);
         assert_eq!(config.broker.dead_letter_queue(), "shipment.orders.dlq");
         assert_eq!(config.consumer.prefetch, 50);
         assert_eq!(config.consumer.max_attempts, 5);
@@ -281,6 +302,7 @@ mod tests {
             ("AMQP_URL", "amqp://user:hunter2%zz@x:5672/%2f"),
             ("AMQP_URL", "amqp://user:hunter2@x:5672/vhost%2"),
             ("RABBITMQ_QUEUE_TYPE", "stream"),
+            ("RABBITMQ_DELIVERY_LIMIT", "0"),
             ("RABBITMQ_PREFETCH", "0"),
             ("RABBITMQ_PREFETCH", "100000"),
             ("SHIPMENT_MAX_ATTEMPTS", "0"),
@@ -325,7 +347,8 @@ mod tests {
             ("RABBITMQ_USER", "svc"),
             ("RABBITMQ_PASSWORD", "hunter2"),
             ("RABBITMQ_VHOST", "prod"),
-            ("RABBITMQ_QUEUE_TYPE", "quorum"),
+            ("RABBITMQ_QUEUE_TYPE", "classic"),
+            ("RABBITMQ_DELIVERY_LIMIT", "7"),
         ])
         .unwrap();
         // One redacted form for the three binaries (service_kit::amqp): `user:***@`.
@@ -333,7 +356,8 @@ mod tests {
             from_parts.broker.redacted_url(),
             "amqp://svc:***@mq:5673/prod"
         );
-        assert_eq!(from_parts.broker.queue_type, QueueType::Quorum);
+        assert_eq!(from_parts.broker.queue_type, QueueType::Classic);
+        assert_eq!(from_parts.broker.delivery_limit, 7);
         assert!(!format!("{from_parts:?}").contains("hunter2"));
         let from_url = config(&[("AMQP_URL", "amqp://u:hunter2@h:1234/%2f")]).unwrap();
         assert_eq!(from_url.broker.uri().authority.userinfo.password, "hunter2");
