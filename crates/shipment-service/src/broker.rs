@@ -1,10 +1,14 @@
 //! The RabbitMQ side: one connection with a consuming channel and a publishing channel, the
 //! topology declared idempotently on every (re)connect, and the dead-letter publisher.
 //!
-//! Topology: durable fanout exchange `order.events` → durable queue `shipment.orders`
-//! (`x-queue-type` classic or quorum); durable fanout exchange `shipment.orders.dlx` → durable
-//! queue `shipment.orders.dlq`. Poison messages are published by this service to the
-//! dead-letter exchange with publisher confirms, then acked: never a requeue loop, never a drop.
+//! Topology: durable fanout exchange `order.events` → durable queue `shipment.orders`; durable
+//! fanout exchange `shipment.orders.dlx` → durable queue `shipment.orders.dlq`. Both queues are
+//! quorum queues by default (`RABBITMQ_QUEUE_TYPE=classic`: classic, version 2); the quorum
+//! work queue dead-letters a message delivered more than `RABBITMQ_DELIVERY_LIMIT` times. A
+//! queue that already exists with other arguments is used as it is, with a warning.
+//!
+//! Poison messages are published by this service to the dead-letter exchange with publisher
+//! confirms, then acked: never a requeue loop, never a drop.
 
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -13,7 +17,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::BrokerSettings;
+use crate::config::{BrokerSettings, QueueType};
 use crate::event::Poison;
 
 /// How long closing a connection may take before it is dropped anyway.
@@ -105,11 +109,7 @@ impl BrokerSession {
             source,
         })?;
         let channel_error = |operation| move |source| BrokerError::Channel { operation, source };
-        let publisher = connection
-            .create_channel()
-            .await
-            .map_err(channel_error("channel.open"))?;
-        declare_topology(&publisher, settings).await?;
+        let publisher = declare_topology(&connection, settings).await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -221,95 +221,277 @@ impl BrokerSession {
     }
 }
 
-async fn declare_topology(channel: &Channel, settings: &BrokerSettings) -> Result<(), BrokerError> {
+/// Declares exchanges, queues and bindings; returns the channel to go on with (a declaration
+/// the broker refuses closes the channel it was made on).
+async fn declare_topology(
+    connection: &Connection,
+    settings: &BrokerSettings,
+) -> Result<Channel, BrokerError> {
+    let mut channel = open_channel(connection).await?;
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let mut queue_arguments = FieldTable::default();
-    queue_arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(settings.queue_type.as_str().into()),
-    );
     let declare_error = |what: String| move |source| BrokerError::Declare { what, source };
     let dead_letter_exchange = settings.dead_letter_exchange();
     let dead_letter_queue = settings.dead_letter_queue();
-    channel
-        .exchange_declare(
-            settings.exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable_exchange,
-            FieldTable::default(),
-        )
+    for exchange in [settings.exchange.as_str(), dead_letter_exchange.as_str()] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_error(format!(
+                "exchange {exchange} (durable fanout)"
+            )))?;
+    }
+    let queues = [
+        (
+            dead_letter_queue.as_str(),
+            dead_letter_exchange.as_str(),
+            queue_arguments(settings.queue_type, None),
+        ),
+        (
+            settings.queue.as_str(),
+            settings.exchange.as_str(),
+            queue_arguments(
+                settings.queue_type,
+                Some((settings.delivery_limit, &dead_letter_exchange)),
+            ),
+        ),
+    ];
+    for (queue, exchange, arguments) in queues {
+        channel = declare_queue(connection, channel, queue, settings.queue_type, arguments).await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_error(format!("binding {exchange} → {queue}")))?;
+    }
+    Ok(channel)
+}
+
+/// The arguments of a queue we create. A quorum work queue (`delivery_guard` set) moves a
+/// message delivered more than the limit to the dead-letter exchange, at least once (the
+/// broker keeps it until the dead-letter queue has it, which needs `reject-publish`); a
+/// classic queue uses version 2 storage.
+fn queue_arguments(queue_type: QueueType, delivery_guard: Option<(u32, &str)>) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let text = |value: &str| AMQPValue::LongString(value.into());
+    arguments.insert("x-queue-type".into(), text(queue_type.as_str()));
+    match queue_type {
+        QueueType::Classic => {
+            arguments.insert("x-queue-version".into(), AMQPValue::LongInt(2));
+        }
+        QueueType::Quorum => {
+            if let Some((limit, dead_letter_exchange)) = delivery_guard {
+                let limit = i64::from(limit);
+                arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
+                arguments.insert("x-dead-letter-exchange".into(), text(dead_letter_exchange));
+                arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                arguments.insert("x-overflow".into(), text("reject-publish"));
+            }
+        }
+    }
+    arguments
+}
+
+/// Declares `queue` durable with `arguments`. When it already exists with other arguments (a
+/// classic queue an earlier release or the original system made, say), it is used as it is,
+/// with a warning: never a failed start, never a deleted queue. Returns the channel to go on
+/// with.
+async fn declare_queue(
+    connection: &Connection,
+    channel: Channel,
+    queue: &str,
+    wanted: QueueType,
+    arguments: FieldTable,
+) -> Result<Channel, BrokerError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let refusal = match channel
+        .queue_declare(queue.into(), durable, arguments.clone())
         .await
-        .map_err(declare_error(format!(
-            "exchange {} (durable fanout)",
-            settings.exchange
-        )))?;
+    {
+        Ok(_) => return Ok(channel),
+        Err(error) if is_precondition_failed(&error) => error,
+        Err(source) => {
+            return Err(BrokerError::Declare {
+                what: format!("queue {queue} (durable, {})", wanted.as_str()),
+                source,
+            });
+        }
+    };
+    // The refusal closed that channel. The queue exists: learn its arguments by declaring
+    // again with each one the broker names as different set to what it says it is.
+    let mut existing = arguments;
+    let mut differences = vec![refusal.to_string()];
+    for _ in 0..MAX_ARGUMENT_PROBES {
+        let Some(difference) = differences
+            .last()
+            .and_then(|text| ArgumentDifference::parse(text))
+        else {
+            break;
+        };
+        difference.apply_to(&mut existing);
+        let channel = open_channel(connection).await?;
+        match channel
+            .queue_declare(queue.into(), durable, existing.clone())
+            .await
+        {
+            Ok(_) => {
+                warn_existing_queue(queue, wanted, Some(&existing), &differences);
+                return Ok(channel);
+            }
+            Err(error) if is_precondition_failed(&error) => differences.push(error.to_string()),
+            Err(source) => {
+                return Err(BrokerError::Declare {
+                    what: format!("queue {queue} (as it exists)"),
+                    source,
+                });
+            }
+        }
+    }
+    // Arguments we could not read back: a passive declare still proves the queue is there.
+    let channel = open_channel(connection).await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
     channel
-        .exchange_declare(
-            dead_letter_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable_exchange,
-            FieldTable::default(),
-        )
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await
-        .map_err(declare_error(format!(
-            "exchange {dead_letter_exchange} (durable fanout)"
-        )))?;
-    channel
-        .queue_declare(
-            dead_letter_queue.as_str().into(),
-            durable_queue,
-            queue_arguments.clone(),
-        )
+        .map_err(|source| BrokerError::Declare {
+            what: format!("queue {queue} (as it exists)"),
+            source,
+        })?;
+    warn_existing_queue(queue, wanted, None, &differences);
+    Ok(channel)
+}
+
+/// How many differing arguments are read back from the broker's refusals, at most.
+const MAX_ARGUMENT_PROBES: usize = 12;
+
+fn warn_existing_queue(
+    queue: &str,
+    wanted: QueueType,
+    existing: Option<&FieldTable>,
+    broker_said: &[String],
+) {
+    let existing_type = match existing {
+        Some(arguments) => match arguments.inner().get("x-queue-type") {
+            Some(AMQPValue::LongString(text)) => String::from_utf8_lossy(text.as_bytes()).into(),
+            Some(AMQPValue::ShortString(text)) => text.as_str().to_owned(),
+            // Declared without a type: the server's default, classic.
+            _ => "classic".to_owned(),
+        },
+        None => "unknown".to_owned(),
+    };
+    tracing::warn!(
+        queue,
+        existing_type,
+        wanted_type = wanted.as_str(),
+        broker_said = broker_said.join("; "),
+        "the queue exists as a {existing_type} queue with other arguments than this service \
+         declares: using it as it is (RABBITMQ_QUEUE_TYPE and RABBITMQ_DELIVERY_LIMIT apply to \
+         queues it creates; see the README on moving a queue to another type)"
+    );
+}
+
+/// One argument the broker says differs, from its refusal: `inequivalent arg 'K' for queue …:
+/// received … but current is none` or `… current is the value 'V' of type 'T'`.
+#[derive(Debug, PartialEq)]
+struct ArgumentDifference {
+    name: String,
+    /// None: the existing queue does not have it.
+    current: Option<AMQPValue>,
+}
+
+impl ArgumentDifference {
+    fn parse(refusal: &str) -> Option<Self> {
+        let (_, rest) = refusal.split_once("inequivalent arg '")?;
+        let (name, rest) = rest.split_once('\'')?;
+        let (_, current) = rest.rsplit_once("but current is ")?;
+        if current.trim() == "none" {
+            return Some(Self {
+                name: name.to_owned(),
+                current: None,
+            });
+        }
+        // The queue type is worded without a type: `received 'quorum' but current is 'classic'`.
+        if let Some(text) = current
+            .trim_end()
+            .strip_prefix('\'')
+            .and_then(|text| text.strip_suffix('\''))
+        {
+            return Some(Self {
+                name: name.to_owned(),
+                current: Some(AMQPValue::LongString(text.into())),
+            });
+        }
+        let value = current.strip_prefix("the value '")?;
+        let (value, kind) = value.rsplit_once("' of type '")?;
+        let kind = kind.trim_end().trim_end_matches('\'');
+        let current = match kind {
+            "longstr" => AMQPValue::LongString(value.into()),
+            "signedint" => AMQPValue::LongInt(value.parse().ok()?),
+            "long" => AMQPValue::LongLongInt(value.parse().ok()?),
+            "short" => AMQPValue::ShortInt(value.parse().ok()?),
+            "unsignedint" => AMQPValue::LongUInt(value.parse().ok()?),
+            "bool" => AMQPValue::Boolean(value.parse().ok()?),
+            _ => return None,
+        };
+        Some(Self {
+            name: name.to_owned(),
+            current: Some(current),
+        })
+    }
+
+    fn apply_to(self, arguments: &mut FieldTable) {
+        let mut table = arguments.inner().clone();
+        match self.current {
+            Some(value) => {
+                table.insert(self.name.into(), value);
+            }
+            None => {
+                table.remove(&ShortString::from(self.name));
+            }
+        }
+        *arguments = FieldTable::from(table);
+    }
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(error)
+            if matches!(
+                error.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(
+                    lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
+                )
+            )
+    )
+}
+
+async fn open_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    connection
+        .create_channel()
         .await
-        .map_err(declare_error(format!(
-            "queue {dead_letter_queue} (durable, {})",
-            settings.queue_type.as_str()
-        )))?;
-    channel
-        .queue_bind(
-            dead_letter_queue.as_str().into(),
-            dead_letter_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(declare_error(format!(
-            "binding {dead_letter_exchange} → {dead_letter_queue}"
-        )))?;
-    channel
-        .queue_declare(
-            settings.queue.as_str().into(),
-            durable_queue,
-            queue_arguments,
-        )
-        .await
-        .map_err(declare_error(format!(
-            "queue {} (durable, {})",
-            settings.queue,
-            settings.queue_type.as_str()
-        )))?;
-    channel
-        .queue_bind(
-            settings.queue.as_str().into(),
-            settings.exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(declare_error(format!(
-            "binding {} → {}",
-            settings.exchange, settings.queue
-        )))?;
-    Ok(())
+        .map_err(|source| BrokerError::Channel {
+            operation: "channel.open",
+            source,
+        })
 }
 
 /// The headers whose values are strings, as `wire_format::decode` takes them.
@@ -331,4 +513,84 @@ pub fn string_headers(headers: Option<&FieldTable>) -> Vec<(String, String)> {
             Some((name.as_str().to_owned(), text))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Refusals as RabbitMQ 3.10 words them (seen in the start-up tests).
+    const PREFIX: &str =
+        "protocol error: AMQP soft error: PRECONDITION-FAILED: PRECONDITION_FAILED";
+
+    #[test]
+    fn a_refusal_names_the_argument_and_its_current_value() {
+        let missing = format!(
+            "{PREFIX} - inequivalent arg 'x-dead-letter-exchange' for queue 'shipment.orders' in \
+             vhost 'v': received the value 'shipment.orders.dlx' of type 'longstr' but current is none"
+        );
+        assert_eq!(
+            ArgumentDifference::parse(&missing),
+            Some(ArgumentDifference {
+                name: "x-dead-letter-exchange".into(),
+                current: None
+            })
+        );
+        let version = format!(
+            "{PREFIX} - inequivalent arg 'x-queue-version' for queue 'q' in vhost 'v': received \
+             none but current is the value '2' of type 'signedint'"
+        );
+        assert_eq!(
+            ArgumentDifference::parse(&version).unwrap().current,
+            Some(AMQPValue::LongInt(2))
+        );
+        // A value with quotes of its own.
+        let name = format!(
+            "{PREFIX} - inequivalent arg 'x-queue-type' for queue 'q' in vhost 'v': received the \
+             value 'quorum' of type 'longstr' but current is the value 'it's' of type 'longstr'"
+        );
+        assert_eq!(
+            ArgumentDifference::parse(&name).unwrap().current,
+            Some(AMQPValue::LongString("it's".into()))
+        );
+        let queue_type = format!(
+            "{PREFIX} - inequivalent arg 'x-queue-type' for queue 'q' in vhost 'v': received \
+             'quorum' but current is 'classic'"
+        );
+        assert_eq!(
+            ArgumentDifference::parse(&queue_type).unwrap().current,
+            Some(AMQPValue::LongString("classic".into()))
+        );
+        assert_eq!(ArgumentDifference::parse("NOT_FOUND - no queue 'q'"), None);
+        let table = format!(
+            "{PREFIX} - inequivalent arg 'x-a' for queue 'q' in vhost 'v': received none but current is the value '[]' of type 'array'"
+        );
+        assert_eq!(ArgumentDifference::parse(&table), None);
+    }
+
+    #[test]
+    fn differences_are_applied_to_the_arguments() {
+        let mut arguments = queue_arguments(QueueType::Quorum, Some((20, "dlx")));
+        ArgumentDifference {
+            name: "x-dead-letter-exchange".into(),
+            current: None,
+        }
+        .apply_to(&mut arguments);
+        ArgumentDifference {
+            name: "x-queue-type".into(),
+            current: Some(AMQPValue::LongString("classic".into())),
+        }
+        .apply_to(&mut arguments);
+        let inner = arguments.inner();
+        assert!(!inner.contains_key("x-dead-letter-exchange"));
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("classic".into()))
+        );
+        assert_eq!(
+            inner.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(20))
+        );
+    }
 }
