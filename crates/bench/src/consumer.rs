@@ -4,9 +4,14 @@
 //! The backlog is what the relay would publish (plain wire format): half `OrderCreated` with
 //! two lines, half `OrderLineUpdated` cancelling a line of those orders. It is queued before the
 //! service starts consuming; the time runs from its start to the moment `consumed_message`
-//! holds every event. The comparison applies the same parsed events with
-//! `shipment_service::apply::apply_batch` in batches of the service's prefetch (what the
-//! service does on a backlog), sequentially, on a fresh database: no broker, no acks.
+//! holds every event. The comparison (the service's own SQL ceiling) applies the same parsed
+//! events with `shipment_service::apply::apply_batch` in batches of the service's batch size
+//! (`SHIPMENT_BATCH_SIZE`, what the service does on a backlog), sequentially, on a fresh
+//! database: no broker, no acks.
+//!
+//! The service runs with its defaults; `SHIPMENT_BATCH_SIZE` and `RABBITMQ_PREFETCH` set in the
+//! bench's own environment are passed to it (and the batch size to the direct SQL), to compare
+//! settings without a rebuild.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,8 +36,10 @@ pub struct ConsumerRun {
     pub events: usize,
     pub service_events_per_s: f64,
     pub direct_sql_events_per_s: f64,
-    /// The batch size of both (the service's prefetch).
+    /// The batch size of both (`SHIPMENT_BATCH_SIZE` of the service).
     pub batch: usize,
+    /// The service's prefetch window (`RABBITMQ_PREFETCH`).
+    pub prefetch: usize,
 }
 
 /// A message as the relay publishes it.
@@ -76,38 +83,53 @@ fn backlog(events: usize) -> Result<Vec<Message>> {
     Ok(messages)
 }
 
+/// The consumer settings taken from the bench's environment when set.
+const PASSED_THROUGH: [&str; 2] = ["SHIPMENT_BATCH_SIZE", "RABBITMQ_PREFETCH"];
+
+fn shipment_config(
+    mut variables: HashMap<&'static str, String>,
+) -> Result<shipment_service::Config> {
+    for name in PASSED_THROUGH {
+        if let Ok(value) = std::env::var(name) {
+            variables.insert(name, value);
+        }
+    }
+    shipment_service::Config::from_lookup(|name| variables.get(name).cloned())
+        .context("shipment-service configuration")
+}
+
 fn service_config(db: &TestDatabase, vhost: &TestVhost) -> Result<shipment_service::Config> {
-    let variables = HashMap::from([
+    shipment_config(HashMap::from([
         ("SERVER_PORT", "0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
         ("AMQP_URL", vhost.amqp_url.clone()),
         ("RUST_LOG", "warn".to_owned()),
-    ]);
-    shipment_service::Config::from_lookup(|name| variables.get(name).cloned())
-        .context("shipment-service configuration")
+    ]))
 }
 
 /// One repetition with `events` events.
 pub async fn consumer_repetition(events: usize) -> Result<ConsumerRun> {
     let messages = backlog(events)?;
-    let (service_rate, batch) = through_the_service(&messages).await?;
+    let (service_rate, batch, prefetch) = through_the_service(&messages).await?;
     let direct_rate = straight_sql(&messages, batch).await?;
     Ok(ConsumerRun {
         events: messages.len(),
         service_events_per_s: service_rate,
         direct_sql_events_per_s: direct_rate,
         batch,
+        prefetch,
     })
 }
 
-async fn through_the_service(messages: &[Message]) -> Result<(f64, usize)> {
+async fn through_the_service(messages: &[Message]) -> Result<(f64, usize, usize)> {
     let db = TestDatabase::create("bench_shipment").await?;
     let vhost = TestVhost::create("bench_shipment").await?;
     let result = async {
         let config = service_config(&db, &vhost)?;
         let schema = config.database.schema.clone();
         let exchange = config.broker.exchange.clone();
-        let batch = usize::from(config.consumer.prefetch);
+        let batch = usize::from(config.consumer.batch_size);
+        let prefetch = usize::from(config.consumer.prefetch);
         // Build declares the topology; consuming starts with run_until_stopped.
         let app = shipment_service::Application::build(config)
             .await
@@ -119,12 +141,13 @@ async fn through_the_service(messages: &[Message]) -> Result<(f64, usize)> {
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        let counted = wait_for_count(&pool, &schema, messages.len()).await;
+        let last = messages.last().map(|message| message.id);
+        let counted = wait_for_all(&pool, &schema, last, messages.len()).await;
         let seconds = started.elapsed().as_secs_f64();
         let _ = stop.send(());
         let _ = server.await;
         counted?;
-        anyhow::Ok((messages.len() as f64 / seconds, batch))
+        anyhow::Ok((messages.len() as f64 / seconds, batch, prefetch))
     }
     .await;
     vhost.delete().await?;
@@ -132,7 +155,32 @@ async fn through_the_service(messages: &[Message]) -> Result<(f64, usize)> {
     result
 }
 
-async fn wait_for_count(pool: &PgPool, schema: &str, expected: usize) -> Result<()> {
+/// Waits until `consumed_message` holds `expected` events. The service applies the queue in
+/// order, so the last event's id is polled (a primary-key lookup) and the count, a scan of the
+/// whole table that would load the 2 cores the service shares, is taken only once that is in
+/// (and then until it is complete: a redelivery can reorder).
+async fn wait_for_all(
+    pool: &PgPool,
+    schema: &str,
+    last: Option<Uuid>,
+    expected: usize,
+) -> Result<()> {
+    if let Some(last) = last {
+        let query = format!(
+            "SELECT EXISTS (SELECT 1 FROM \"{schema}\".consumed_message WHERE event_id = $1)"
+        );
+        let started = Instant::now();
+        loop {
+            let (done,): (bool,) = sqlx::query_as(&query).bind(last).fetch_one(pool).await?;
+            if done {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("shipment-service did not apply the backlog's last event in 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let query = format!("SELECT count(*) FROM \"{schema}\".consumed_message");
     let mut last = -1i64;
     let mut last_change = Instant::now();
@@ -204,14 +252,10 @@ async fn publish_all(amqp_url: &str, exchange: &str, messages: &[Message]) -> Re
 
 async fn straight_sql(messages: &[Message], batch: usize) -> Result<f64> {
     let db = TestDatabase::create("bench_shipment").await?;
-    let vhost_free_config = {
-        let variables = HashMap::from([
-            ("DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", "warn".to_owned()),
-        ]);
-        shipment_service::Config::from_lookup(|name| variables.get(name).cloned())
-            .context("shipment-service configuration")
-    };
+    let vhost_free_config = shipment_config(HashMap::from([
+        ("DATABASE_URL", db.url.clone()),
+        ("RUST_LOG", "warn".to_owned()),
+    ]));
     let result = async {
         let config = vhost_free_config?;
         let pool = shipment_service::db::prepare(&config.database, Duration::from_secs(10))

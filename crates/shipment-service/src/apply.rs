@@ -5,10 +5,12 @@
 //! caller acks only after the commit.
 //!
 //! Events already delivered are applied together ([`apply_batch`]; [`apply`] is a batch of one)
-//! with a fixed number of statements per batch: lock the orders, record the ids, read the
-//! orders' shipments and parked updates, work out every effect in memory in event order, write
-//! the changes with `UNNEST` arrays, commit. One commit and a handful of round trips per batch
-//! is what lets a backlog drain fast.
+//! with a fixed number of statements per batch, whatever its size: lock the orders, record the
+//! ids, read the orders' shipments and parked updates, work out every effect in memory in event
+//! order, write every change in one statement of `UNNEST` arrays, commit. One commit (one WAL
+//! flush) and seven round trips per batch (BEGIN and COMMIT included) is what lets a backlog
+//! drain fast: the cost per event is then the rows and index entries it writes, not the round
+//! trips or the flush.
 //!
 //! Effects:
 //! - `OrderCreated` → a `shipment` row and a `shipment_line` per order line, then any
@@ -70,6 +72,11 @@ pub enum ApplyError {
     /// The event contradicts the stored state; retrying cannot help.
     #[error("{0}")]
     Rejected(String),
+    /// Event `index` of the batch contradicts the stored state (or the batch's earlier events):
+    /// the events before it are fine on their own, so the caller can apply them as a batch and
+    /// only the rejected one alone. Nothing of the batch was committed.
+    #[error("event {index} of the batch: {reason}")]
+    RejectedAt { index: usize, reason: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -125,7 +132,11 @@ impl fmt::Display for ShipmentStatus {
 
 /// Applies `event` in one transaction; see the module documentation.
 pub async fn apply(pool: &PgPool, event: &IncomingEvent) -> Result<Outcome, ApplyError> {
-    let outcomes = apply_batch(pool, std::slice::from_ref(event)).await?;
+    let outcomes = match apply_batch(pool, std::slice::from_ref(event)).await {
+        Ok(outcomes) => outcomes,
+        Err(ApplyError::RejectedAt { reason, .. }) => return Err(ApplyError::Rejected(reason)),
+        Err(error) => return Err(error),
+    };
     outcomes
         .into_iter()
         .next()
@@ -135,7 +146,8 @@ pub async fn apply(pool: &PgPool, event: &IncomingEvent) -> Result<Outcome, Appl
 /// Applies `events`, in order, in one transaction, with a fixed number of statements whatever
 /// their count: lock the orders, record the ids, read the orders' state, work out every effect
 /// in memory, write the changes set-wise, commit. If any event is rejected nothing is
-/// committed; the caller then applies them one by one to isolate it.
+/// committed: [`ApplyError::RejectedAt`] names it when the rejection is tied to one event
+/// (a conflict found only by the database, [`ApplyError::Rejected`], is not).
 pub async fn apply_batch(
     pool: &PgPool,
     events: &[IncomingEvent],
@@ -242,7 +254,8 @@ async fn apply_in(
     let mut outcomes = Vec::with_capacity(events.len());
     let mut applied_ids: HashSet<Uuid> = HashSet::with_capacity(events.len());
     let mut new_shipments: Vec<&OrderCreated> = Vec::new();
-    for event in events {
+    for (index, event) in events.iter().enumerate() {
+        let rejected = |reason: String| ApplyError::RejectedAt { index, reason };
         // The first occurrence of a new id is applied; any repeat (here or before) is a duplicate.
         if !first_seen.contains(&event.id) || !applied_ids.insert(event.id) {
             outcomes.push(Outcome::Duplicate);
@@ -254,7 +267,7 @@ async fn apply_in(
                 lines_known,
             } => {
                 if shipments.contains_key(&created.id) {
-                    return Err(ApplyError::Rejected(format!(
+                    return Err(rejected(format!(
                         "order {} already has a shipment (created by another event id)",
                         created.id
                     )));
@@ -279,7 +292,7 @@ async fn apply_in(
                 Outcome::Applied
             }
             EventKind::OrderLineUpdated(update) => match shipments.get_mut(&update.order_id) {
-                Some(state) => state.apply(update).map_err(ApplyError::Rejected)?,
+                Some(state) => state.apply(update).map_err(rejected)?,
                 None => {
                     parked
                         .entry(update.order_id)
@@ -296,10 +309,12 @@ async fn apply_in(
         outcomes.push(outcome);
     }
 
-    write_new_shipments(tx, &new_shipments, &shipments).await?;
-    write_recorded_lines(tx, &shipments).await?;
-    write_changed_lines(tx, &shipments).await?;
-    write_parked(tx, &parked, &stored_before).await?;
+    let mut writes = Writes::default();
+    writes.new_shipments(&new_shipments, &shipments);
+    writes.recorded_lines(&shipments);
+    writes.changed_lines(&shipments);
+    writes.parked(&parked, &stored_before);
+    writes.execute(tx).await?;
     Ok(outcomes)
 }
 
@@ -388,73 +403,207 @@ fn apply_parked(state: &mut ShipmentState, waiting: &mut Vec<ParkedUpdate>) {
     });
 }
 
-async fn write_new_shipments(
-    tx: &mut Transaction<'_, Postgres>,
-    created: &[&OrderCreated],
-    shipments: &HashMap<Uuid, ShipmentState>,
-) -> Result<(), ApplyError> {
-    if created.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(created.len());
-    let mut statuses = Vec::with_capacity(created.len());
-    let mut lines_known = Vec::with_capacity(created.len());
-    let mut lines = NewLines::default();
-    for order in created {
-        let Some(state) = shipments.get(&order.id) else {
-            continue;
-        };
-        ids.push(state.id);
-        statuses.push(state.status().as_str());
-        lines_known.push(state.lines_known);
-        // The order's own lines first (same positions), then any learnt from parked updates.
-        for (index, (line_id, status)) in state.lines.iter().enumerate() {
-            let item = order.line_items.get(index);
-            lines.push(
-                state.id,
-                *line_id,
-                index,
-                item.map(|item| item.item.as_str()),
-                item.map(|item| item.quantity),
-                *status,
-            );
+/// Every row a batch writes, as parallel arrays for the one statement of [`Writes::execute`].
+#[derive(Debug, Default)]
+struct Writes<'a> {
+    shipment_ids: Vec<Uuid>,
+    shipment_orders: Vec<Uuid>,
+    shipment_customers: Vec<i32>,
+    shipment_dates: Vec<chrono::DateTime<chrono::Utc>>,
+    shipment_statuses: Vec<&'static str>,
+    shipment_lines_known: Vec<bool>,
+    lines: NewLines<'a>,
+    changed_line_ids: Vec<Uuid>,
+    changed_line_statuses: Vec<&'static str>,
+    changed_shipment_ids: Vec<Uuid>,
+    changed_shipment_statuses: Vec<&'static str>,
+    applied_parked: Vec<Uuid>,
+    parked_events: Vec<Uuid>,
+    parked_orders: Vec<Uuid>,
+    parked_lines: Vec<Uuid>,
+    parked_old: Vec<&'static str>,
+    parked_new: Vec<&'static str>,
+}
+
+impl<'a> Writes<'a> {
+    /// The shipments created by this batch, with their lines: the order's own first (same
+    /// positions), then any learnt from parked updates.
+    fn new_shipments(
+        &mut self,
+        created: &[&'a OrderCreated],
+        shipments: &HashMap<Uuid, ShipmentState>,
+    ) {
+        for order in created {
+            let Some(state) = shipments.get(&order.id) else {
+                continue;
+            };
+            self.shipment_ids.push(state.id);
+            self.shipment_orders.push(order.id);
+            self.shipment_customers.push(order.customer_id);
+            self.shipment_dates.push(order.order_date);
+            self.shipment_statuses.push(state.status().as_str());
+            self.shipment_lines_known.push(state.lines_known);
+            for (index, (line_id, status)) in state.lines.iter().enumerate() {
+                let item = order.line_items.get(index);
+                self.lines.push(
+                    state.id,
+                    true,
+                    *line_id,
+                    index,
+                    item.map(|item| (item.item.as_str(), item.quantity)),
+                    *status,
+                );
+            }
         }
     }
-    let order_ids: Vec<Uuid> = created.iter().map(|order| order.id).collect();
-    let customer_ids: Vec<i32> = created.iter().map(|order| order.customer_id).collect();
-    let order_dates: Vec<chrono::DateTime<chrono::Utc>> =
-        created.iter().map(|order| order.order_date).collect();
-    // No conflict target: the original's table may lack the unique index on order_id (see the
-    // migration); the advisory lock and the read in `apply_in` already exclude a second
-    // shipment of an order, and a conflict on any unique index still counts as one.
-    // `order_date` may be the original's `timestamp` column: PostgreSQL converts in the
-    // session time zone, UTC.
-    let inserted = sqlx::query(
-        "INSERT INTO shipment (id, order_id, customer_id, order_date, status, lines_known) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[], $5::text[], $6::bool[]) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&order_ids)
-    .bind(&customer_ids)
-    .bind(&order_dates)
-    .bind(&statuses)
-    .bind(&lines_known)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted != ids.len() as u64 {
-        return Err(ApplyError::Rejected(
-            "an order already has a shipment (created by another event id)".to_owned(),
-        ));
+
+    /// Lines that stored shipments learnt of from updates in this batch.
+    fn recorded_lines(&mut self, shipments: &HashMap<Uuid, ShipmentState>) {
+        for state in shipments
+            .values()
+            .filter(|state| !state.recorded_lines.is_empty())
+        {
+            for (index, (line_id, status)) in state.lines.iter().enumerate() {
+                if state.recorded_lines.contains(line_id) {
+                    self.lines
+                        .push(state.id, false, *line_id, index, None, *status);
+                }
+            }
+        }
     }
-    lines.insert(tx).await
+
+    /// Status changes of stored lines, and the status (and `updated_at`) of the stored
+    /// shipments whose lines changed or grew in this batch.
+    fn changed_lines(&mut self, shipments: &HashMap<Uuid, ShipmentState>) {
+        for state in shipments.values().filter(|state| {
+            !state.is_new && (!state.changed_lines.is_empty() || !state.recorded_lines.is_empty())
+        }) {
+            for (line_id, status) in &state.lines {
+                if state.changed_lines.contains(line_id) {
+                    self.changed_line_ids.push(*line_id);
+                    self.changed_line_statuses.push(status.as_str());
+                }
+            }
+            self.changed_shipment_ids.push(state.id);
+            self.changed_shipment_statuses.push(state.status().as_str());
+        }
+    }
+
+    /// Updates parked by this batch (to store) and the stored ones it applied (to delete).
+    fn parked(&mut self, parked: &HashMap<Uuid, Vec<ParkedUpdate>>, stored_before: &[Uuid]) {
+        let still_stored: HashSet<Uuid> = parked
+            .values()
+            .flatten()
+            .filter(|update| update.stored)
+            .map(|update| update.event_id)
+            .collect();
+        self.applied_parked = stored_before
+            .iter()
+            .filter(|id| !still_stored.contains(id))
+            .copied()
+            .collect();
+        // In each order's list order, which keeps its updates in event order (`arrival`).
+        for new in parked.values().flatten().filter(|update| !update.stored) {
+            self.parked_events.push(new.event_id);
+            self.parked_orders.push(new.update.order_id);
+            self.parked_lines.push(new.update.order_line_id);
+            self.parked_old.push(new.update.old_status.as_str());
+            self.parked_new.push(new.update.new_status.as_str());
+        }
+    }
+
+    /// Writes everything in one statement (one round trip whatever the batch holds); the
+    /// parts touch disjoint rows (new shipments and lines, stored lines and shipments, parked
+    /// updates), so their running side by side in one snapshot is the same as one after the
+    /// other. The foreign key of a new line to its new shipment is checked at the end of the
+    /// statement, when the shipment is there.
+    async fn execute(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), ApplyError> {
+        // No conflict target on shipment: the original's table may lack the unique index on
+        // order_id (see the migration); the advisory lock and the read in `apply_in` already
+        // exclude a second shipment of an order, and a conflict on any unique index still
+        // counts as one. The lines of a shipment that was not inserted are left out, so such
+        // a conflict is a short count (a rejection), not a foreign-key error. `order_date`
+        // may be the original's `timestamp` column: PostgreSQL converts in the session time
+        // zone, UTC.
+        let (shipments, lines): (i64, i64) = sqlx::query_as(
+            "WITH new_shipment AS ( \
+                 INSERT INTO shipment (id, order_id, customer_id, order_date, status, lines_known) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[], \
+                                      $5::text[], $6::bool[]) \
+                 ON CONFLICT DO NOTHING RETURNING id), \
+             new_line AS ( \
+                 INSERT INTO shipment_line (order_line_id, shipment_id, position, item, quantity, status) \
+                 SELECT line.order_line_id, line.shipment_id, line.position, line.item, \
+                        line.quantity, line.status \
+                 FROM UNNEST($7::uuid[], $8::uuid[], $9::int[], $10::text[], $11::int[], \
+                             $12::text[], $13::bool[]) \
+                      AS line(order_line_id, shipment_id, position, item, quantity, status, of_new) \
+                 WHERE NOT line.of_new OR line.shipment_id IN (SELECT id FROM new_shipment) \
+                 ON CONFLICT (order_line_id) DO NOTHING RETURNING 1), \
+             changed_line AS ( \
+                 UPDATE shipment_line SET status = change.status \
+                 FROM UNNEST($14::uuid[], $15::text[]) AS change(id, status) \
+                 WHERE order_line_id = change.id), \
+             changed_shipment AS ( \
+                 UPDATE shipment SET status = change.status, updated_at = now() \
+                 FROM UNNEST($16::uuid[], $17::text[]) AS change(id, status) \
+                 WHERE shipment.id = change.id), \
+             applied_parked AS ( \
+                 DELETE FROM pending_line_update WHERE event_id = ANY($18::uuid[])), \
+             new_parked AS ( \
+                 INSERT INTO pending_line_update (event_id, order_id, order_line_id, old_status, new_status) \
+                 SELECT event_id, order_id, order_line_id, old_status, new_status \
+                 FROM UNNEST($19::uuid[], $20::uuid[], $21::uuid[], $22::text[], $23::text[]) \
+                      WITH ORDINALITY AS parked(event_id, order_id, order_line_id, old_status, new_status, n) \
+                 ORDER BY n) \
+             SELECT (SELECT count(*) FROM new_shipment), (SELECT count(*) FROM new_line)",
+        )
+        .bind(&self.shipment_ids)
+        .bind(&self.shipment_orders)
+        .bind(&self.shipment_customers)
+        .bind(&self.shipment_dates)
+        .bind(&self.shipment_statuses)
+        .bind(&self.shipment_lines_known)
+        .bind(&self.lines.ids)
+        .bind(&self.lines.shipments)
+        .bind(&self.lines.positions)
+        .bind(&self.lines.items)
+        .bind(&self.lines.quantities)
+        .bind(&self.lines.statuses)
+        .bind(&self.lines.of_new)
+        .bind(&self.changed_line_ids)
+        .bind(&self.changed_line_statuses)
+        .bind(&self.changed_shipment_ids)
+        .bind(&self.changed_shipment_statuses)
+        .bind(&self.applied_parked)
+        .bind(&self.parked_events)
+        .bind(&self.parked_orders)
+        .bind(&self.parked_lines)
+        .bind(&self.parked_old)
+        .bind(&self.parked_new)
+        .fetch_one(&mut **tx)
+        .await?;
+        if shipments != self.shipment_ids.len() as i64 {
+            return Err(ApplyError::Rejected(
+                "an order already has a shipment (created by another event id)".to_owned(),
+            ));
+        }
+        if lines != self.lines.ids.len() as i64 {
+            return Err(ApplyError::Rejected(format!(
+                "{} order line ids already belong to another shipment",
+                self.lines.ids.len() as i64 - lines
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Rows for `shipment_line`, as parallel arrays for one `UNNEST` insert.
 #[derive(Debug, Default)]
 struct NewLines<'a> {
     shipments: Vec<Uuid>,
+    /// Whether the line's shipment is created by this batch (inserted in the same statement).
+    of_new: Vec<bool>,
     ids: Vec<Uuid>,
     positions: Vec<i32>,
     items: Vec<Option<&'a str>>,
@@ -468,13 +617,15 @@ impl<'a> NewLines<'a> {
     fn push(
         &mut self,
         shipment: Uuid,
+        of_new: bool,
         id: Uuid,
         index: usize,
-        item: Option<&'a str>,
-        quantity: Option<i32>,
+        item_and_quantity: Option<(&'a str, i32)>,
         status: LineStatus,
     ) {
+        let (item, quantity) = item_and_quantity.unzip();
         self.shipments.push(shipment);
+        self.of_new.push(of_new);
         self.ids.push(id);
         self.positions
             .push(i32::try_from(index + 1).unwrap_or(i32::MAX));
@@ -482,149 +633,6 @@ impl<'a> NewLines<'a> {
         self.quantities.push(quantity);
         self.statuses.push(status.as_str());
     }
-
-    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), ApplyError> {
-        if self.ids.is_empty() {
-            return Ok(());
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO shipment_line (order_line_id, shipment_id, position, item, quantity, status) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::int[], $6::text[]) \
-             ON CONFLICT (order_line_id) DO NOTHING",
-        )
-        .bind(&self.ids)
-        .bind(&self.shipments)
-        .bind(&self.positions)
-        .bind(&self.items)
-        .bind(&self.quantities)
-        .bind(&self.statuses)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if inserted != self.ids.len() as u64 {
-            return Err(ApplyError::Rejected(format!(
-                "{} order line ids already belong to another shipment",
-                self.ids.len() as u64 - inserted
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Lines that stored shipments learnt of from updates in this batch.
-async fn write_recorded_lines(
-    tx: &mut Transaction<'_, Postgres>,
-    shipments: &HashMap<Uuid, ShipmentState>,
-) -> Result<(), ApplyError> {
-    let mut lines = NewLines::default();
-    for state in shipments
-        .values()
-        .filter(|state| !state.recorded_lines.is_empty())
-    {
-        for (index, (line_id, status)) in state.lines.iter().enumerate() {
-            if state.recorded_lines.contains(line_id) {
-                lines.push(state.id, *line_id, index, None, None, *status);
-            }
-        }
-    }
-    lines.insert(tx).await
-}
-
-/// Status changes of stored lines, and the status (and `updated_at`) of the stored shipments
-/// whose lines changed or grew in this batch.
-async fn write_changed_lines(
-    tx: &mut Transaction<'_, Postgres>,
-    shipments: &HashMap<Uuid, ShipmentState>,
-) -> Result<(), ApplyError> {
-    let mut line_ids = Vec::new();
-    let mut line_statuses = Vec::new();
-    let mut shipment_ids = Vec::new();
-    let mut shipment_statuses = Vec::new();
-    for state in shipments.values().filter(|state| {
-        !state.is_new && (!state.changed_lines.is_empty() || !state.recorded_lines.is_empty())
-    }) {
-        for (line_id, status) in &state.lines {
-            if state.changed_lines.contains(line_id) {
-                line_ids.push(*line_id);
-                line_statuses.push(status.as_str());
-            }
-        }
-        shipment_ids.push(state.id);
-        shipment_statuses.push(state.status().as_str());
-    }
-    if shipment_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "WITH changed_lines AS ( \
-             UPDATE shipment_line SET status = change.status \
-             FROM UNNEST($1::uuid[], $2::text[]) AS change(id, status) \
-             WHERE order_line_id = change.id) \
-         UPDATE shipment SET status = change.status, updated_at = now() \
-         FROM UNNEST($3::uuid[], $4::text[]) AS change(id, status) \
-         WHERE shipment.id = change.id",
-    )
-    .bind(&line_ids)
-    .bind(&line_statuses)
-    .bind(&shipment_ids)
-    .bind(&shipment_statuses)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Stores updates parked by this batch and deletes the stored ones that were applied.
-async fn write_parked(
-    tx: &mut Transaction<'_, Postgres>,
-    parked: &HashMap<Uuid, Vec<ParkedUpdate>>,
-    stored_before: &[Uuid],
-) -> Result<(), ApplyError> {
-    let still_stored: HashSet<Uuid> = parked
-        .values()
-        .flatten()
-        .filter(|update| update.stored)
-        .map(|update| update.event_id)
-        .collect();
-    let applied: Vec<Uuid> = stored_before
-        .iter()
-        .filter(|id| !still_stored.contains(id))
-        .copied()
-        .collect();
-    if !applied.is_empty() {
-        sqlx::query("DELETE FROM pending_line_update WHERE event_id = ANY($1)")
-            .bind(&applied)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let new: Vec<&ParkedUpdate> = parked
-        .values()
-        .flatten()
-        .filter(|update| !update.stored)
-        .collect();
-    if new.is_empty() {
-        return Ok(());
-    }
-    let event_ids: Vec<Uuid> = new.iter().map(|p| p.event_id).collect();
-    let order_ids: Vec<Uuid> = new.iter().map(|p| p.update.order_id).collect();
-    let line_ids: Vec<Uuid> = new.iter().map(|p| p.update.order_line_id).collect();
-    let old: Vec<&str> = new.iter().map(|p| p.update.old_status.as_str()).collect();
-    let next: Vec<&str> = new.iter().map(|p| p.update.new_status.as_str()).collect();
-    // In list order, which keeps each order's updates in event order (`arrival`).
-    sqlx::query(
-        "INSERT INTO pending_line_update (event_id, order_id, order_line_id, old_status, new_status) \
-         SELECT event_id, order_id, order_line_id, old_status, new_status \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) \
-              WITH ORDINALITY AS parked(event_id, order_id, order_line_id, old_status, new_status, n) \
-         ORDER BY n",
-    )
-    .bind(&event_ids)
-    .bind(&order_ids)
-    .bind(&line_ids)
-    .bind(&old)
-    .bind(&next)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// A lock key per order: the first 8 bytes of its UUID.

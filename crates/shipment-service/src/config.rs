@@ -146,11 +146,34 @@ impl BrokerSettings {
     }
 }
 
+/// The default of `RABBITMQ_PREFETCH`: four batches, so that while one batch is applied the
+/// next ones are already here (a window of one batch would cost a broker round trip per batch).
+pub const DEFAULT_PREFETCH: u16 = 2_000;
+
+/// The largest `SHIPMENT_BATCH_SIZE` default: on a backlog a batch this size spreads the commit's
+/// WAL flush and the statements' round trips over enough events that they no longer count.
+pub const DEFAULT_BATCH_SIZE: u16 = 500;
+
+/// The largest `SHIPMENT_BATCH_SIZE` accepted. A batch takes one advisory lock per order, and
+/// PostgreSQL's shared lock table holds `max_locks_per_transaction` (64) × `max_connections`
+/// (100) locks by default for every session together: a bigger batch buys nothing measurable
+/// and risks "out of shared memory" beside other sessions.
+pub const MAX_BATCH_SIZE: u16 = 1_000;
+
+/// `SHIPMENT_BATCH_SIZE` when unset: a quarter of the prefetch window (so the next batches are
+/// buffered while one is applied), at most [`DEFAULT_BATCH_SIZE`], at least 1.
+pub fn default_batch_size(prefetch: u16) -> u16 {
+    (prefetch / 4).clamp(1, DEFAULT_BATCH_SIZE)
+}
+
 /// How messages are consumed and retried.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     /// Deliveries the broker may send ahead of our acks.
     pub prefetch: u16,
+    /// Most deliveries applied in one transaction (and acked with one `basic.ack`); at most
+    /// `prefetch`.
+    pub batch_size: u16,
     /// Attempts of a message whose handling keeps failing before it goes to the dead-letter queue.
     pub max_attempts: u32,
     /// First pause between attempts; doubled each time up to `max_retry_backoff`.
@@ -164,7 +187,8 @@ pub struct ConsumerSettings {
 impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
-            prefetch: 50,
+            prefetch: DEFAULT_PREFETCH,
+            batch_size: default_batch_size(DEFAULT_PREFETCH),
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
             max_retry_backoff: Duration::from_secs(10),
@@ -223,7 +247,22 @@ impl Config {
             )?,
         };
         // 0 would mean unlimited deliveries in flight.
-        let prefetch = vars.number_in("RABBITMQ_PREFETCH", 50, 1..=u16::MAX)?;
+        let prefetch = vars.number_in("RABBITMQ_PREFETCH", DEFAULT_PREFETCH, 1..=u16::MAX)?;
+        let batch_size = vars.number_in(
+            "SHIPMENT_BATCH_SIZE",
+            default_batch_size(prefetch),
+            1..=MAX_BATCH_SIZE,
+        )?;
+        if batch_size > prefetch {
+            // A batch is made of deliveries in the window: it could never fill.
+            return Err(ConfigError::new(
+                "SHIPMENT_BATCH_SIZE",
+                format!(
+                    "{batch_size} is more than RABBITMQ_PREFETCH ({prefetch}): a batch only holds \
+                     deliveries of the prefetch window (2 to 4 batches is a good window)"
+                ),
+            ));
+        }
         let max_attempts = vars.number_in("SHIPMENT_MAX_ATTEMPTS", 5, 1..=u32::MAX)?;
         Ok(Self {
             server,
@@ -231,6 +270,7 @@ impl Config {
             broker,
             consumer: ConsumerSettings {
                 prefetch,
+                batch_size,
                 max_attempts,
                 ..ConsumerSettings::default()
             },
@@ -277,7 +317,8 @@ mod tests {
         assert_eq!(config.broker.queue_type, QueueType::Quorum);
         assert_eq!(config.broker.delivery_limit, 20);
         assert_eq!(config.broker.dead_letter_queue(), "shipment.orders.dlq");
-        assert_eq!(config.consumer.prefetch, 50);
+        assert_eq!(config.consumer.prefetch, 2_000);
+        assert_eq!(config.consumer.batch_size, 500);
         assert_eq!(config.consumer.max_attempts, 5);
         assert_eq!(config.broker.uri().vhost, "/");
     }
@@ -305,6 +346,11 @@ mod tests {
             ("RABBITMQ_DELIVERY_LIMIT", "0"),
             ("RABBITMQ_PREFETCH", "0"),
             ("RABBITMQ_PREFETCH", "100000"),
+            ("SHIPMENT_BATCH_SIZE", "0"),
+            ("SHIPMENT_BATCH_SIZE", "1001"),
+            ("SHIPMENT_BATCH_SIZE", "ten"),
+            // More than the default prefetch window (2,000) is refused by the range already;
+            // more than a set window is refused below.
             ("SHIPMENT_MAX_ATTEMPTS", "0"),
             ("SHIPMENT_MAX_ATTEMPTS", "many"),
             ("RABBITMQ_ORDER_QUEUE", "amq.reserved"),
@@ -314,6 +360,31 @@ mod tests {
             assert!(error.to_string().contains(variable), "{error}");
             assert!(!error.to_string().contains("hunter2"), "{error}");
         }
+    }
+
+    #[test]
+    fn the_batch_size_follows_the_prefetch_window_unless_set() {
+        let batch = |vars: &[(&str, &str)]| {
+            let consumer = config(vars).unwrap().consumer;
+            (consumer.prefetch, consumer.batch_size)
+        };
+        assert_eq!(batch(&[]), (2_000, 500));
+        assert_eq!(batch(&[("RABBITMQ_PREFETCH", "50")]), (50, 12));
+        assert_eq!(batch(&[("RABBITMQ_PREFETCH", "3")]), (3, 1));
+        assert_eq!(batch(&[("RABBITMQ_PREFETCH", "60000")]), (60_000, 500));
+        assert_eq!(
+            batch(&[("RABBITMQ_PREFETCH", "400"), ("SHIPMENT_BATCH_SIZE", "400")]),
+            (400, 400)
+        );
+        assert_eq!(batch(&[("SHIPMENT_BATCH_SIZE", "1000")]), (2_000, 1_000));
+        // A batch bigger than the window could never fill: refused, naming the batch size.
+        let error =
+            config(&[("RABBITMQ_PREFETCH", "100"), ("SHIPMENT_BATCH_SIZE", "101")]).unwrap_err();
+        assert_eq!(error.variable, "SHIPMENT_BATCH_SIZE");
+        assert!(
+            error.to_string().contains("RABBITMQ_PREFETCH (100)"),
+            "{error}"
+        );
     }
 
     #[test]

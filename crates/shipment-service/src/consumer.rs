@@ -1,27 +1,42 @@
-//! The consume loop: one delivery at a time, in delivery order, on one channel.
+//! The consume loop: deliveries applied in delivery order, in batches, on one channel.
 //!
-//! Per delivery: decode ([`crate::event::parse`]); poison → dead-letter queue, then ack. Else
-//! apply in one transaction ([`crate::apply::apply`]), commit, then ack. Processing is
-//! sequential (the prefetch window still pipelines deliveries from the broker), so events are
-//! applied in the order the queue holds them; the effects do not depend on that order anyway
-//! (see [`crate::apply`]).
+//! Two tasks per broker session, so that waiting on the broker and waiting on PostgreSQL
+//! overlap instead of adding up:
+//! - the reader takes deliveries from the channel, decodes them ([`crate::event::parse`]) and
+//!   hands them over in batches of up to `SHIPMENT_BATCH_SIZE`: the first delivery when it
+//!   comes, then whatever else is already buffered, never waiting for more (a lone message is
+//!   handled at once). At most one decoded batch waits for the applier;
+//! - the applier (this loop) dead-letters the poison messages of a batch, applies the others
+//!   in order in one transaction ([`crate::apply::apply_batch`]) and after its commit acks
+//!   them all with one `basic.ack multiple=true` up to the batch's last delivery tag.
 //!
-//! Batching: when more deliveries are already buffered (a backlog), up to `prefetch` of them
-//! are applied in order in one transaction ([`crate::apply::apply_batch`]) and acked after its
-//! commit. If any of them is poison or fails, the batch is rolled back and its deliveries are
-//! handled one by one as above, so a bad message never takes good ones down with it. Waiting for
-//! more deliveries never happens: a lone message is handled at once.
+//! The prefetch window (`RABBITMQ_PREFETCH`, a few batches) is what keeps the next batch
+//! buffered while one is applied: with a window of one batch the broker would send the next
+//! only after our ack, a round trip per batch. Memory is bounded by that window: the broker
+//! sends no more than it holds unacked.
 //!
-//! Failures:
-//! - the database is unreachable ([`service_kit::postgres::is_unavailable`]) → wait with backoff and retry the same message, without limit
+//! Exactly once and order: a batch is applied in delivery order in one transaction with its
+//! event ids (see [`crate::apply`]); batches are applied one after the other; nothing is acked
+//! before its commit. A multiple ack covers exactly this batch's deliveries: every lower tag of
+//! the channel was handled (committed and acked, or dead-lettered and acked) before.
+//!
+//! A bad event never takes its neighbours down: a poison message (undecodable) is
+//! dead-lettered on its own and the rest of its batch applied without it. An event the
+//! database state rejects rolls its batch back; the events before it are applied as a batch,
+//! then the rejected one alone (dead-lettered with its reason), then the rest. A rejection not
+//! tied to one event (a conflict found by the database) or any other database error halves the
+//! batch until the culprit is alone and handled as a single message with its own retries.
+//!
+//! Failures of a single message:
+//! - the database is unreachable ([`service_kit::postgres::is_unavailable`]) → wait with backoff and retry the same message (or batch), without limit
 //!   and without counting: the message is not at fault;
 //! - any other database error → retried with backoff, and after `SHIPMENT_MAX_ATTEMPTS` attempts
 //!   the message goes to the dead-letter queue (`x-death-reason: max-attempts`);
 //! - the broker connection is lost → unacked deliveries return to the queue; reconnect with
 //!   backoff, redeclare, resume. A redelivered event that was committed is a duplicate.
 //!
-//! Shutdown finishes the message in hand (commit and ack) and then closes the connection;
-//! nothing uncommitted is acked.
+//! Shutdown finishes the batch in hand (commit and ack) and then closes the connection;
+//! nothing uncommitted is acked, and the deliveries the reader held return to the queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +49,8 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyError, Outcome};
@@ -141,89 +158,147 @@ impl Consumer {
     }
 
     async fn consume(&self, session: &BrokerSession, shutdown: &CancellationToken) -> Stop {
-        let mut deliveries = session.consumer.clone();
+        // One decoded batch waits while another is applied; more would only hold deliveries
+        // the broker counts against the window anyway.
+        let (sender, mut batches) = mpsc::channel(1);
+        let _reader = AbortOnDrop(tokio::spawn(read_batches(
+            session.consumer.clone(),
+            usize::from(self.settings.batch_size.max(1)),
+            sender,
+        )));
         loop {
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Stop::Shutdown,
-                next = deliveries.next() => next,
+                next = batches.recv() => next,
             };
-            let mut batch = match next {
-                Some(Ok(delivery)) => vec![delivery],
-                Some(Err(error)) => return Stop::Lost(consume_error(error)),
+            let batch = match next {
+                Some(Ok(batch)) => batch,
+                Some(Err(error)) => return Stop::Lost(error),
                 None => return Stop::Lost(BrokerError::ConsumerEnded),
             };
-            // Take what is already buffered, without waiting.
-            while batch.len() < usize::from(self.settings.prefetch) {
-                match deliveries.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
-                    // Unacked deliveries return to the queue when the channel goes.
-                    Some(Some(Err(error))) => return Stop::Lost(consume_error(error)),
-                    Some(None) => return Stop::Lost(BrokerError::ConsumerEnded),
-                    None => break,
-                }
-            }
-            let handled = if batch.len() == 1 {
-                match batch.pop() {
-                    Some(delivery) => self.handle(session, delivery, shutdown).await,
-                    None => Ok(()),
-                }
-            } else {
-                self.handle_batch(session, batch, shutdown).await
-            };
-            if let Err(stop) = handled {
+            if let Err(stop) = self.handle_batch(session, batch, shutdown).await {
                 return stop;
             }
         }
     }
 
-    /// Applies several deliveries in one transaction, or one by one if any is poison or fails.
+    /// Dead-letters the batch's poison messages, then applies the others in order.
     async fn handle_batch(
         &self,
         session: &BrokerSession,
-        batch: Vec<Delivery>,
+        batch: Vec<Received>,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
-        let started = Instant::now();
-        let parsed: Option<Vec<IncomingEvent>> =
-            batch.iter().map(|delivery| parse(delivery).ok()).collect();
-        let applied = match &parsed {
-            Some(events) => match apply::apply_batch(&self.pool, events).await {
-                Ok(outcomes) => Some(outcomes),
-                Err(error) => {
-                    tracing::debug!(%error, size = events.len(), "batch rolled back; handling its messages one by one");
-                    None
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for Received { delivery, event } in batch {
+            match event {
+                Ok(event) => {
+                    deliveries.push(delivery);
+                    events.push(event);
                 }
-            },
-            None => {
-                tracing::debug!(
-                    size = batch.len(),
-                    "batch holds a poison message; handling its messages one by one"
-                );
-                None
+                // Acked on its own once the dead-letter queue has it; the later multiple ack
+                // of its neighbours passes over its tag, which is no longer outstanding.
+                Err(poison) => self.dead_letter(session, &delivery, &poison, 1).await?,
             }
-        };
-        let (Some(events), Some(outcomes)) = (parsed, applied) else {
-            for delivery in batch {
-                self.handle(session, delivery, shutdown).await?;
+        }
+        self.apply_run(session, &deliveries, &events, shutdown)
+            .await
+    }
+
+    /// Applies `events` (decoded from `deliveries`, same order) in as few transactions as the
+    /// events allow: all at once, or split around a rejected or failing one (see the module
+    /// documentation).
+    async fn apply_run(
+        &self,
+        session: &BrokerSession,
+        deliveries: &[Delivery],
+        events: &[IncomingEvent],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let len = events.len();
+        // The run still to apply is events[start..]; the next attempt covers start..end.
+        let mut start = 0;
+        let mut end = len;
+        // An event known to be rejected in its batch's state: handled alone when reached.
+        let mut rejected: Option<usize> = None;
+        let mut backoff =
+            Backoff::starting_at(self.settings.retry_backoff, self.settings.max_retry_backoff);
+        while start < len {
+            if end - start == 1 || rejected == Some(start) {
+                self.handle_event(session, &deliveries[start], &events[start], shutdown)
+                    .await?;
+                start += 1;
+                end = len;
+                continue;
             }
-            return Ok(());
-        };
+            let started = Instant::now();
+            match apply::apply_batch(&self.pool, &events[start..end]).await {
+                Ok(outcomes) => {
+                    self.finish_batch(
+                        session,
+                        &deliveries[start..end],
+                        &events[start..end],
+                        outcomes,
+                        started,
+                    )
+                    .await?;
+                    backoff.reset();
+                    start = end;
+                    end = len;
+                }
+                Err(ApplyError::RejectedAt { index, reason }) => {
+                    tracing::debug!(%reason, index, size = end - start, "batch rolled back; applying the events before the rejected one");
+                    rejected = Some(start + index);
+                    end = start + index.max(1);
+                }
+                Err(ApplyError::Database(error)) if is_unavailable(&error) => {
+                    metrics::gauge!(names::DATABASE_UP).set(0.0);
+                    let pause = backoff.next_delay();
+                    tracing::warn!(%error, size = end - start, retry_in = ?pause, "PostgreSQL unreachable; retrying the batch");
+                    if sleep_or_shutdown(pause, shutdown).await {
+                        // Not committed, so not acked: the broker redelivers after we close.
+                        return Err(Stop::Shutdown);
+                    }
+                }
+                Err(error) => {
+                    // Which event is at fault is unknown: halve until it is alone, where the
+                    // single-message path retries it and in the end dead-letters it.
+                    tracing::debug!(%error, size = end - start, "batch rolled back; splitting it");
+                    end = start + (end - start) / 2;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a batch's commit: the test hook, one ack for all of it, the metrics.
+    async fn finish_batch(
+        &self,
+        session: &BrokerSession,
+        deliveries: &[Delivery],
+        events: &[IncomingEvent],
+        outcomes: Vec<Outcome>,
+        started: Instant,
+    ) -> Result<(), Stop> {
         metrics::gauge!(names::DATABASE_UP).set(1.0);
         tracing::trace!(
             size = events.len(),
             micros = started.elapsed().as_micros() as u64,
             "batch committed"
         );
-        for event in &events {
+        for event in events {
             self.maybe_crash_after_commit(session, event.id).await?;
         }
+        if let Some(last) = deliveries.last() {
+            ack(last, true).await?;
+        }
         let elapsed = started.elapsed().as_secs_f64();
-        for ((delivery, event), outcome) in batch.iter().zip(&events).zip(outcomes) {
+        for ((delivery, event), outcome) in deliveries.iter().zip(events).zip(outcomes) {
             if outcome != Outcome::Duplicate {
                 record_event_delay(delivery);
             }
-            ack(delivery).await?;
             self.count_handled(event.kind.type_name(), outcome, elapsed);
         }
         Ok(())
@@ -237,44 +312,41 @@ impl Consumer {
         metrics::histogram!(names::PROCESSING_SECONDS, "event_type" => event_type).record(seconds);
     }
 
-    /// Handles one delivery to the end: acked after commit or after dead-lettering, or left
-    /// unacked when the session is lost or the service stops.
-    async fn handle(
+    /// Handles one decoded delivery to the end, alone in its transaction: acked after commit
+    /// or after dead-lettering, or left unacked when the session is lost or the service stops.
+    async fn handle_event(
         &self,
         session: &BrokerSession,
-        delivery: Delivery,
+        delivery: &Delivery,
+        event: &IncomingEvent,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let started = Instant::now();
-        let event = match parse(&delivery) {
-            Ok(event) => event,
-            Err(poison) => return self.dead_letter(session, &delivery, &poison, 1).await,
-        };
         let event_type = event.kind.type_name();
         let mut attempts = 0u32;
         let mut backoff =
             Backoff::starting_at(self.settings.retry_backoff, self.settings.max_retry_backoff);
         loop {
-            let error = match apply::apply(&self.pool, &event).await {
+            let error = match apply::apply(&self.pool, event).await {
                 Ok(outcome) => {
                     metrics::gauge!(names::DATABASE_UP).set(1.0);
                     if outcome != Outcome::Duplicate {
-                        record_event_delay(&delivery);
+                        record_event_delay(delivery);
                     }
                     self.maybe_crash_after_commit(session, event.id).await?;
-                    ack(&delivery).await?;
+                    ack(delivery, false).await?;
                     self.count_handled(event_type, outcome, started.elapsed().as_secs_f64());
                     tracing::debug!(event_id = %event.id, event_type, outcome = outcome.as_str(), "event handled");
                     return Ok(());
                 }
-                Err(ApplyError::Rejected(reason)) => {
+                Err(ApplyError::Rejected(reason) | ApplyError::RejectedAt { reason, .. }) => {
                     let poison = Poison {
                         reason: PoisonReason::Rejected,
                         detail: reason,
                         event_type: Some(event_type.to_owned()),
                     };
                     return self
-                        .dead_letter(session, &delivery, &poison, attempts + 1)
+                        .dead_letter(session, delivery, &poison, attempts + 1)
                         .await;
                 }
                 Err(ApplyError::Database(error)) => error,
@@ -291,9 +363,7 @@ impl Consumer {
                         detail: format!("failed {attempts} times; last error: {error}"),
                         event_type: Some(event_type.to_owned()),
                     };
-                    return self
-                        .dead_letter(session, &delivery, &poison, attempts)
-                        .await;
+                    return self.dead_letter(session, delivery, &poison, attempts).await;
                 }
                 metrics::counter!(names::HANDLER_RETRIES).increment(1);
                 tracing::warn!(event_id = %event.id, attempt = attempts, %error, retry_in = ?pause, "applying the event failed; retrying");
@@ -324,7 +394,7 @@ impl Consumer {
             .dead_letter(&self.broker, delivery, poison, attempts)
             .await
             .map_err(Stop::Lost)?;
-        ack(delivery).await?;
+        ack(delivery, false).await?;
         let event_type = poison
             .event_type
             .clone()
@@ -363,6 +433,72 @@ impl Consumer {
     }
 }
 
+/// A delivery and what it decoded to.
+struct Received {
+    delivery: Delivery,
+    event: Result<IncomingEvent, Poison>,
+}
+
+/// A batch of deliveries in delivery order, or why the session's deliveries ended.
+type Feed = Result<Vec<Received>, BrokerError>;
+
+/// The reader task: batches of decoded deliveries to `batches` until the consumer ends or the
+/// applier is gone. Decoding here lets it run while the applier waits on PostgreSQL.
+async fn read_batches(
+    mut deliveries: lapin::Consumer,
+    batch_size: usize,
+    batches: mpsc::Sender<Feed>,
+) {
+    loop {
+        let first = match deliveries.next().await {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                let _ = batches.send(Err(consume_error(error))).await;
+                return;
+            }
+            None => {
+                let _ = batches.send(Err(BrokerError::ConsumerEnded)).await;
+                return;
+            }
+        };
+        let mut batch = vec![received(first)];
+        // Take what is already buffered, without waiting.
+        while batch.len() < batch_size {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(received(delivery)),
+                // The channel is gone: its deliveries cannot be acked and return to the queue,
+                // so the batch in hand is dropped, not applied.
+                Some(Some(Err(error))) => {
+                    let _ = batches.send(Err(consume_error(error))).await;
+                    return;
+                }
+                Some(None) => {
+                    let _ = batches.send(Err(BrokerError::ConsumerEnded)).await;
+                    return;
+                }
+                None => break,
+            }
+        }
+        if batches.send(Ok(batch)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn received(delivery: Delivery) -> Received {
+    let event = parse(&delivery);
+    Received { delivery, event }
+}
+
+/// Stops the reader task when the session's consume loop ends, however it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A delivery's body, message id and string headers → the event, or why it is poison.
 fn parse(delivery: &Delivery) -> Result<IncomingEvent, Poison> {
     let headers = string_headers(delivery.properties.headers().as_ref());
@@ -381,9 +517,10 @@ fn consume_error(source: lapin::Error) -> BrokerError {
     }
 }
 
-async fn ack(delivery: &Delivery) -> Result<(), Stop> {
+/// Acks `delivery`, and with `multiple` every outstanding delivery of the channel before it.
+async fn ack(delivery: &Delivery, multiple: bool) -> Result<(), Stop> {
     delivery
-        .ack(BasicAckOptions::default())
+        .ack(BasicAckOptions { multiple })
         .await
         .map(|_| ())
         .map_err(|source| {

@@ -8,8 +8,10 @@
 //! - [`broker`]: RabbitMQ connection, topology, dead-letter publishing.
 //! - [`event`]: one AMQP message → a typed event, or the reason it is poison.
 //! - [`apply`]: the effect of each event, exactly once; the event id is recorded in the same
-//!   transaction (one per event, or one per batch of already-delivered events).
-//! - [`consumer`]: the consume loop (sequential, manual acks, retries, reconnects).
+//!   transaction (one per batch of already-delivered events, a batch of one when alone).
+//! - [`consumer`]: the consume loop (a reader decoding batches while the applier applies the
+//!   previous one in delivery order; one multiple ack per batch after its commit; retries,
+//!   reconnects).
 //! - [`queries`] and [`http`]: the read API, `/health`, `/metrics`.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`startup`]: [`Application::build`] and [`Application::run_until_stopped`].

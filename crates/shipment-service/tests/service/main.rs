@@ -4,6 +4,7 @@
 
 mod adoption;
 mod backlog;
+mod batches;
 mod consuming;
 mod http_api;
 mod original_events;
