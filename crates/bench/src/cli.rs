@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::infra::{QueueType, WireFormat};
+
 /// The parts of the benchmark (issue 7), selectable with `--only`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -80,13 +82,23 @@ pub struct Args {
     /// Concurrency levels tried for the producer ceiling.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
     pub producer_concurrency: Vec<usize>,
-    /// Messages per broker-ceiling measurement.
+    /// Messages per broker-ceiling measurement (each queue type, each repetition)
+    /// [default: 50,000].
     #[arg(long)]
     pub broker_messages: Option<usize>,
     /// Publisher confirms outstanding at once in the broker ceiling (the relay's default
     /// window).
     #[arg(long, default_value_t = 1024)]
     pub broker_window: usize,
+    /// Queue types of `shipment.orders` measured: the broker ceiling (1b) runs for each, our
+    /// relay's drain for each but `stream` (the other relays drain into the first of them).
+    #[arg(long, value_delimiter = ',', value_enum,
+          default_values_t = [QueueType::Classic, QueueType::Quorum, QueueType::Stream])]
+    pub queue_types: Vec<QueueType>,
+    /// Wire formats our relay's drain runs with (`RELAY_WIRE_FORMAT`), each on every queue type.
+    #[arg(long, value_delimiter = ',', value_enum,
+          default_values_t = [WireFormat::Plain, WireFormat::Debezium])]
+    pub formats: Vec<WireFormat>,
     /// Concurrency levels of the HTTP measurement.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 64])]
     pub http_concurrency: Vec<usize>,
@@ -134,6 +146,8 @@ pub struct Settings {
     pub producer_concurrency: Vec<usize>,
     pub broker_messages: usize,
     pub broker_window: usize,
+    pub queue_types: Vec<QueueType>,
+    pub formats: Vec<WireFormat>,
     pub http_concurrency: Vec<usize>,
     pub http_seconds: f64,
     pub consumer_events: usize,
@@ -179,6 +193,8 @@ impl Args {
             },
             broker_messages: pick(self.broker_messages, 50_000, 2_000),
             broker_window: self.broker_window,
+            queue_types: dedup(&self.queue_types),
+            formats: dedup(&self.formats),
             http_concurrency: if quick {
                 vec![1, 4]
             } else {
@@ -233,6 +249,18 @@ impl Args {
             "--broker-window must be at least 1"
         );
         anyhow::ensure!(
+            settings.broker_messages >= 1,
+            "--broker-messages must be at least 1"
+        );
+        anyhow::ensure!(
+            !settings.queue_types.is_empty() && !settings.formats.is_empty(),
+            "--queue-types and --formats need at least one value each"
+        );
+        anyhow::ensure!(
+            !settings.runs(Section::Drain) || !settings.drain_queue_types().is_empty(),
+            "the drain needs classic or quorum in --queue-types (a stream's depth cannot be read)"
+        );
+        anyhow::ensure!(
             settings.producer_seconds > 0.0 && settings.http_seconds > 0.0,
             "--producer-seconds and --http-seconds must be positive"
         );
@@ -245,6 +273,27 @@ impl Settings {
     pub fn runs(&self, section: Section) -> bool {
         self.sections.contains(&section)
     }
+
+    /// The queue types our relay's drain runs into (`--queue-types` but `stream`); the other
+    /// relays drain into the first.
+    pub fn drain_queue_types(&self) -> Vec<QueueType> {
+        self.queue_types
+            .iter()
+            .copied()
+            .filter(|queue_type| queue_type.drainable())
+            .collect()
+    }
+}
+
+/// `values` without repeats, in their first order.
+fn dedup<T: Copy + PartialEq>(values: &[T]) -> Vec<T> {
+    let mut unique = Vec::with_capacity(values.len());
+    for &value in values {
+        if !unique.contains(&value) {
+            unique.push(value);
+        }
+    }
+    unique
 }
 
 #[cfg(test)]
@@ -287,6 +336,38 @@ mod tests {
             .settings()
             .unwrap_err();
         assert!(error.to_string().contains("--ceiling-fraction"), "{error}");
+    }
+
+    #[test]
+    fn queue_types_and_formats_are_picked_and_stream_does_not_drain() {
+        let full = Args::parse_from(["bench"]).settings().unwrap();
+        assert_eq!(
+            full.queue_types,
+            vec![QueueType::Classic, QueueType::Quorum, QueueType::Stream]
+        );
+        assert_eq!(
+            full.drain_queue_types(),
+            vec![QueueType::Classic, QueueType::Quorum]
+        );
+        assert_eq!(full.formats, vec![WireFormat::Plain, WireFormat::Debezium]);
+        let picked = Args::parse_from([
+            "bench",
+            "--queue-types",
+            "quorum,quorum",
+            "--formats",
+            "debezium",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(picked.queue_types, vec![QueueType::Quorum]);
+        assert_eq!(picked.formats, vec![WireFormat::Debezium]);
+        let error = Args::parse_from(["bench", "--queue-types", "stream"])
+            .settings()
+            .unwrap_err();
+        assert!(error.to_string().contains("--queue-types"), "{error}");
+        let ceiling_only =
+            Args::parse_from(["bench", "--queue-types", "stream", "--only", "ceilings"]);
+        assert!(ceiling_only.settings().is_ok());
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! transactions is committed while no relay runs (their slots already exist), then each relay
 //! in turn is started and timed until the broker holds the whole backlog.
 //!
+//! Our relay drains the backlog once per queue type and wire format ([`DrainCase`]; issue 14),
+//! each from a slot of its own into a vhost of its own whose `shipment.orders` is declared with
+//! the arguments of the broker ceiling of that queue type ([`QueueType::arguments`]); the other
+//! relays drain into the first queue type.
+//!
 //! Method, the same for every relay that publishes: the depth of `shipment.orders` is read
 //! from the broker every 10 ms (passive `queue.declare`); the drain lasts from the first
 //! message in the queue to the last, like the Debezium peer's own `seconds` (first batch at the
@@ -14,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::ceilings::wal_read_rows_per_s;
-use crate::infra::{BenchDb, BenchVhost};
+use crate::infra::{BenchDb, BenchVhost, QueueType, WireFormat};
 use crate::relays::{DebeziumSink, Programs, RelayKind, RelayProcess, RelayTarget, Usage};
 use crate::workload::commit_backlog;
 
@@ -25,10 +30,52 @@ const START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the queue may stay unchanged during a drain before the run is declared failed.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One drain of a repetition: a relay, the queue type of `shipment.orders`, and (for our
+/// relay) its wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainCase {
+    pub kind: RelayKind,
+    pub queue_type: QueueType,
+    /// `RELAY_WIRE_FORMAT` of our relay; `None` for Debezium (its own format).
+    pub wire_format: Option<WireFormat>,
+}
+
+impl DrainCase {
+    /// The slot it reads (created before the backlog), empty for the polling relay.
+    fn slot(&self) -> String {
+        match self.kind {
+            RelayKind::Ours => format!(
+                "bench_ours_{}_{}",
+                self.queue_type.name(),
+                self.wire_format.unwrap_or(WireFormat::Plain).name()
+            ),
+            RelayKind::Polling => String::new(),
+            RelayKind::Debezium {
+                sink: DebeziumSink::Rabbitmq,
+                ..
+            } => "bench_dbz_rmq".to_owned(),
+            RelayKind::Debezium {
+                sink: DebeziumSink::None,
+                ..
+            } => "bench_dbz_none".to_owned(),
+        }
+    }
+
+    /// The relay, queue type and format, for logs and file names.
+    pub fn label(&self) -> String {
+        let format = self
+            .wire_format
+            .map_or_else(String::new, |format| format!(", {}", format.name()));
+        format!("{} [{}{format}]", self.kind.label(), self.queue_type.name())
+    }
+}
+
 /// One relay's drain.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainRun {
     pub relay: String,
+    pub queue_type: QueueType,
+    pub wire_format: Option<WireFormat>,
     pub events: usize,
     /// First message in the queue → last.
     pub seconds: f64,
@@ -57,32 +104,17 @@ pub struct DrainRepetition {
     pub failures: Vec<(String, String)>,
 }
 
-fn slot_for(kind: RelayKind) -> &'static str {
-    match kind {
-        RelayKind::Ours => "bench_ours",
-        RelayKind::Polling => "",
-        RelayKind::Debezium {
-            sink: DebeziumSink::Rabbitmq,
-            ..
-        } => "bench_dbz_rmq",
-        RelayKind::Debezium {
-            sink: DebeziumSink::None,
-            ..
-        } => "bench_dbz_none",
-    }
-}
-
 const WAL_READ_SLOT: &str = "bench_wal_read";
 
-/// Runs one repetition with `relays` (polling, which deletes rows, must come last).
+/// Runs one repetition with `cases` (polling, which deletes rows, must come last).
 pub async fn drain_repetition(
     events: usize,
-    relays: &[RelayKind],
+    cases: &[DrainCase],
     programs: &Programs,
     repetition: usize,
 ) -> Result<DrainRepetition> {
     let db = BenchDb::create("bench_drain", 4).await?;
-    let result = run_on(&db, events, relays, programs, repetition).await;
+    let result = run_on(&db, events, cases, programs, repetition).await;
     db.drop().await?;
     result
 }
@@ -90,14 +122,23 @@ pub async fn drain_repetition(
 async fn run_on(
     db: &BenchDb,
     events: usize,
-    relays: &[RelayKind],
+    cases: &[DrainCase],
     programs: &Programs,
     repetition: usize,
 ) -> Result<DrainRepetition> {
+    if let Some(position) = cases
+        .iter()
+        .position(|case| case.kind == RelayKind::Polling)
+    {
+        anyhow::ensure!(
+            position + 1 == cases.len(),
+            "the polling relay deletes the rows: it must drain last"
+        );
+    }
     db.create_publication().await?;
     db.create_slot(WAL_READ_SLOT).await?;
-    for kind in relays.iter().filter(|kind| kind.uses_slot()) {
-        db.create_slot(slot_for(*kind)).await?;
+    for case in cases.iter().filter(|case| case.kind.uses_slot()) {
+        db.create_slot(&case.slot()).await?;
     }
     let started = Instant::now();
     commit_backlog(db, events, BACKLOG_CLIENTS).await?;
@@ -115,30 +156,43 @@ async fn run_on(
 
     let mut runs = Vec::new();
     let mut failures = Vec::new();
-    for &kind in relays {
-        let vhost = BenchVhost::create("bench_drain").await?;
+    for case in cases {
+        let kind = case.kind;
+        let vhost = BenchVhost::create_with("bench_drain", Some(case.queue_type)).await?;
         let run_name = format!(
             "drain-{repetition}-{}",
-            kind.label().replace([' ', '(', ')'], "_")
+            case.label().replace([' ', '(', ')', '[', ']', ','], "_")
         );
+        let slot = case.slot();
         let target = RelayTarget {
             db,
             amqp_url: vhost.amqp_url(),
-            slot: slot_for(kind),
+            slot: &slot,
+            wire_format: case.wire_format,
         };
         if kind == RelayKind::Polling {
             db.create_polling_index().await?;
         }
-        let outcome = drain_one(kind, programs, target, &vhost, events, &run_name).await;
+        let outcome = drain_one(*case, programs, target, &vhost, events, &run_name).await;
         vhost.delete().await?;
+        // Its slot has done its work: free the WAL it holds for the drains after it.
+        if kind.uses_slot()
+            && let Err(error) = db.drop_slot(&slot).await
+        {
+            tracing::warn!(
+                slot,
+                error = format!("{error:#}"),
+                "cannot drop a drained slot"
+            );
+        }
         match outcome {
             Ok(run) => {
-                tracing::info!(relay = %run.relay, events_per_s = run.events_per_s.round(), "drained");
+                tracing::info!(relay = %case.label(), events_per_s = run.events_per_s.round(), "drained");
                 runs.push(run);
             }
             Err(error) => {
-                tracing::error!(relay = %kind.label(), error = format!("{error:#}"), "drain failed");
-                failures.push((kind.label(), format!("{error:#}")));
+                tracing::error!(relay = %case.label(), error = format!("{error:#}"), "drain failed");
+                failures.push((case.label(), format!("{error:#}")));
             }
         }
     }
@@ -151,13 +205,14 @@ async fn run_on(
 }
 
 async fn drain_one(
-    kind: RelayKind,
+    case: DrainCase,
     programs: &Programs,
     target: RelayTarget<'_>,
     vhost: &BenchVhost,
     events: usize,
     run_name: &str,
 ) -> Result<DrainRun> {
+    let kind = case.kind;
     let is_debezium = matches!(kind, RelayKind::Debezium { .. });
     let mut process = RelayProcess::spawn(
         kind,
@@ -172,7 +227,7 @@ async fn drain_one(
         let summary = finished
             .summary()
             .context("Debezium printed no summary line")?;
-        return debezium_only_run(kind, events, summary);
+        return debezium_only_run(case, events, summary);
     }
     let progress = watch_queue(vhost, events, &mut process).await;
     let end_usage = process.usage().ok();
@@ -202,6 +257,8 @@ async fn drain_one(
     };
     Ok(DrainRun {
         relay: kind.label(),
+        queue_type: case.queue_type,
+        wire_format: case.wire_format,
         events,
         seconds,
         events_per_s: events as f64 / seconds.max(1e-9),
@@ -218,7 +275,7 @@ async fn drain_one(
 }
 
 fn debezium_only_run(
-    kind: RelayKind,
+    case: DrainCase,
     events: usize,
     summary: serde_json::Value,
 ) -> Result<DrainRun> {
@@ -227,7 +284,9 @@ fn debezium_only_run(
     }
     let number = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN);
     Ok(DrainRun {
-        relay: kind.label(),
+        relay: case.kind.label(),
+        queue_type: case.queue_type,
+        wire_format: case.wire_format,
         events,
         seconds: number("seconds"),
         events_per_s: number("events_per_s"),

@@ -1,6 +1,8 @@
 //! The resources of one measurement: a database of its own with the order-service schema,
 //! publication and slots, and a RabbitMQ virtual host of its own with the original topology
-//! (fanout exchange `order.events` → durable queue `shipment.orders`).
+//! (fanout exchange `order.events` → durable queue `shipment.orders`), the queue of the type
+//! under test ([`QueueType`]: the broker ceiling and the drain declare it with the same
+//! arguments).
 //!
 //! Names start with `t_` (through `test-support`), so `cleanup-test-resources` removes whatever
 //! an interrupted run leaves behind; a finished run drops its own.
@@ -11,7 +13,7 @@ use anyhow::{Context, Result};
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -27,6 +29,96 @@ pub const EXCHANGE: &str = "order.events";
 pub const QUEUE: &str = "shipment.orders";
 /// The publication every relay of one database shares.
 pub const PUBLICATION: &str = "bench_publication";
+
+/// The RabbitMQ queue types measured (`--queue-types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueType {
+    /// Classic queue, declared with `x-queue-version: 2` (RabbitMQ's newer classic storage).
+    Classic,
+    /// Quorum queue (`x-queue-type: quorum`; one node here).
+    Quorum,
+    /// Stream (`x-queue-type: stream`), published to over AMQP 0-9-1 without a consumer.
+    /// Broker ceiling only: the drain reads a queue's depth, which a stream does not report.
+    Stream,
+}
+
+/// A value of a queue argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueArgument {
+    Int(i32),
+    Text(&'static str),
+}
+
+impl QueueType {
+    /// Its name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
+        }
+    }
+
+    /// Its name with the arguments that make it, for the tables.
+    pub fn description(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic (x-queue-version 2)",
+            QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream (AMQP 0-9-1)",
+        }
+    }
+
+    /// The `queue.declare` arguments of `shipment.orders` of this type: the broker ceiling
+    /// (amqprs) and the drain (lapin) both declare the queue with exactly these.
+    pub fn arguments(self) -> &'static [(&'static str, QueueArgument)] {
+        match self {
+            QueueType::Classic => &[("x-queue-version", QueueArgument::Int(2))],
+            QueueType::Quorum => &[("x-queue-type", QueueArgument::Text("quorum"))],
+            QueueType::Stream => &[("x-queue-type", QueueArgument::Text("stream"))],
+        }
+    }
+
+    /// Whether the drain can run into it (its depth is read with a passive `queue.declare`).
+    pub fn drainable(self) -> bool {
+        !matches!(self, QueueType::Stream)
+    }
+
+    /// [`QueueType::arguments`] as lapin's table.
+    pub fn lapin_arguments(self) -> FieldTable {
+        let mut table = FieldTable::default();
+        for (name, value) in self.arguments() {
+            let value = match value {
+                QueueArgument::Int(number) => AMQPValue::LongInt(*number),
+                QueueArgument::Text(text) => {
+                    AMQPValue::LongString(LongString::from(text.as_bytes()))
+                }
+            };
+            table.insert((*name).into(), value);
+        }
+        table
+    }
+}
+
+/// The relay's wire formats measured (`--formats`; the relay's `RELAY_WIRE_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireFormat {
+    /// The original system's JSON body with `id`/`eventType` headers.
+    Plain,
+    /// Debezium's outbox event router envelope.
+    Debezium,
+}
+
+impl WireFormat {
+    /// The value of `RELAY_WIRE_FORMAT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WireFormat::Plain => "plain",
+            WireFormat::Debezium => "debezium",
+        }
+    }
+}
 
 /// A database of its own with the order-service tables.
 #[derive(Debug)]
@@ -163,8 +255,15 @@ pub struct BenchVhost {
 
 impl BenchVhost {
     /// Creates the vhost and declares `order.events` (durable fanout, as the relay declares it)
-    /// bound to the durable queue `shipment.orders`.
+    /// bound to the durable queue `shipment.orders` as the original system declares it (no
+    /// arguments: the broker's default classic queue).
     pub async fn create(prefix: &str) -> Result<Self> {
+        Self::create_with(prefix, None).await
+    }
+
+    /// [`BenchVhost::create`] with `shipment.orders` declared as `queue_type`
+    /// ([`QueueType::arguments`]); `None`: no arguments, as [`BenchVhost::create`].
+    pub async fn create_with(prefix: &str, queue_type: Option<QueueType>) -> Result<Self> {
         let vhost = Self::bare(prefix).await?;
         let connection = Connection::connect(&vhost.amqp_url, ConnectionProperties::default())
             .await
@@ -189,10 +288,15 @@ impl BenchVhost {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                queue_type.map_or_else(FieldTable::default, QueueType::lapin_arguments),
             )
             .await
-            .context("declaring the queue")?;
+            .with_context(|| {
+                format!(
+                    "declaring the queue ({})",
+                    queue_type.map_or("no arguments", QueueType::description)
+                )
+            })?;
         channel
             .queue_bind(
                 QUEUE.into(),

@@ -31,6 +31,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::cli::{Args, Section};
+use crate::drain::DrainCase;
+use crate::infra::{QueueType, WireFormat};
 use crate::relays::{DebeziumSink, Programs, RelayKind};
 use crate::report::{Ceilings, Machine, Report};
 use crate::stats::Summary;
@@ -148,45 +150,43 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         ceilings.producer_tps = Summary::of(&best_tps);
         ceilings.producer_best_concurrency = best_level;
         for repetition in 0..settings.repetitions {
-            match ceilings::broker_ceiling(settings.broker_messages, settings.broker_window).await {
-                Ok(run) => {
-                    tracing::info!(
-                        messages_per_s = run.messages_per_s.round(),
-                        "broker ceiling"
-                    );
-                    ceilings.broker_message_bytes = Some(run.message_bytes);
-                    ceilings.broker_runs.push(run);
-                }
-                Err(error) => missing.push(format!(
-                    "broker ceiling (1b), repetition {repetition}: {error:#}"
-                )),
+            // Queue types interleaved within each repetition, so that drift hits them alike.
+            for &queue_type in &settings.queue_types {
+                measure_broker_ceiling(ceilings, &settings, queue_type, repetition, &mut missing)
+                    .await;
             }
         }
-        ceilings.broker_messages_per_s = Summary::of(
-            &ceilings
-                .broker_runs
-                .iter()
-                .map(|run| run.messages_per_s)
-                .collect::<Vec<_>>(),
-        );
         collected.time_section("ceilings", section_started);
     }
 
     collected.checkpoint(&missing, "ceilings").await;
 
-    let drain_repetitions = &mut collected.drain_repetitions;
     if settings.runs(Section::Drain) {
         let section_started = Instant::now();
-        let mut relays = vec![RelayKind::Ours];
-        if debezium.is_some() {
-            relays.push(debezium_drain);
-            relays.push(debezium_none);
-        }
-        if polling {
-            relays.push(RelayKind::Polling); // last: it deletes the rows
-        }
         for repetition in 0..settings.drain_repetitions {
-            match drain::drain_repetition(settings.drain_events, &relays, &programs, repetition)
+            // The drain's ratios need the broker ceiling of each queue type from this run: when
+            // the ceilings section did not run, it is measured here, once per repetition.
+            if !settings.runs(Section::Ceilings) {
+                for queue_type in settings.drain_queue_types() {
+                    measure_broker_ceiling(
+                        &mut collected.ceilings,
+                        &settings,
+                        queue_type,
+                        repetition,
+                        &mut missing,
+                    )
+                    .await;
+                }
+            }
+            let cases = drain_cases(
+                &settings,
+                repetition,
+                debezium
+                    .is_some()
+                    .then_some([debezium_drain, debezium_none]),
+                polling,
+            );
+            match drain::drain_repetition(settings.drain_events, &cases, &programs, repetition)
                 .await
             {
                 Ok(result) => {
@@ -195,7 +195,7 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                             "drain of {relay}, repetition {repetition}: {error}"
                         ));
                     }
-                    drain_repetitions.push(result);
+                    collected.drain_repetitions.push(result);
                 }
                 Err(error) => {
                     missing.push(format!("drain, repetition {repetition}: {error:#}"));
@@ -343,6 +343,75 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
     Ok(report)
 }
 
+/// (1b) for `queue_type`, once; a failure is noted in `missing`.
+async fn measure_broker_ceiling(
+    ceilings: &mut Ceilings,
+    settings: &cli::Settings,
+    queue_type: QueueType,
+    repetition: usize,
+    missing: &mut Vec<String>,
+) {
+    match ceilings::broker_ceiling(queue_type, settings.broker_messages, settings.broker_window)
+        .await
+    {
+        Ok(run) => {
+            tracing::info!(
+                queue_type = queue_type.name(),
+                messages_per_s = run.messages_per_s.round(),
+                "broker ceiling"
+            );
+            ceilings.broker_runs.push(run);
+            ceilings.summarize_broker();
+        }
+        Err(error) => missing.push(format!(
+            "broker ceiling (1b), {}, repetition {repetition}: {error:#}",
+            queue_type.description()
+        )),
+    }
+}
+
+/// The drains of one repetition, in order: our relay into each queue type in each format (in
+/// reverse order in odd repetitions, so that no case always runs first or last), then
+/// Debezium (to RabbitMQ and capture-only) and the polling relay (last: it deletes the rows)
+/// into the first queue type.
+fn drain_cases(
+    settings: &cli::Settings,
+    repetition: usize,
+    debezium: Option<[RelayKind; 2]>,
+    polling: bool,
+) -> Vec<DrainCase> {
+    let queue_types = settings.drain_queue_types();
+    let mut cases: Vec<DrainCase> = queue_types
+        .iter()
+        .flat_map(|&queue_type| {
+            settings.formats.iter().map(move |&format| DrainCase {
+                kind: RelayKind::Ours,
+                queue_type,
+                wire_format: Some(format),
+            })
+        })
+        .collect();
+    if repetition % 2 == 1 {
+        cases.reverse();
+    }
+    let first_queue = queue_types.first().copied().unwrap_or(QueueType::Classic);
+    for kind in debezium.into_iter().flatten() {
+        cases.push(DrainCase {
+            kind,
+            queue_type: first_queue,
+            wire_format: None,
+        });
+    }
+    if polling {
+        cases.push(DrainCase {
+            kind: RelayKind::Polling,
+            queue_type: first_queue,
+            wire_format: Some(WireFormat::Plain),
+        });
+    }
+    cases
+}
+
 /// The steady-state runs of one repetition, in order: at every rate our relay and Debezium;
 /// the polling relay at the first (low) rate only, since its latency is bounded below by its
 /// poll interval at any rate; in the first repetition, our relay once more at the low rate
@@ -405,6 +474,7 @@ impl Collected {
             },
             ceilings: self.ceilings.clone(),
             drain: report::summarize_drains(&self.drain_repetitions),
+            drain_vs_ceiling: Vec::new(),
             drain_repetitions: self.drain_repetitions.clone(),
             steady: report::summarize_steady(&self.steady_runs),
             steady_runs: self.steady_runs.clone(),
@@ -577,6 +647,47 @@ fn remove_earlier_latency_files(out_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_drain_runs_every_queue_type_and_format_then_the_peers_polling_last() {
+        use clap::Parser;
+        let settings = Args::parse_from(["bench"])
+            .settings()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let debezium = RelayKind::Debezium {
+            sink: relays::DebeziumSink::Rabbitmq,
+            poll_ms: 500,
+        };
+        let first = drain_cases(&settings, 0, Some([debezium, debezium]), true);
+        let ours: Vec<(QueueType, Option<WireFormat>)> = first
+            .iter()
+            .filter(|case| case.kind == RelayKind::Ours)
+            .map(|case| (case.queue_type, case.wire_format))
+            .collect();
+        assert_eq!(
+            ours,
+            vec![
+                (QueueType::Classic, Some(WireFormat::Plain)),
+                (QueueType::Classic, Some(WireFormat::Debezium)),
+                (QueueType::Quorum, Some(WireFormat::Plain)),
+                (QueueType::Quorum, Some(WireFormat::Debezium)),
+            ]
+        );
+        assert_eq!(first.len(), 7);
+        assert_eq!(first.last().map(|case| case.kind), Some(RelayKind::Polling));
+        assert!(
+            first[4..]
+                .iter()
+                .all(|case| case.queue_type == QueueType::Classic)
+        );
+        let second = drain_cases(&settings, 1, None, false);
+        assert_eq!(
+            second
+                .first()
+                .map(|case| (case.queue_type, case.wire_format)),
+            Some((QueueType::Quorum, Some(WireFormat::Debezium)))
+        );
+    }
 
     #[test]
     fn the_steady_plan_runs_polling_at_the_low_rate_and_the_order_tx_once() {

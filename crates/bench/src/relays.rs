@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use crate::infra::{BenchDb, PUBLICATION, free_port};
+use crate::infra::{BenchDb, PUBLICATION, WireFormat, free_port};
 
 /// What Debezium does with the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,6 +88,8 @@ pub struct RelayTarget<'a> {
     pub db: &'a BenchDb,
     pub amqp_url: &'a str,
     pub slot: &'a str,
+    /// Our relay's `RELAY_WIRE_FORMAT` (`None`: its default, plain; Debezium has its own).
+    pub wire_format: Option<WireFormat>,
 }
 
 /// Peak memory and CPU time of a process so far.
@@ -212,6 +214,9 @@ impl RelayProcess {
                     .env("AMQP_URL", target.amqp_url)
                     .env("RELAY_HTTP_PORT", port.to_string())
                     .env("RUST_LOG", "warn");
+                if let Some(format) = target.wire_format {
+                    command.env("RELAY_WIRE_FORMAT", format.name());
+                }
                 if kind == RelayKind::Ours {
                     command
                         .env("RELAY_SLOT", target.slot)

@@ -132,6 +132,7 @@ async fn run_on(
             db,
             amqp_url: vhost.amqp_url(),
             slot: SLOT,
+            wire_format: None,
         },
         run_name,
         None,
