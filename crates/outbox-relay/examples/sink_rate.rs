@@ -82,17 +82,27 @@ async fn main() -> Result<()> {
 
     let mut sink = AmqpSink::connect(&settings, ExchangeType::Fanout).await?;
     let body: Arc<[u8]> = vec![b'x'; 400].into();
+    // SINK_RATE_BARE=1: no headers, only `delivery_mode` (the independent ceiling's message).
+    let bare = std::env::var("SINK_RATE_BARE").is_ok_and(|value| value == "1");
     let message = |index: usize| OutgoingMessage {
         exchange: EXCHANGE.to_owned(),
         routing_key: String::new(),
         message_id: index.to_string(),
         body: Arc::clone(&body),
-        headers: vec![
-            ("id".to_owned(), index.to_string()),
-            ("eventType".to_owned(), "OrderCreated".to_owned()),
-        ],
+        headers: if bare {
+            Vec::new()
+        } else {
+            vec![
+                ("id".to_owned(), index.to_string()),
+                ("eventType".to_owned(), "OrderCreated".to_owned()),
+            ]
+        },
         timestamp: 0,
-        properties: MessageProperties::Full,
+        properties: if bare {
+            MessageProperties::Debezium
+        } else {
+            MessageProperties::Full
+        },
     };
     let started = Instant::now();
     let mut confirms = FuturesOrdered::new();

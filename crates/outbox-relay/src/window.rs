@@ -68,9 +68,10 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
         }
     }
 
-    /// Whether another event may be read in.
+    /// Whether another event may be read in. Counts events, not commit markers: with one event
+    /// per transaction, counting both held only half the configured events in flight.
     pub fn has_room(&self) -> bool {
-        self.entries.len() < self.max_events && self.bytes < self.max_bytes
+        self.events < self.max_events && self.bytes < self.max_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,10 +131,13 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
     /// Records a transaction's end. Returns the new flush position if it moved (when nothing
     /// before the commit is outstanding).
     pub fn push_commit(&mut self, end_lsn: P) -> Option<P> {
-        if self.entries.is_empty() {
-            return self.advance(end_lsn);
+        match self.entries.back_mut() {
+            None => return self.advance(end_lsn),
+            // A transaction without events right after another's commit: its commit supersedes
+            // that one, so markers never outnumber events (the window stays bounded).
+            Some(Entry::Commit(previous)) => *previous = end_lsn,
+            Some(Entry::Event(_)) => self.entries.push_back(Entry::Commit(end_lsn)),
         }
-        self.entries.push_back(Entry::Commit(end_lsn));
         None
     }
 
@@ -277,6 +281,30 @@ mod tests {
         let order: Vec<i32> = std::iter::from_fn(|| window.next_to_publish(now).copied()).collect();
         assert_eq!(order, vec![2, 3]);
         assert_eq!(window.flushed(), lsn(10));
+    }
+
+    #[test]
+    fn commit_markers_take_no_room_and_do_not_pile_up() {
+        let now = Instant::now();
+        let mut window = InFlightWindow::new(2, 1_000, lsn(0));
+        // One event per transaction: both fit, as RELAY_WINDOW_EVENTS=2 says.
+        window.push_event(1, 10, now);
+        assert_eq!(window.push_commit(lsn(10)), None);
+        assert!(window.has_room());
+        window.push_event(2, 10, now);
+        assert_eq!(window.push_commit(lsn(20)), None);
+        assert!(!window.has_room());
+        // Transactions without events behind them: one marker, the newest.
+        for end in [30, 40, 50] {
+            assert_eq!(window.push_commit(lsn(end)), None);
+        }
+        assert_eq!(window.entries.len(), 4);
+        while window.next_to_publish(now).is_some() {}
+        window.confirm_oldest().unwrap();
+        assert_eq!(window.flushed(), lsn(10));
+        window.confirm_oldest().unwrap();
+        assert_eq!(window.flushed(), lsn(50));
+        assert!(window.is_empty());
     }
 
     #[test]
