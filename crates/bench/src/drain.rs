@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::ceilings::wal_read_rows_per_s;
+use crate::ceilings::{MessageShape, wal_read_rows_per_s};
 use crate::infra::{BenchDb, BenchVhost, QueueType, WireFormat};
 use crate::relays::{DebeziumSink, Programs, RelayKind, RelayProcess, RelayTarget, Usage};
 use crate::workload::commit_backlog;
@@ -92,6 +92,9 @@ pub struct DrainRun {
     pub queued: u32,
     /// The Debezium peer's own summary line.
     pub debezium_summary: Option<serde_json::Value>,
+    /// Our relay: one message it published, read back from the queue after the drain, to be
+    /// compared with the broker ceiling's message of the same format.
+    pub relay_message: Option<MessageShape>,
 }
 
 /// One repetition: the drains of every relay plus the WAL read ceiling on the same backlog.
@@ -237,6 +240,22 @@ async fn drain_one(
         process.stop(Duration::from_secs(60)).await?
     };
     let progress = progress?;
+    let relay_message = if kind == RelayKind::Ours {
+        match vhost.peek_message().await {
+            Ok(message) => {
+                message.map(|(properties, body)| MessageShape::of_lapin(&properties, &body))
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot read a drained message back"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let summary = finished.summary();
     let seconds = progress
         .last_at
@@ -271,6 +290,7 @@ async fn drain_one(
         cpu_drain_s,
         queued: progress.queued,
         debezium_summary: summary,
+        relay_message,
     })
 }
 
@@ -296,6 +316,7 @@ fn debezium_only_run(
         cpu_drain_s: None,
         queued: 0,
         debezium_summary: Some(summary),
+        relay_message: None,
     })
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -116,6 +117,14 @@ impl WireFormat {
         match self {
             WireFormat::Plain => "plain",
             WireFormat::Debezium => "debezium",
+        }
+    }
+
+    /// The same format in the `wire-format` crate (the relay's encoder).
+    pub fn to_wire(self) -> wire_format::WireFormat {
+        match self {
+            WireFormat::Plain => wire_format::WireFormat::Plain,
+            WireFormat::Debezium => wire_format::WireFormat::Debezium,
         }
     }
 }
@@ -341,6 +350,22 @@ impl BenchVhost {
             .await
             .context("reading the queue depth")?;
         Ok(queue.message_count())
+    }
+
+    /// One message of `shipment.orders` (`basic.get`, left unacknowledged: it goes back when
+    /// the vhost is deleted), with its properties; `None` when the queue is empty.
+    pub async fn peek_message(&self) -> Result<Option<(lapin::BasicProperties, Vec<u8>)>> {
+        let message = self
+            .channel
+            .basic_get(QUEUE.into(), BasicGetOptions { no_ack: false })
+            .await
+            .context("reading one message back (basic.get)")?;
+        Ok(message.map(|message| {
+            (
+                message.delivery.properties.clone(),
+                message.delivery.data.clone(),
+            )
+        }))
     }
 
     /// Empties `shipment.orders`.

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::ceilings::CeilingMessage;
 use crate::cli::{Args, Section};
 use crate::drain::DrainCase;
 use crate::infra::{QueueType, WireFormat};
@@ -150,10 +151,20 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         ceilings.producer_tps = Summary::of(&best_tps);
         ceilings.producer_best_concurrency = best_level;
         for repetition in 0..settings.repetitions {
-            // Queue types interleaved within each repetition, so that drift hits them alike.
+            // Queue types and messages interleaved within each repetition, so that drift hits
+            // them alike.
             for &queue_type in &settings.queue_types {
-                measure_broker_ceiling(ceilings, &settings, queue_type, repetition, &mut missing)
+                for message in ceiling_messages(&settings, queue_type) {
+                    measure_broker_ceiling(
+                        ceilings,
+                        &settings,
+                        queue_type,
+                        message,
+                        repetition,
+                        &mut missing,
+                    )
                     .await;
+                }
             }
         }
         collected.time_section("ceilings", section_started);
@@ -168,14 +179,17 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
             // the ceilings section did not run, it is measured here, once per repetition.
             if !settings.runs(Section::Ceilings) {
                 for queue_type in settings.drain_queue_types() {
-                    measure_broker_ceiling(
-                        &mut collected.ceilings,
-                        &settings,
-                        queue_type,
-                        repetition,
-                        &mut missing,
-                    )
-                    .await;
+                    for message in ceiling_messages(&settings, queue_type) {
+                        measure_broker_ceiling(
+                            &mut collected.ceilings,
+                            &settings,
+                            queue_type,
+                            message,
+                            repetition,
+                            &mut missing,
+                        )
+                        .await;
+                    }
                 }
             }
             let cases = drain_cases(
@@ -343,20 +357,39 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
     Ok(report)
 }
 
-/// (1b) for `queue_type`, once; a failure is noted in `missing`.
+/// The messages (1b) publishes into `queue_type`: the bare reference, and the relay's own
+/// message in each format of `--formats` for the queue types our relay drains into (a stream
+/// gets the bare reference only: no drain is held against it).
+fn ceiling_messages(settings: &cli::Settings, queue_type: QueueType) -> Vec<CeilingMessage> {
+    let mut messages = vec![CeilingMessage::Bare];
+    if queue_type.drainable() {
+        messages.extend(settings.formats.iter().map(|&f| CeilingMessage::Relay(f)));
+    }
+    messages
+}
+
+/// (1b) for `queue_type` and `message`, once; a failure is noted in `missing`.
 async fn measure_broker_ceiling(
     ceilings: &mut Ceilings,
     settings: &cli::Settings,
     queue_type: QueueType,
+    message: CeilingMessage,
     repetition: usize,
     missing: &mut Vec<String>,
 ) {
-    match ceilings::broker_ceiling(queue_type, settings.broker_messages, settings.broker_window)
-        .await
+    match ceilings::broker_ceiling(
+        queue_type,
+        message,
+        settings.broker_messages,
+        settings.broker_window,
+    )
+    .await
     {
         Ok(run) => {
             tracing::info!(
                 queue_type = queue_type.name(),
+                message = message.name(),
+                bytes = run.message_bytes,
                 messages_per_s = run.messages_per_s.round(),
                 "broker ceiling"
             );
@@ -364,8 +397,9 @@ async fn measure_broker_ceiling(
             ceilings.summarize_broker();
         }
         Err(error) => missing.push(format!(
-            "broker ceiling (1b), {}, repetition {repetition}: {error:#}",
-            queue_type.description()
+            "broker ceiling (1b), {}, {} message, repetition {repetition}: {error:#}",
+            queue_type.description(),
+            message.name()
         )),
     }
 }
