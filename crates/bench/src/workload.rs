@@ -48,8 +48,9 @@ pub fn order_outbox() -> Result<Outbox> {
     Outbox::new(OUTBOX_TABLE).context("the outbox table name")
 }
 
-/// One `POST /orders` worth of SQL, straight to PostgreSQL: order, lines and outbox row in one
-/// transaction (`pool` has `search_path = orders`).
+/// One `POST /orders` worth of SQL, straight to PostgreSQL, through the order-service's own
+/// `store::write_new_order` (order, lines and outbox row in one statement; `pool` has
+/// `search_path = orders`).
 pub async fn order_transaction(pool: &PgPool, outbox: &Outbox) -> Result<Uuid> {
     let mut connection = pool.acquire().await?;
     order_transaction_on(&mut connection, outbox).await
@@ -59,10 +60,8 @@ pub async fn order_transaction(pool: &PgPool, outbox: &Outbox) -> Result<Uuid> {
 pub async fn order_transaction_on(connection: &mut PgConnection, outbox: &Outbox) -> Result<Uuid> {
     let order = sample_order();
     let event = order.created_event();
-    let mut tx = connection.begin().await?;
-    order_service::store::insert_order(&mut tx, &order).await?;
-    let event_id = outbox.enqueue(&mut tx, &event).await?;
-    tx.commit().await?;
+    let event_id =
+        order_service::store::write_new_order(connection, outbox, &order, &event).await?;
     Ok(event_id)
 }
 

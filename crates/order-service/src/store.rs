@@ -71,11 +71,8 @@ impl OrderStore {
                 .collect(),
         };
         let event = order.created_event();
-
-        let mut tx = self.pool.begin().await?;
-        insert_order(&mut tx, &order).await?;
-        self.outbox.enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
+        let mut conn = self.pool.acquire().await?;
+        write_new_order(&mut conn, &self.outbox, &order, &event).await?;
         Ok(Committed {
             order,
             event_type: event.event_type(),
@@ -156,6 +153,83 @@ impl OrderStore {
     }
 }
 
+/// The order and its lines as data-modifying CTEs of the outbox's statement
+/// ([`Outbox::statement_with`]): parameters from `$6`, `$6` being the order id in both.
+const NEW_ORDER_WRITES: &str = "\
+    new_order AS (INSERT INTO purchase_order (id, customer_id, order_date) VALUES ($6, $7, $8)), \
+    new_lines AS (\
+        INSERT INTO order_line (id, order_id, item, quantity, total_price, status, position) \
+        SELECT line.id, $6, line.item, line.quantity, line.total_price, line.status, \
+               line.ordinality - 1 \
+        FROM UNNEST($9::uuid[], $10::text[], $11::int4[], $12::numeric[], $13::text[]) \
+             WITH ORDINALITY AS line(id, item, quantity, total_price, status, ordinality))";
+
+/// Writes a new order, its lines and its `OrderCreated` event atomically; returns the event id.
+///
+/// One statement (the order and lines as CTEs of the outbox insert): atomic by itself, one
+/// round trip instead of five (`BEGIN`, three inserts, `COMMIT`). Each round trip woke a task
+/// on both sides, and those wake-ups were most of the service's CPU per request. An outbox that
+/// deletes its rows after inserting them cannot be written in one statement: then a
+/// transaction as before.
+pub async fn write_new_order(
+    conn: &mut PgConnection,
+    outbox: &Outbox,
+    order: &Order,
+    event: &OrderEvent,
+) -> Result<Uuid, outbox::OutboxError> {
+    let Some(statement) = outbox.statement_with(NEW_ORDER_WRITES) else {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        insert_order(&mut tx, order).await?;
+        let event_id = outbox.enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        return Ok(event_id);
+    };
+    let lines = LineColumns::of(order);
+    let (query, event_id) = outbox.bind_event(sqlx::query(&statement), event)?;
+    query
+        .bind(order.id)
+        .bind(order.customer_id)
+        .bind(order.order_date)
+        .bind(&lines.ids)
+        .bind(&lines.items)
+        .bind(&lines.quantities)
+        .bind(&lines.prices)
+        .bind(&lines.statuses)
+        .execute(&mut *conn)
+        .await?;
+    Ok(event_id)
+}
+
+/// An order's lines as one array per column, for `UNNEST`.
+struct LineColumns<'a> {
+    ids: Vec<Uuid>,
+    items: Vec<&'a str>,
+    quantities: Vec<i32>,
+    prices: Vec<rust_decimal::Decimal>,
+    statuses: Vec<&'static str>,
+}
+
+impl<'a> LineColumns<'a> {
+    fn of(order: &'a Order) -> Self {
+        let count = order.line_items.len();
+        let mut columns = Self {
+            ids: Vec::with_capacity(count),
+            items: Vec::with_capacity(count),
+            quantities: Vec::with_capacity(count),
+            prices: Vec::with_capacity(count),
+            statuses: Vec::with_capacity(count),
+        };
+        for line in &order.line_items {
+            columns.ids.push(line.id);
+            columns.items.push(line.item.as_str());
+            columns.quantities.push(line.quantity);
+            columns.prices.push(line.total_price);
+            columns.statuses.push(line.status.as_str());
+        }
+        columns
+    }
+}
+
 /// Inserts the order row and all its lines (one statement for the lines, however many), each
 /// line with its `position` in `line_items` (0 for the first), by which they are read back.
 pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), sqlx::Error> {
@@ -165,19 +239,7 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), 
         .bind(order.order_date)
         .execute(&mut *conn)
         .await?;
-    let count = order.line_items.len();
-    let mut ids = Vec::with_capacity(count);
-    let mut items = Vec::with_capacity(count);
-    let mut quantities = Vec::with_capacity(count);
-    let mut prices = Vec::with_capacity(count);
-    let mut statuses = Vec::with_capacity(count);
-    for line in &order.line_items {
-        ids.push(line.id);
-        items.push(line.item.as_str());
-        quantities.push(line.quantity);
-        prices.push(line.total_price);
-        statuses.push(line.status.as_str());
-    }
+    let lines = LineColumns::of(order);
     sqlx::query(
         "INSERT INTO order_line (id, order_id, item, quantity, total_price, status, position) \
          SELECT line.id, $1, line.item, line.quantity, line.total_price, line.status, \
@@ -186,11 +248,11 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), 
               WITH ORDINALITY AS line(id, item, quantity, total_price, status, ordinality)",
     )
     .bind(order.id)
-    .bind(&ids)
-    .bind(&items)
-    .bind(&quantities)
-    .bind(&prices)
-    .bind(&statuses)
+    .bind(&lines.ids)
+    .bind(&lines.items)
+    .bind(&lines.quantities)
+    .bind(&lines.prices)
+    .bind(&lines.statuses)
     .execute(&mut *conn)
     .await?;
     Ok(())

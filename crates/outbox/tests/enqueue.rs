@@ -292,3 +292,62 @@ async fn the_original_outbox_table_gets_utc_wall_time() {
     pool.close().await;
     db.drop_database().await.unwrap();
 }
+
+/// One statement: the business rows (CTEs, parameters from `$6`) and the event commit together,
+/// and a failing business write leaves no event behind.
+#[tokio::test]
+async fn one_statement_writes_the_rows_and_the_event_or_nothing() {
+    let db = database_with_outbox().await;
+    sqlx::query(
+        "CREATE TABLE orders.business_child (id uuid PRIMARY KEY, \
+         parent uuid NOT NULL REFERENCES orders.business_row (id))",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let outbox = Outbox::new("orders.outbox_event").unwrap();
+    let writes = "parent AS (INSERT INTO orders.business_row (id) VALUES ($6)), \
+                  child AS (INSERT INTO orders.business_child (id, parent) VALUES ($7, $8))";
+    let statement = outbox.statement_with(writes).unwrap();
+
+    // A child referencing the parent of the same statement: the foreign key holds.
+    let parent = Uuid::new_v4();
+    let event = line_updated();
+    let (query, event_id) = outbox.bind_event(sqlx::query(&statement), &event).unwrap();
+    query
+        .bind(parent)
+        .bind(Uuid::new_v4())
+        .bind(parent)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count(&db.pool, "business_row").await, 1);
+    assert_eq!(count(&db.pool, "business_child").await, 1);
+    let stored: Uuid = sqlx::query_scalar("SELECT id FROM orders.outbox_event")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, event_id);
+
+    // A child whose parent does not exist: the statement fails, and neither the parent it
+    // inserted nor the event remain.
+    let event = line_updated();
+    let (query, _) = outbox.bind_event(sqlx::query(&statement), &event).unwrap();
+    let error = query
+        .bind(Uuid::new_v4())
+        .bind(Uuid::new_v4())
+        .bind(Uuid::new_v4())
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("foreign key"), "{error}");
+    assert_eq!(count(&db.pool, "business_row").await, 1);
+    assert_eq!(count(&db.pool, "outbox_event").await, 1);
+
+    // An outbox that deletes its rows cannot be written in one statement.
+    let deleting = Outbox::new("orders.outbox_event")
+        .unwrap()
+        .delete_after_insert(true);
+    assert!(deleting.statement_with(writes).is_none());
+    db.drop_database().await.unwrap();
+}
