@@ -144,7 +144,7 @@ impl<const REREADS: bool> Source for MemorySource<REREADS> {
                 if std::mem::take(&mut state.fail_next) {
                     drop(state);
                     self.session = None;
-                    return Err(SourceError::Setup("connection reset (test)".into()));
+                    return Err(SourceError::Ended);
                 }
                 if let Some(txn) = state.log.get(self.next_txn) {
                     pending.push_back(SourceEvent::Begin { commit_time: None });

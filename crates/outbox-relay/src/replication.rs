@@ -402,9 +402,7 @@ impl Source for ReplicationSource {
                 position.confirmed.max(from)
             }
             None => {
-                return Err(SourceError::Setup(format!(
-                    "replication slot {slot:?} no longer exists"
-                )));
+                return Err(SourceError::SlotMissing { slot: slot.clone() });
             }
         };
         let stream = ReplicationStream::start(

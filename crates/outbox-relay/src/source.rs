@@ -70,8 +70,14 @@ pub enum SourceError {
     Decode(#[from] pgoutput::DecodeError),
     #[error("PostgreSQL: {0}")]
     Sql(#[from] sqlx::Error),
-    #[error("cannot prepare the session: {0}")]
-    Setup(String),
+    /// The slot was dropped, or invalidated (`max_slot_wal_keep_size`), while the relay ran.
+    #[error(
+        "replication slot {slot:?} no longer exists (dropped, or invalidated because it held more \
+         WAL than max_slot_wal_keep_size allows): the WAL since the relay's last confirmed \
+         position may be gone; restarting the relay creates the slot anew at the current WAL \
+         position, so events committed in between are not relayed unless re-published"
+    )]
+    SlotMissing { slot: String },
     #[error(transparent)]
     Start(#[from] StartError),
     #[error(transparent)]

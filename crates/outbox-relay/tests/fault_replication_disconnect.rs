@@ -67,3 +67,56 @@ async fn lost_replication_connections_lose_nothing() {
     queue.close().await;
     fixture.cleanup().await;
 }
+
+/// The slot is dropped under a running relay (as an operator might, or as PostgreSQL does when
+/// it invalidates a slot past `max_slot_wal_keep_size`): the relay does not quietly create a new
+/// one and carry on from the current WAL position; it reports what happened and what it means.
+#[tokio::test]
+async fn a_dropped_slot_is_reported_with_what_it_means() {
+    let fixture = Fixture::new("relay_slotgone").await;
+    let queue = bind_queue(&fixture.vhost.amqp_url, "order.events").await;
+    let relay = Relay::start(fixture.config()).await.unwrap();
+    wait_relay_streaming(&relay, "streaming").await;
+
+    // The relay reconnects quickly: terminate its session and drop the slot until the drop wins.
+    wait_until("the slot dropped", EVENTUALLY, || async {
+        if let Some(pid) = walsender_pid(&fixture).await {
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(&fixture.db.pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&fixture.slot)
+            .execute(&fixture.db.pool)
+            .await
+            .ok()
+    })
+    .await
+    .unwrap();
+
+    let error = wait_until("the missing slot reported", EVENTUALLY, || async {
+        relay
+            .status()
+            .report()
+            .last_error
+            .filter(|error| error.contains("no longer exists"))
+    })
+    .await
+    .unwrap();
+    assert!(error.contains(&fixture.slot), "{error}");
+    assert!(error.contains("max_slot_wal_keep_size"), "{error}");
+    assert!(!relay.status().report().streaming);
+    // Nothing was created behind the operator's back.
+    let slots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&fixture.slot)
+            .fetch_one(&fixture.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(slots, 0);
+    relay.shutdown().await.unwrap();
+    queue.close().await;
+    fixture.cleanup().await;
+}
