@@ -20,15 +20,19 @@ pub enum Section {
     Http,
     /// shipment-service applying a backlog.
     Consumer,
+    /// The whole system as deployed (three binaries), orders through `POST /orders` at fixed
+    /// rates, commit → applied latency per order (issue 14).
+    Pipeline,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Ceilings,
         Section::Drain,
         Section::Steady,
         Section::Http,
         Section::Consumer,
+        Section::Pipeline,
     ];
 }
 
@@ -63,7 +67,7 @@ pub struct Args {
     /// Events committed before each drain.
     #[arg(long)]
     pub drain_events: Option<usize>,
-    /// Seconds of load in each steady-state run.
+    /// Seconds of load in each steady-state run [default: 20].
     #[arg(long)]
     pub steady_seconds: Option<f64>,
     /// The fixed low rate of the steady-state runs, events per second.
@@ -82,8 +86,8 @@ pub struct Args {
     /// Concurrency levels tried for the producer ceiling.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
     pub producer_concurrency: Vec<usize>,
-    /// Messages per broker-ceiling measurement (each queue type, each repetition)
-    /// [default: 50,000].
+    /// Messages per broker-ceiling measurement (each queue type and message, each repetition)
+    /// [default: 30,000].
     #[arg(long)]
     pub broker_messages: Option<usize>,
     /// Publisher confirms outstanding at once in the broker ceiling (the relay's default
@@ -108,6 +112,17 @@ pub struct Args {
     /// Events in the consumer backlog.
     #[arg(long)]
     pub consumer_events: Option<usize>,
+    /// Seconds of load of the pipeline at 50 % and at 90 % of the HTTP ceiling [default: 60].
+    #[arg(long)]
+    pub pipeline_seconds: Option<f64>,
+    /// Seconds of load of each step of the pipeline's search for its highest sustained rate
+    /// [default: 15].
+    #[arg(long)]
+    pub pipeline_search_seconds: Option<f64>,
+    /// The HTTP ceiling (requests/s) the pipeline's rates are fractions of, instead of the
+    /// HTTP section's best (or, without that section, a quick measurement of its own).
+    #[arg(long)]
+    pub pipeline_http_ceiling: Option<f64>,
 
     /// The outbox-relay binary [default: `outbox-relay` next to this binary].
     #[arg(long)]
@@ -151,6 +166,9 @@ pub struct Settings {
     pub http_concurrency: Vec<usize>,
     pub http_seconds: f64,
     pub consumer_events: usize,
+    pub pipeline_seconds: f64,
+    pub pipeline_search_seconds: f64,
+    pub pipeline_http_ceiling: Option<f64>,
     pub debezium: bool,
     pub debezium_poll_ms: u32,
     pub polling: bool,
@@ -178,7 +196,7 @@ impl Args {
                 self.only.clone()
             },
             drain_events: pick(self.drain_events, 100_000, 2_000),
-            steady_seconds: pick_f(self.steady_seconds, 30.0, 3.0),
+            steady_seconds: pick_f(self.steady_seconds, 20.0, 3.0),
             steady_rate: if quick && self.steady_rate == 1000.0 {
                 200.0
             } else {
@@ -191,7 +209,7 @@ impl Args {
             } else {
                 self.producer_concurrency.clone()
             },
-            broker_messages: pick(self.broker_messages, 50_000, 2_000),
+            broker_messages: pick(self.broker_messages, 30_000, 2_000),
             broker_window: self.broker_window,
             queue_types: dedup(&self.queue_types),
             formats: dedup(&self.formats),
@@ -202,6 +220,9 @@ impl Args {
             },
             http_seconds: pick_f(self.http_seconds, 5.0, 0.5),
             consumer_events: pick(self.consumer_events, 50_000, 1_000),
+            pipeline_seconds: pick_f(self.pipeline_seconds, 60.0, 5.0),
+            pipeline_search_seconds: pick_f(self.pipeline_search_seconds, 15.0, 3.0),
+            pipeline_http_ceiling: self.pipeline_http_ceiling,
             debezium: !self.no_debezium,
             debezium_poll_ms: self.debezium_poll_ms,
             polling: !self.no_polling,
@@ -264,6 +285,16 @@ impl Args {
             settings.producer_seconds > 0.0 && settings.http_seconds > 0.0,
             "--producer-seconds and --http-seconds must be positive"
         );
+        anyhow::ensure!(
+            settings.pipeline_seconds > 0.0 && settings.pipeline_search_seconds > 0.0,
+            "--pipeline-seconds and --pipeline-search-seconds must be positive"
+        );
+        anyhow::ensure!(
+            settings
+                .pipeline_http_ceiling
+                .is_none_or(|ceiling| ceiling >= 1.0),
+            "--pipeline-http-ceiling must be at least 1 request/s"
+        );
         Ok(settings)
     }
 }
@@ -307,10 +338,10 @@ mod tests {
         let settings = args.settings().unwrap();
         assert_eq!(settings.repetitions, 1);
         assert_eq!(settings.drain_events, 500);
-        assert!(settings.steady_seconds < 30.0);
+        assert!(settings.steady_seconds < 20.0);
         let full = Args::parse_from(["bench"]).settings().unwrap();
         assert_eq!(full.drain_events, 100_000);
-        assert_eq!(full.steady_seconds, 30.0);
+        assert_eq!(full.steady_seconds, 20.0);
         assert_eq!(full.sections.len(), Section::ALL.len());
         assert_eq!((full.repetitions, full.drain_repetitions), (3, 2));
         let explicit =

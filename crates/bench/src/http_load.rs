@@ -13,7 +13,7 @@ use crate::infra::BenchDb;
 use crate::stats::Percentiles;
 
 /// The body of `resources/data/create-order-request.json`.
-const CREATE_ORDER: &str = r#"{"customerId":3,"orderDate":"2024-01-01T12:00:00","lineItems":[{"item":"Debezium in Action","quantity":2,"totalPrice":39.98},{"item":"Debezium for Dummies","quantity":1,"totalPrice":29.99}]}"#;
+pub const CREATE_ORDER: &str = r#"{"customerId":3,"orderDate":"2024-01-01T12:00:00","lineItems":[{"item":"Debezium in Action","quantity":2,"totalPrice":39.98},{"item":"Debezium for Dummies","quantity":1,"totalPrice":29.99}]}"#;
 
 /// One concurrency level.
 #[derive(Debug, Clone, Serialize)]

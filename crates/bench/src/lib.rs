@@ -9,6 +9,8 @@
 //! - [`relays`]: the relays under test as processes (ours, its polling source, Debezium);
 //!   peak RSS and CPU from `/proc`.
 //! - [`drain`], [`steady`], [`http_load`], [`consumer`]: items 2, 3 (with 4 and 7), 5 and 6.
+//! - [`pipeline`]: the whole system as deployed, orders through `POST /orders` at fixed rates,
+//!   commit → applied latency (issue 14).
 //! - [`stats`]: median [min–max], percentiles; [`report`]: the JSON, the table, the targets.
 //!
 //! Each section that fails is recorded under "not measured" and the run goes on.
@@ -19,6 +21,7 @@ pub mod consumer;
 pub mod drain;
 pub mod http_load;
 pub mod infra;
+pub mod pipeline;
 pub mod relays;
 pub mod report;
 pub mod stats;
@@ -120,6 +123,7 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         steady_runs: Vec::new(),
         http_runs: Vec::new(),
         consumer_runs: Vec::new(),
+        pipeline: None,
         section_seconds: Vec::new(),
         missing: Vec::new(),
     };
@@ -341,6 +345,17 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         collected.time_section("consumer", section_started);
     }
 
+    collected.checkpoint(&missing, "consumer").await;
+
+    if settings.runs(Section::Pipeline) {
+        let section_started = Instant::now();
+        match run_pipeline(&settings, &collected.http_runs, &programs).await {
+            Ok(result) => collected.pipeline = Some(result),
+            Err(error) => missing.push(format!("pipeline: {error:#}")),
+        }
+        collected.time_section("pipeline", section_started);
+    }
+
     if settings.runs(Section::Steady) {
         match plot_latency(&out_dir).await {
             Ok(pictures) => tracing::info!(%pictures, "latency plots drawn"),
@@ -355,6 +370,52 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
     let report = collected.report().await;
     write_report(&report, &collected.out_dir)?;
     Ok(report)
+}
+
+/// The pipeline section: its rates are fractions of the HTTP ceiling, which is
+/// `--pipeline-http-ceiling`, else this run's HTTP section's best median requests/s, else
+/// measured here (64 clients for 3 s, the HTTP section's best level on this machine).
+async fn run_pipeline(
+    settings: &cli::Settings,
+    http_runs: &[Vec<http_load::HttpRun>],
+    programs: &Programs,
+) -> Result<pipeline::PipelineResult> {
+    let binaries = pipeline::Binaries::next_to_this(&programs.relay, &programs.logs)?;
+    let best_http = |runs: &[Vec<http_load::HttpRun>]| {
+        report::summarize_http(runs)
+            .iter()
+            .filter_map(|h| h.requests_per_s.map(|s| s.median))
+            .reduce(f64::max)
+    };
+    let (http_ceiling, source) = match (settings.pipeline_http_ceiling, best_http(http_runs)) {
+        (Some(ceiling), _) => (ceiling, "--pipeline-http-ceiling".to_owned()),
+        (None, Some(best)) => (
+            best,
+            "this run's HTTP section (best median requests/s)".to_owned(),
+        ),
+        (None, None) => {
+            let runs = http_load::http_repetition(&[64], 3.0)
+                .await
+                .context("measuring the HTTP ceiling for the pipeline")?;
+            let best = best_http(&[runs]).context("the HTTP ceiling was not measured")?;
+            (
+                best,
+                "measured by the pipeline section (64 clients, 3 s; the HTTP section did not run)"
+                    .to_owned(),
+            )
+        }
+    };
+    tracing::info!(http_ceiling = http_ceiling.round(), %source, "pipeline: HTTP ceiling");
+    pipeline::pipeline(
+        pipeline::PipelineSpec {
+            http_ceiling,
+            seconds: settings.pipeline_seconds,
+            search_seconds: settings.pipeline_search_seconds,
+        },
+        source,
+        &binaries,
+    )
+    .await
 }
 
 /// The messages (1b) publishes into `queue_type`: the bare reference, and the relay's own
@@ -485,6 +546,7 @@ struct Collected {
     steady_runs: Vec<steady::SteadyRun>,
     http_runs: Vec<Vec<http_load::HttpRun>>,
     consumer_runs: Vec<consumer::ConsumerRun>,
+    pipeline: Option<pipeline::PipelineResult>,
     /// Wall-clock seconds each section took, in order.
     section_seconds: Vec<(String, f64)>,
     missing: Vec<String>,
@@ -529,6 +591,7 @@ impl Collected {
                     .collect::<Vec<_>>(),
             ),
             consumer_runs: self.consumer_runs.clone(),
+            pipeline: self.pipeline.clone(),
             section_seconds: self.section_seconds.clone(),
             ratios_vs_debezium: Vec::new(),
             targets: Vec::new(),

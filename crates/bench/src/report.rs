@@ -12,6 +12,7 @@ use crate::consumer::ConsumerRun;
 use crate::drain::{DrainRepetition, DrainRun};
 use crate::http_load::HttpRun;
 use crate::infra::{QueueType, WireFormat};
+use crate::pipeline::{GOAL_P99_MS, PipelineResult, SUSTAINED_P99_MS};
 use crate::stats::{Summary, show};
 use crate::steady::SteadyRun;
 
@@ -275,6 +276,8 @@ pub struct Report {
     pub consumer_service_events_per_s: Option<Summary>,
     pub consumer_direct_sql_events_per_s: Option<Summary>,
     pub consumer_runs: Vec<ConsumerRun>,
+    /// The whole system as deployed at fixed `POST /orders` rates (issue 14).
+    pub pipeline: Option<PipelineResult>,
     /// Wall-clock seconds each section took.
     pub section_seconds: Vec<(String, f64)>,
     /// Ours ÷ Debezium, medians: throughput (drain), p99 latency per rate, peak RSS.
@@ -534,6 +537,43 @@ impl Report {
                 )
             },
         ));
+        let at_90 = self.pipeline.as_ref().and_then(|p| p.fixed(0.9));
+        targets.push(match at_90 {
+            Some(run) => {
+                let p99 = run.latency_ms.map(|l| l.p99);
+                TargetCheck {
+                    target: format!(
+                        "issue 14: pipeline keeps up at 90% of the HTTP ceiling with p99 commit -> \
+                         applied <= {GOAL_P99_MS:.0} ms"
+                    ),
+                    measured: format!(
+                        "{:.0}/s target, {:.0} req/s achieved, {:.0} applied/s, p99 {}, {} \
+                         errors, {} of {} orders applied",
+                        run.target_rate,
+                        run.achieved_rate,
+                        run.applied_rate,
+                        p99.map_or_else(|| "n/a".to_owned(), |p| format!("{p:.1} ms")),
+                        run.errors,
+                        run.applied,
+                        run.created
+                    ),
+                    met: Some(
+                        run.achieved_rate >= 0.95 * run.target_rate
+                            && run.errors == 0
+                            && run.applied == run.created
+                            && p99.is_some_and(|p| p <= GOAL_P99_MS),
+                    ),
+                }
+            }
+            None => TargetCheck {
+                target: format!(
+                    "issue 14: pipeline keeps up at 90% of the HTTP ceiling with p99 commit -> \
+                     applied <= {GOAL_P99_MS:.0} ms"
+                ),
+                measured: "not measured".to_owned(),
+                met: None,
+            },
+        });
         self.targets = targets;
         self.ratios_vs_debezium = ratios;
     }
@@ -754,6 +794,64 @@ impl Report {
                 self.settings.consumer_events,
                 show(self.consumer_service_events_per_s, 0),
                 show(self.consumer_direct_sql_events_per_s, 0)
+            );
+        }
+        if let Some(p) = &self.pipeline {
+            let _ = writeln!(
+                out,
+                "\n-- pipeline: order-service, outbox-relay, shipment-service as deployed; POST /orders \
+                 open loop; latency = outbox row's timestamp -> shipment transaction's commit \
+                 (HTTP ceiling {:.0} req/s: {})\n\n\
+                 | phase | target /s (of ceiling) | seconds | achieved req/s | applied /s | p50 ms | p99 ms | max ms | errors | applied / created | sustained | CPU s: order, relay, shipment |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|---|",
+                p.http_ceiling, p.http_ceiling_source
+            );
+            for run in &p.runs {
+                let latency = |f: &dyn Fn(&crate::stats::Percentiles) -> f64| {
+                    run.latency_ms
+                        .map_or_else(|| "n/a".to_owned(), |l| format!("{:.1}", f(&l)))
+                };
+                let cpu = ["order-service", "outbox-relay", "shipment-service"]
+                    .iter()
+                    .map(|name| {
+                        run.usage
+                            .iter()
+                            .find(|u| u.process == *name)
+                            .map_or_else(|| "n/a".to_owned(), |u| format!("{:.1}", u.cpu_s))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} ({:.0}%) | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} / {} | {} | {} |",
+                    run.phase,
+                    run.target_rate,
+                    run.fraction * 100.0,
+                    run.seconds,
+                    run.achieved_rate,
+                    run.applied_rate,
+                    latency(&|l| l.p50),
+                    latency(&|l| l.p99),
+                    latency(&|l| l.max),
+                    run.errors,
+                    run.applied,
+                    run.created,
+                    if run.sustained { "yes" } else { "NO" },
+                    cpu
+                );
+            }
+            let _ = writeln!(
+                out,
+                "highest sustained rate (achieved >= 95% of it, no error, all applied, p99 < {:.0} \
+                 ms): {}",
+                SUSTAINED_P99_MS,
+                p.highest_sustained.map_or_else(
+                    || "none".to_owned(),
+                    |(rate, fraction)| format!(
+                        "{rate:.0}/s ({:.0}% of the HTTP ceiling)",
+                        fraction * 100.0
+                    )
+                )
             );
         }
         if !self.ratios_vs_debezium.is_empty() {
