@@ -81,13 +81,14 @@ fmt:
 clean-test-resources: infra
 	scripts/clean-test-resources.sh
 
-## Measure the pipeline against its ceilings and Debezium (issue 7): prints a table, writes
-## target/bench/report.json. About 15 minutes; `make bench BENCH_ARGS=--quick` for a smoke run,
-## `BENCH_ARGS=--help` for the options.
+## Measure the pipeline against its ceilings and Debezium (issues 7 and 14): prints a table,
+## writes target/bench/report.json. About 16 minutes after the build; `make bench
+## BENCH_ARGS=--quick` for a smoke run, `BENCH_ARGS=--help` for the options. The pipeline
+## section runs the three services' release binaries.
 BENCH_ARGS ?=
 BENCH_VENV := .local/bench-venv
 bench: infra
-	$(CARGO) build --release -p outbox-relay -p bench
+	$(CARGO) build --release -p outbox-relay -p order-service -p shipment-service -p bench
 	@# matplotlib for the latency plot (target/bench/latency-*.png), in a virtualenv of its own;
 	@# without it the bench still runs and says the plot is missing.
 	@[ -x $(BENCH_VENV)/bin/python ] && $(BENCH_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || \
