@@ -82,7 +82,7 @@ clean-test-resources: infra
 	scripts/clean-test-resources.sh
 
 ## Measure the pipeline against its ceilings and Debezium (issues 7 and 14): prints a table,
-## writes target/bench/report.json. About 16 minutes after the build; `make bench
+## writes target/bench/report.json. About 10 minutes after the build; `make bench
 ## BENCH_ARGS=--quick` for a smoke run, `BENCH_ARGS=--help` for the options. The pipeline
 ## section runs the three services' release binaries.
 BENCH_ARGS ?=
