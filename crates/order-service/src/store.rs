@@ -186,17 +186,11 @@ pub async fn write_new_order(
     };
     let lines = LineColumns::of(order);
     let (query, event_id) = outbox.bind_event(sqlx::query(&statement), event)?;
-    query
+    let query = query
         .bind(order.id)
         .bind(order.customer_id)
-        .bind(order.order_date)
-        .bind(&lines.ids)
-        .bind(&lines.items)
-        .bind(&lines.quantities)
-        .bind(&lines.prices)
-        .bind(&lines.statuses)
-        .execute(&mut *conn)
-        .await?;
+        .bind(order.order_date);
+    lines.bind_to(query).execute(&mut *conn).await?;
     Ok(event_id)
 }
 
@@ -228,6 +222,19 @@ impl<'a> LineColumns<'a> {
         }
         columns
     }
+
+    /// Binds the five arrays, in this order, as the query's next parameters.
+    fn bind_to<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.items)
+            .bind(&self.quantities)
+            .bind(&self.prices)
+            .bind(&self.statuses)
+    }
 }
 
 /// Inserts the order row and all its lines (one statement for the lines, however many), each
@@ -240,21 +247,15 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), 
         .execute(&mut *conn)
         .await?;
     let lines = LineColumns::of(order);
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO order_line (id, order_id, item, quantity, total_price, status, position) \
          SELECT line.id, $1, line.item, line.quantity, line.total_price, line.status, \
                 line.ordinality - 1 \
          FROM UNNEST($2::uuid[], $3::text[], $4::int4[], $5::numeric[], $6::text[]) \
               WITH ORDINALITY AS line(id, item, quantity, total_price, status, ordinality)",
     )
-    .bind(order.id)
-    .bind(&lines.ids)
-    .bind(&lines.items)
-    .bind(&lines.quantities)
-    .bind(&lines.prices)
-    .bind(&lines.statuses)
-    .execute(&mut *conn)
-    .await?;
+    .bind(order.id);
+    lines.bind_to(query).execute(&mut *conn).await?;
     Ok(())
 }
 
