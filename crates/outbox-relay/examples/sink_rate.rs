@@ -1,4 +1,4 @@
-//! How fast the relay's own sink (`AmqpSink`: lapin, publisher confirms, `mandatory`) publishes
+//! How fast the relay's own sink (`AmqpSink`: its AMQP client, publisher confirms, `mandatory`) publishes
 //! when nothing else is in the way: no WAL, no routing, no encoding. Put beside an independent
 //! publisher's figure (the bench's ceiling 1b) it tells whether the gap between the relay's
 //! drain and the broker's ceiling lies in the sink or before it.
@@ -113,6 +113,7 @@ async fn main() -> Result<()> {
             confirms.push_back(sink.publish(&message(published)).await?);
             published += 1;
         }
+        sink.flush();
         match confirms.next().await {
             Some(Outcome::Delivered) => delivered += 1,
             Some(other) => bail!("message {delivered} was not delivered: {other:?}"),

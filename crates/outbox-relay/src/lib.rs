@@ -47,6 +47,7 @@
 //! The polling source does the same with a PostgreSQL advisory lock per table (see
 //! `polling`).
 
+pub mod amqp;
 mod backoff;
 mod broker;
 pub mod config;

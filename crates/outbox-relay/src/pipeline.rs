@@ -516,8 +516,17 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
         }
     }
 
-    /// Publishes every unpublished event the current mode allows.
+    /// Publishes every unpublished event the current mode allows, then flushes the sink (one
+    /// write for the whole run of publishes).
     async fn publish_ready(&mut self) -> Result<(), SinkError> {
+        let published = self.publish_each_ready().await;
+        if let Some(sink) = self.broker.sink() {
+            sink.flush();
+        }
+        published
+    }
+
+    async fn publish_each_ready(&mut self) -> Result<(), SinkError> {
         let Some(sink) = self.broker.sink() else {
             return Ok(());
         };

@@ -1,10 +1,10 @@
 //! Where events go: the [`Sink`] contract the pipeline publishes through, and its RabbitMQ
-//! implementation ([`AmqpSink`]: one connection, one channel in publisher-confirm mode).
+//! implementation ([`AmqpSink`]: one connection, one channel in publisher-confirm mode, over
+//! the relay's own AMQP client, [`crate::amqp`]).
 //!
 //! Delivery contract (see [`Sink`]): a message counts as delivered only when the broker acked
 //! it AND did not return it. Every publish is `mandatory`, so a message no queue would
-//! receive comes back as a `basic.return` (lapin: `Confirmation::Ack(Some(returned))`); that
-//! and a nack are reported as [`Outcome::Returned`] / [`Outcome::Nacked`], never as delivered.
+//! receive comes back as a `basic.return` before its ack; that and a nack are reported as [`Outcome::Returned`] / [`Outcome::Nacked`], never as delivered.
 //! The pipeline is at-least-once: after a failure it publishes again, with the same
 //! `message_id`, so consumers must tolerate duplicates.
 //!
@@ -18,15 +18,10 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-
+use crate::amqp::{ConnectError, Publisher, PublisherProperties};
 use crate::config::AmqpSettings;
 use crate::router::ExchangeType;
 
@@ -106,21 +101,18 @@ pub enum SinkError {
     Connect {
         address: String,
         #[source]
-        source: lapin::Error,
+        source: ConnectError,
     },
     #[error("connecting to RabbitMQ at {address} timed out")]
     Timeout { address: String },
-    #[error("cannot declare exchange {exchange:?} (type {kind}): {source}")]
+    #[error("cannot declare exchange {exchange:?} (type {kind}): {reason}")]
     Declare {
         exchange: String,
         kind: &'static str,
-        #[source]
-        source: lapin::Error,
+        reason: String,
     },
     #[error("publishing to exchange {exchange:?} failed: {reason}")]
     Publish { exchange: String, reason: String },
-    #[error("RabbitMQ channel setup failed: {0}")]
-    Channel(#[source] lapin::Error),
 }
 
 /// What the broker said about one publish.
@@ -162,6 +154,10 @@ pub trait Sink: Send + 'static {
         message: &OutgoingMessage,
     ) -> impl Future<Output = Result<Self::Confirm, SinkError>> + Send;
 
+    /// Sends the messages published since the last flush, if the sink batches them (the
+    /// pipeline calls it after each run of publishes). Never waits.
+    fn flush(&mut self) {}
+
     /// Whether the connection is usable (a lost one is replaced by the pipeline).
     fn is_connected(&self) -> bool;
 
@@ -202,43 +198,12 @@ impl Connector for AmqpConnector {
 /// How long closing a (possibly dead) connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The confirm of one publish, resolving to its [`Outcome`]: first the hand-over of its frames
-/// to the connection's writer, then the broker's ack, nack or return.
-pub struct PendingConfirm {
-    inner: Pin<Box<dyn Future<Output = Outcome> + Send>>,
-}
+/// The confirm of one publish, resolving to its [`Outcome`].
+pub type PendingConfirm = crate::amqp::ConfirmFuture;
 
-impl std::fmt::Debug for PendingConfirm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingConfirm").finish_non_exhaustive()
-    }
-}
-
-impl Future for PendingConfirm {
-    type Output = Outcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-fn outcome_of(confirmation: Result<Confirmation, lapin::Error>) -> Outcome {
-    match confirmation {
-        Ok(Confirmation::Ack(None)) => Outcome::Delivered,
-        Ok(Confirmation::Ack(Some(returned))) => Outcome::Returned {
-            reply_code: returned.reply_code,
-            reply_text: returned.reply_text.to_string(),
-        },
-        Ok(Confirmation::Nack(_)) => Outcome::Nacked,
-        Ok(Confirmation::NotRequested) => Outcome::Failed("channel is not in confirm mode".into()),
-        Err(error) => Outcome::Failed(error.to_string()),
-    }
-}
-
-/// A connected publisher.
+/// A connected publisher (our own AMQP client, [`crate::amqp`]).
 pub struct AmqpSink {
-    connection: Connection,
-    channel: Channel,
+    publisher: Publisher,
     declared: HashSet<String>,
     exchange_type: ExchangeType,
 }
@@ -251,12 +216,12 @@ impl std::fmt::Debug for AmqpSink {
     }
 }
 
-fn exchange_kind(kind: ExchangeType) -> (lapin::ExchangeKind, &'static str) {
+fn exchange_kind(kind: ExchangeType) -> &'static str {
     match kind {
-        ExchangeType::Fanout => (lapin::ExchangeKind::Fanout, "fanout"),
-        ExchangeType::Direct => (lapin::ExchangeKind::Direct, "direct"),
-        ExchangeType::Topic => (lapin::ExchangeKind::Topic, "topic"),
-        ExchangeType::Headers => (lapin::ExchangeKind::Headers, "headers"),
+        ExchangeType::Fanout => "fanout",
+        ExchangeType::Direct => "direct",
+        ExchangeType::Topic => "topic",
+        ExchangeType::Headers => "headers",
     }
 }
 
@@ -266,33 +231,22 @@ impl AmqpSink {
         settings: &AmqpSettings,
         exchange_type: ExchangeType,
     ) -> Result<Self, SinkError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name("outbox-relay".into());
-        let connection = Connection::connect(settings.url.expose(), properties)
+        let publisher = Publisher::connect(settings.uri(), "outbox-relay")
             .await
             .map_err(|source| SinkError::Connect {
                 address: settings.display.clone(),
                 source,
             })?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(SinkError::Channel)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(SinkError::Channel)?;
         Ok(Self {
-            connection,
-            channel,
+            publisher,
             declared: HashSet::new(),
             exchange_type,
         })
     }
 
-    /// Whether connection and channel are usable.
+    /// Whether the connection is usable.
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected() && self.channel.status().connected()
+        self.publisher.failure().is_none()
     }
 
     /// Declares `exchange` unless already done on this connection.
@@ -300,102 +254,59 @@ impl AmqpSink {
         if exchange.is_empty() || self.declared.contains(exchange) {
             return Ok(());
         }
-        let (kind, kind_name) = exchange_kind(self.exchange_type);
-        self.channel
-            .exchange_declare(
-                exchange.into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let kind = exchange_kind(self.exchange_type);
+        self.publisher
+            .declare_exchange(exchange, kind)
             .await
-            .map_err(|source| SinkError::Declare {
+            .map_err(|reason| SinkError::Declare {
                 exchange: exchange.to_owned(),
-                kind: kind_name,
-                source,
+                kind,
+                reason,
             })?;
         self.declared.insert(exchange.to_owned());
         Ok(())
     }
 
-    /// Publishes one message (persistent, mandatory) and returns its pending confirm.
-    ///
-    /// Returns as soon as the message's frames are queued on the channel, in call order:
-    /// lapin's `basic_publish` queues the frames synchronously and then waits for its I/O
-    /// thread to write them. Awaiting that write here, per message, would cost a thread
-    /// hand-off per event and cap the rate far below the broker's; the write is awaited
-    /// inside the returned confirm instead, so many publishes share one socket write.
+    /// Encodes one message (persistent, mandatory) and returns its pending confirm. The
+    /// frames go to the broker at the next [`Self::flush`]: one socket write per batch.
     pub async fn publish(
         &mut self,
         message: &OutgoingMessage,
     ) -> Result<PendingConfirm, SinkError> {
         self.ensure_exchange(&message.exchange).await?;
-        let mut headers = FieldTable::default();
-        for (name, value) in &message.headers {
-            headers.insert(
-                name.as_str().into(),
-                AMQPValue::LongString(LongString::from(value.as_bytes())),
-            );
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        let properties = match message.properties {
-            MessageProperties::Debezium => properties,
-            MessageProperties::Full => properties
-                .with_content_type("application/json".into())
-                .with_message_id(message.message_id.as_str().into())
-                .with_timestamp(message.timestamp),
+        let full = message.properties == MessageProperties::Full;
+        let properties = PublisherProperties {
+            content_type: full.then_some("application/json"),
+            headers: &message.headers,
+            persistent: true,
+            message_id: full.then_some(message.message_id.as_str()),
+            timestamp: full.then_some(message.timestamp),
         };
-        let channel = self.channel.clone();
-        let exchange = message.exchange.as_str().into();
-        let routing_key = message.routing_key.as_str().into();
-        let body = Arc::clone(&message.body);
-        let mut publish: Pin<Box<dyn Future<Output = Outcome> + Send>> = Box::pin(async move {
-            let written = channel
-                .basic_publish(
-                    exchange,
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &body,
-                    properties,
-                )
-                .await;
-            match written {
-                Ok(confirm) => outcome_of(confirm.await),
-                Err(error) => Outcome::Failed(error.to_string()),
-            }
-        });
-        // Run it to its first await now: that queues the frames (and takes the delivery tag)
-        // in the order of the calls, which keeps the broker's order the window's order.
-        match futures::poll!(publish.as_mut()) {
-            Poll::Pending => {}
-            // A closed channel refuses at once: the caller reconnects.
-            Poll::Ready(Outcome::Failed(reason)) => {
-                return Err(SinkError::Publish {
-                    exchange: message.exchange.clone(),
-                    reason,
-                });
-            }
-            Poll::Ready(outcome) => publish = Box::pin(std::future::ready(outcome)),
-        }
-        Ok(PendingConfirm { inner: publish })
+        self.publisher
+            .publish(
+                &message.exchange,
+                &message.routing_key,
+                properties,
+                &message.body,
+            )
+            .map_err(|reason| SinkError::Publish {
+                exchange: message.exchange.clone(),
+                reason,
+            })
+    }
+
+    /// Sends what [`Self::publish`] encoded.
+    pub fn flush(&mut self) {
+        self.publisher.flush();
     }
 
     /// Closes the connection politely; gives up after 2 s (closing a dead connection can
     /// wait forever for the broker's close-ok).
     pub async fn close(self) {
-        let close = async {
-            let _ = self.channel.close(200, "relay stopping".into()).await;
-            let _ = self.connection.close(200, "relay stopping".into()).await;
-        };
-        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.publisher.close())
+            .await
+            .is_err()
+        {
             tracing::debug!("closing the RabbitMQ connection timed out");
         }
     }
@@ -409,6 +320,10 @@ impl Sink for AmqpSink {
         message: &OutgoingMessage,
     ) -> impl Future<Output = Result<PendingConfirm, SinkError>> + Send {
         AmqpSink::publish(self, message)
+    }
+
+    fn flush(&mut self) {
+        AmqpSink::flush(self);
     }
 
     fn is_connected(&self) -> bool {

@@ -46,6 +46,8 @@ pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 pub const UNROUTABLE: &str = "outbox_relay_unroutable_total";
 pub const STALLED: &str = "outbox_relay_stalled";
 pub const STANDBY: &str = "outbox_relay_standby";
+/// 1 while RabbitMQ blocks the relay's connection (a memory or disk alarm), else 0.
+pub const BROKER_BLOCKED: &str = "outbox_relay_broker_blocked";
 pub const POLLING_BACKLOG_ROWS: &str = "outbox_relay_polling_backlog_rows";
 
 /// Buckets of the commit-delay histograms: fine below 100 ms, where the benchmark reads its
@@ -302,14 +304,7 @@ impl RelayStatus {
 /// Installs the global tracing subscriber (`service_kit::logging`): the `RUST_LOG` filter,
 /// checked with the configuration.
 pub fn init_logging(filter: &LogFilter, format: LogFormat) -> Result<(), LogInitError> {
-    // lapin logs every returned message with its whole body at WARN; the relay reports returns
-    // itself (log line, metric, /health), so keep lapin's copy out unless RUST_LOG asks for it.
-    let extra: &[&str] = if filter.as_str().contains("lapin") {
-        &[]
-    } else {
-        &["lapin::returned_messages=error"]
-    };
-    service_kit::logging::init(filter, extra, format)
+    service_kit::logging::init(filter, &[], format)
 }
 
 #[cfg(test)]
