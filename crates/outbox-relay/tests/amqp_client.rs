@@ -35,6 +35,31 @@ fn message(routing_key: &str, body: Vec<u8>, properties: MessageProperties) -> O
     }
 }
 
+/// A vhost of its own with `EXCHANGE` declared as `kind`, and lapin's connection to it.
+async fn vhost_with_exchange(
+    prefix: &str,
+    kind: ExchangeKind,
+) -> (TestVhost, Connection, lapin::Channel) {
+    let vhost = TestVhost::create(prefix).await.unwrap();
+    let admin = Connection::connect(&vhost.amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (vhost, admin, channel)
+}
+
 async fn declare_queue(channel: &lapin::Channel, queue: &str, arguments: FieldTable) {
     channel
         .queue_declare(
@@ -67,23 +92,7 @@ async fn confirm(pending: outbox_relay::sink::PendingConfirm) -> Outcome {
 
 #[tokio::test]
 async fn acks_nacks_and_returns_reach_the_publish_they_belong_to() {
-    let vhost = TestVhost::create("amqp_client").await.unwrap();
-    let admin = Connection::connect(&vhost.amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = admin.create_channel().await.unwrap();
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (vhost, admin, channel) = vhost_with_exchange("amqp_client", ExchangeKind::Direct).await;
     // Holds one message and refuses (nacks) the next.
     let mut bounded = FieldTable::default();
     bounded.insert("x-max-length".into(), AMQPValue::LongInt(1));
@@ -187,24 +196,9 @@ async fn acks_nacks_and_returns_reach_the_publish_they_belong_to() {
 
 #[tokio::test]
 async fn the_brokers_refusals_are_errors_that_say_what_it_said() {
-    let vhost = TestVhost::create("amqp_client_refusal").await.unwrap();
-    let admin = Connection::connect(&vhost.amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = admin.create_channel().await.unwrap();
     // The exchange exists as a topic exchange; the sink declares a fanout.
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (vhost, admin, _channel) =
+        vhost_with_exchange("amqp_client_refusal", ExchangeKind::Topic).await;
     let settings = AmqpSettings::from_url("AMQP_URL", &vhost.amqp_url).unwrap();
     let mut sink = AmqpSink::connect(&settings, ExchangeType::Fanout)
         .await

@@ -116,8 +116,9 @@ impl State {
 
     fn confirm(&mut self, tag: u64, multiple: bool, acked: bool) {
         if multiple {
-            let from = self.first_tag;
-            for each in from..=tag {
+            // Bounded by the book: a tag past the last publish resolves nothing more.
+            let last = self.first_tag + self.slots.len() as u64;
+            for each in self.first_tag..=tag.min(last) {
                 self.resolve(each, acked);
             }
         } else {
@@ -309,6 +310,14 @@ impl Publisher {
         send(&mut write, &mut out).await?;
         expect(&mut read, &mut input, method::CHANNEL_OPEN_OK).await?;
         expect(&mut read, &mut input, method::CONFIRM_SELECT_OK).await?;
+        tracing::debug!(
+            host = %uri.authority.host,
+            port = uri.authority.port,
+            vhost = %uri.vhost,
+            frame_max,
+            heartbeat_s = heartbeat,
+            "AMQP connection open: channel 1 in confirm mode"
+        );
 
         // A new connection starts unblocked.
         metrics::gauge!(crate::telemetry::BROKER_BLOCKED).set(0.0);
@@ -838,6 +847,9 @@ mod tests {
         state.confirm(5, false, false);
         assert_eq!(state.slots[4].outcome, Some(Outcome::Nacked));
         assert_eq!(state.slots[3].outcome, None);
+        // A tag far past the last publish (a confused broker) ends at the book.
+        state.confirm(u64::MAX, true, true);
+        assert_eq!(state.slots[3].outcome, Some(Outcome::Delivered));
     }
 
     #[test]
