@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::amqp::{ConnectError, Publisher, PublisherProperties};
+use crate::amqp::{ConnectError, Properties, Publisher};
 use crate::config::AmqpSettings;
 use crate::router::ExchangeType;
 
@@ -275,10 +275,10 @@ impl AmqpSink {
     ) -> Result<PendingConfirm, SinkError> {
         self.ensure_exchange(&message.exchange).await?;
         let full = message.properties == MessageProperties::Full;
-        let properties = PublisherProperties {
+        let properties = Properties {
             content_type: full.then_some("application/json"),
             headers: &message.headers,
-            persistent: true,
+            delivery_mode: Some(2),
             message_id: full.then_some(message.message_id.as_str()),
             timestamp: full.then_some(message.timestamp),
         };

@@ -16,8 +16,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{
-    self, DecodeError, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame, Publish,
-    Reader, Writer, method,
+    self, DecodeError, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame, Properties,
+    Publish, Reader, Writer, method,
 };
 use crate::sink::Outcome;
 
@@ -53,20 +53,9 @@ pub enum ConnectError {
     Eof,
 }
 
-/// Which optional properties the messages carry.
-#[derive(Debug, Clone, Copy)]
-pub struct PublisherProperties<'a> {
-    pub content_type: Option<&'a str>,
-    pub headers: &'a [(String, String)],
-    pub persistent: bool,
-    pub message_id: Option<&'a str>,
-    pub timestamp: Option<u64>,
-}
-
 /// One publish awaiting its confirm.
 #[derive(Debug)]
 struct Slot {
-    tag: u64,
     /// Identifies the message if the broker returns it (a return carries no delivery tag).
     fingerprint: u64,
     body: Arc<[u8]>,
@@ -179,10 +168,12 @@ impl Future for ConfirmFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut state = self.shared.lock();
-        let failed = state.failed.clone();
         let Some(slot) = state.slot(self.tag) else {
             return Poll::Ready(Outcome::Failed(
-                failed.unwrap_or_else(|| "confirm already taken".to_owned()),
+                state
+                    .failed
+                    .clone()
+                    .unwrap_or_else(|| "confirm already taken".to_owned()),
             ));
         };
         match slot.outcome.take() {
@@ -388,7 +379,7 @@ impl Publisher {
         &mut self,
         exchange: &str,
         routing_key: &str,
-        properties: PublisherProperties<'_>,
+        properties: Properties<'_>,
         body: &Arc<[u8]>,
     ) -> Result<ConfirmFuture, String> {
         let tag = self.next_tag;
@@ -401,7 +392,6 @@ impl Publisher {
                 state.first_tag = tag;
             }
             state.slots.push_back(Slot {
-                tag,
                 fingerprint: fingerprint(exchange, routing_key),
                 body: Arc::clone(body),
                 returned: None,
@@ -416,13 +406,7 @@ impl Publisher {
             exchange,
             routing_key,
             mandatory: true,
-            properties: codec::Properties {
-                content_type: properties.content_type,
-                headers: properties.headers,
-                delivery_mode: properties.persistent.then_some(2),
-                message_id: properties.message_id,
-                timestamp: properties.timestamp,
-            },
+            properties,
             body,
         }
         .write(&mut Writer::new(&mut self.pending), self.frame_max);
@@ -743,18 +727,19 @@ fn handle_method(
 fn finish_return(shared: &Shared, returning: &mut Option<Returning>) -> Option<String> {
     let returned = returning.take()?;
     let mut state = shared.lock();
+    let first_tag = state.first_tag;
     let after = state.returned_up_to;
-    let slot = state.slots.iter_mut().find(|slot| {
-        slot.tag > after
+    let found = state.slots.iter_mut().zip(first_tag..).find(|(slot, tag)| {
+        *tag > after
             && slot.outcome.is_none()
             && slot.returned.is_none()
             && slot.fingerprint == returned.fingerprint
             && *slot.body == *returned.body
     });
-    match slot {
-        Some(slot) => {
+    match found {
+        Some((slot, tag)) => {
             slot.returned = Some((returned.reply_code, returned.reply_text));
-            state.returned_up_to = slot.tag;
+            state.returned_up_to = tag;
             None
         }
         None => Some(format!(
@@ -811,9 +796,8 @@ mod tests {
             first_tag: *tags.start(),
             ..State::default()
         };
-        for tag in tags {
+        for _ in tags {
             state.slots.push_back(Slot {
-                tag,
                 fingerprint: fingerprint("x", "k"),
                 body: Arc::from(&b"{}"[..]),
                 returned: None,

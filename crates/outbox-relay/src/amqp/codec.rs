@@ -276,9 +276,9 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// The properties of a published message that this publisher sets.
+/// The properties of a published message that this publisher sets (the others stay unset).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Properties<'a> {
+pub struct Properties<'a> {
     pub content_type: Option<&'a str>,
     pub headers: &'a [(String, String)],
     pub delivery_mode: Option<u8>,

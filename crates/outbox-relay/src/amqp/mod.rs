@@ -19,5 +19,5 @@
 mod client;
 mod codec;
 
-pub use client::{ConfirmFuture, ConnectError, Publisher, PublisherProperties};
-pub use codec::DecodeError;
+pub use client::{ConfirmFuture, ConnectError, Publisher};
+pub use codec::{DecodeError, Properties};
