@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::amqp::{ConnectError, Properties, Publisher};
 use crate::config::AmqpSettings;
 use crate::router::ExchangeType;
+use service_kit::amqp::NodeFailure;
 
 /// Which AMQP properties a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,12 +232,22 @@ impl AmqpSink {
         settings: &AmqpSettings,
         exchange_type: ExchangeType,
     ) -> Result<Self, SinkError> {
-        let publisher = Publisher::connect(settings.uri(), "outbox-relay")
+        // With several nodes (a cluster), the first that accepts.
+        let (publisher, address) = settings
+            .connect_any(|uri| async move { Publisher::connect(&uri, "outbox-relay").await })
             .await
-            .map_err(|source| SinkError::Connect {
-                address: settings.display.clone(),
-                source,
+            .map_err(|failed| match failed.failure {
+                NodeFailure::Refused(source) => SinkError::Connect {
+                    address: failed.address,
+                    source,
+                },
+                NodeFailure::TimedOut(_) => SinkError::Timeout {
+                    address: failed.address,
+                },
             })?;
+        if settings.node_count() > 1 {
+            tracing::info!(node = %address, "publishing through RabbitMQ node");
+        }
         Ok(Self {
             publisher,
             declared: HashSet::new(),

@@ -1,8 +1,18 @@
 //! RabbitMQ connection settings: `AMQP_URL`, or the `RABBITMQ_*` parts with the original
 //! system's defaults. The URL with its password is a [`Secret`]; what is logged is
 //! [`AmqpSettings::display`], `amqp://user:***@host:port/vhost`.
+//!
+//! A cluster is several comma-separated URLs in `AMQP_URL` (or several hosts in
+//! `RABBITMQ_HOST`, each `host` or `host:port`): [`AmqpSettings::connect_any`] tries them in
+//! turn, starting with the one that last worked, so a client fails over to another node when
+//! its node goes away. Each process starts at a different node (by process id), which spreads
+//! a fleet's connections over the cluster.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPScheme, AMQPUri, AMQPUserInfo};
 
@@ -35,14 +45,52 @@ pub struct AmqpParts {
     pub vhost: String,
 }
 
-/// Where RabbitMQ is. `Debug` shows only [`AmqpSettings::display`].
+/// How long one connection attempt to one node of several may take before the next is tried
+/// (a node that drops packets would otherwise hold the client for the TCP timeout).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where RabbitMQ is: one node or the nodes of a cluster. `Debug` shows only
+/// [`AmqpSettings::display`].
 #[derive(Clone)]
 pub struct AmqpSettings {
-    /// The full URL, with the password (for `lapin::Connection::connect`).
+    /// The first node's full URL, with the password.
     pub url: Secret,
-    /// The URL without its password, safe to log.
+    /// The URLs without their password, comma-separated, safe to log.
     pub display: String,
+    nodes: Vec<Node>,
+    /// Index of the node the next connection tries first: the one that last worked.
+    preferred: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct Node {
     uri: AMQPUri,
+    display: String,
+}
+
+/// Every node refused or failed: the last node's failure, with where it was.
+#[derive(Debug)]
+pub struct AllNodesFailed<E> {
+    /// The node tried last, without its password.
+    pub address: String,
+    pub failure: NodeFailure<E>,
+}
+
+/// Why one node did not give a connection.
+#[derive(Debug)]
+pub enum NodeFailure<E> {
+    Refused(E),
+    /// No answer within the attempt's time (only with several nodes).
+    TimedOut(Duration),
+}
+
+impl<E: fmt::Display> fmt::Display for NodeFailure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeFailure::Refused(error) => error.fmt(f),
+            NodeFailure::TimedOut(after) => write!(f, "no answer within {after:?}"),
+        }
+    }
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -59,13 +107,82 @@ impl AmqpSettings {
         if let Some(url) = vars.get("AMQP_URL")? {
             return Self::from_url("AMQP_URL", &url);
         }
-        Ok(Self::from_parts(AmqpParts {
+        let parts = AmqpParts {
             host: vars.string_or("RABBITMQ_HOST", DEFAULT_HOST)?,
             port: vars.port_or("RABBITMQ_PORT", DEFAULT_PORT)?,
             user: vars.string_or("RABBITMQ_USER", DEFAULT_USER)?,
             password: Secret::new(vars.string_or("RABBITMQ_PASSWORD", DEFAULT_PASSWORD)?),
             vhost: vars.string_or("RABBITMQ_VHOST", DEFAULT_VHOST)?,
-        }))
+        };
+        Self::from_hosts("RABBITMQ_HOST", parts)
+    }
+
+    /// [`Self::from_parts`] for each comma-separated `host` or `host:port` of `parts.host`
+    /// (`parts.port` where a host has none); errors name `variable`.
+    pub fn from_hosts(variable: &str, parts: AmqpParts) -> Result<Self, ConfigError> {
+        if !parts.host.contains(',') {
+            return Ok(Self::from_parts(parts));
+        }
+        let mut nodes = Vec::new();
+        for entry in parts.host.split(',').map(str::trim) {
+            let (host, port) = match entry.rsplit_once(':') {
+                Some((host, port)) => (
+                    host,
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|port| *port > 0)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                variable,
+                                format!("'{entry}': the port is not 1-65535"),
+                            )
+                        })?,
+                ),
+                None => (entry, parts.port),
+            };
+            if host.is_empty() {
+                return Err(ConfigError::new(variable, "has an empty host in its list"));
+            }
+            nodes.push(Self::from_parts(AmqpParts {
+                host: host.to_owned(),
+                port,
+                ..parts.clone()
+            }));
+        }
+        Ok(Self::cluster(nodes))
+    }
+
+    /// One setting for several nodes, tried in turn.
+    fn cluster(settings: Vec<Self>) -> Self {
+        let nodes: Vec<Node> = settings.iter().flat_map(|one| one.nodes.clone()).collect();
+        let display = nodes
+            .iter()
+            .map(|node| node.display.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let url = settings
+            .into_iter()
+            .next()
+            .map(|first| first.url)
+            .unwrap_or_else(|| Secret::new(String::new()));
+        // Different processes start at different nodes: a fleet spreads over the cluster.
+        let start = std::process::id() as usize % nodes.len().max(1);
+        Self {
+            url,
+            display,
+            nodes,
+            preferred: Arc::new(AtomicUsize::new(start)),
+        }
+    }
+
+    fn single(url: Secret, uri: AMQPUri) -> Self {
+        let display = redacted(&uri);
+        Self {
+            url,
+            display: display.clone(),
+            nodes: vec![Node { uri, display }],
+            preferred: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     pub fn from_parts(parts: AmqpParts) -> Self {
@@ -90,16 +207,23 @@ impl AmqpSettings {
             uri.authority.port,
             percent_encode(&uri.vhost)
         );
-        Self {
-            url: Secret::new(url),
-            display: redacted(&uri),
-            uri,
-        }
+        Self::single(Secret::new(url), uri)
     }
 
-    /// Parses `amqp[s]://user:password@host:port/vhost?query` without echoing it; errors name
-    /// `variable`.
+    /// Parses `amqp[s]://user:password@host:port/vhost?query`, or several of them separated by
+    /// commas (the nodes of a cluster), without echoing them; errors name `variable`.
     pub fn from_url(variable: &str, url: &str) -> Result<Self, ConfigError> {
+        if !url.contains(',') {
+            return Self::parse_one(variable, url);
+        }
+        let nodes = url
+            .split(',')
+            .map(|one| Self::parse_one(variable, one))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::cluster(nodes))
+    }
+
+    fn parse_one(variable: &str, url: &str) -> Result<Self, ConfigError> {
         let url = url.trim();
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return Err(ConfigError::new(
@@ -122,16 +246,67 @@ impl AmqpSettings {
                 "not a valid AMQP URL (expected amqp://user:password@host:port/vhost)",
             )
         })?;
-        Ok(Self {
-            url: Secret::new(url),
-            display: redacted(&uri),
-            uri,
-        })
+        Ok(Self::single(Secret::new(url), uri))
     }
 
-    /// The parsed URI, password included: pass it to lapin only.
+    /// The first node's parsed URI, password included: pass it to a client only.
     pub fn uri(&self) -> &AMQPUri {
-        &self.uri
+        &self.nodes[0].uri
+    }
+
+    /// How many nodes there are to try.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Connects with `connect` (given the node's URI, password included) to the first node that accepts, starting with the one that
+    /// last worked; returns the connection and the node's address (without password). With
+    /// one node this is one attempt; with several each attempt is bounded in time.
+    pub async fn connect_any<T, E, F, Fut>(
+        &self,
+        mut connect: F,
+    ) -> Result<(T, String), AllNodesFailed<E>>
+    where
+        F: FnMut(AMQPUri) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let count = self.nodes.len();
+        let start = self.preferred.load(Ordering::Relaxed) % count.max(1);
+        let mut last = None;
+        for offset in 0..count {
+            let index = (start + offset) % count;
+            let node = &self.nodes[index];
+            let attempt = if count == 1 {
+                connect(node.uri.clone())
+                    .await
+                    .map_err(NodeFailure::Refused)
+            } else {
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, connect(node.uri.clone())).await {
+                    Ok(result) => result.map_err(NodeFailure::Refused),
+                    Err(_) => Err(NodeFailure::TimedOut(ATTEMPT_TIMEOUT)),
+                }
+            };
+            match attempt {
+                Ok(connection) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((connection, node.display.clone()));
+                }
+                Err(failure) => {
+                    if count > 1 {
+                        tracing::debug!(node = %node.display, "RabbitMQ node did not accept; trying the next");
+                    }
+                    last = Some(AllNodesFailed {
+                        address: node.display.clone(),
+                        failure,
+                    });
+                }
+            }
+        }
+        // `nodes` is never empty (every constructor makes at least one), so `last` is set.
+        Err(last.unwrap_or(AllNodesFailed {
+            address: self.display.clone(),
+            failure: NodeFailure::TimedOut(Duration::ZERO),
+        }))
     }
 }
 
@@ -199,6 +374,71 @@ mod tests {
         assert_eq!(url.uri().authority.userinfo.password, "hunter2");
         assert_eq!(url.url.expose(), "amqp://u:hunter2@h:1234/%2f?heartbeat=5");
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_is_several_urls_or_several_hosts() {
+        let urls = settings(&[(
+            "AMQP_URL",
+            "amqp://u:hunter2@a:5681/v, amqp://u:hunter2@b:5682/v",
+        )])
+        .unwrap();
+        assert_eq!(urls.node_count(), 2);
+        assert_eq!(urls.display, "amqp://u:***@a:5681/v,amqp://u:***@b:5682/v");
+        assert!(!format!("{urls:?}").contains("hunter2"));
+        let hosts = settings(&[("RABBITMQ_HOST", "a:5681,b"), ("RABBITMQ_PORT", "5699")]).unwrap();
+        assert_eq!(
+            hosts.display,
+            "amqp://guest:***@a:5681/%2F,amqp://guest:***@b:5699/%2F"
+        );
+        for bad in ["a:0,b", "a,,b", "a:x,b"] {
+            let error = settings(&[("RABBITMQ_HOST", bad)]).unwrap_err();
+            assert_eq!(error.variable, "RABBITMQ_HOST", "{bad}");
+        }
+        let error = settings(&[("AMQP_URL", "amqp://u:hunter2@a:1/v,http://b")]).unwrap_err();
+        assert_eq!(error.variable, "AMQP_URL");
+        assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn connect_any_fails_over_and_then_starts_with_the_node_that_worked() {
+        let cluster = settings(&[(
+            "AMQP_URL",
+            "amqp://u:p@down:1/v,amqp://u:p@up:2/v,amqp://u:p@down2:3/v",
+        )])
+        .unwrap();
+        let mut tried = Vec::new();
+        let (host, address) = cluster
+            .connect_any(|uri| {
+                tried.push(uri.authority.host.clone());
+                let host = uri.authority.host.clone();
+                async move {
+                    if host == "up" {
+                        Ok(host)
+                    } else {
+                        Err("refused")
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(host, "up");
+        assert_eq!(address, "amqp://u:***@up:2/v");
+        assert!(tried.contains(&"up".to_owned()));
+        tried.clear();
+        let _ = cluster
+            .connect_any(|uri| {
+                tried.push(uri.authority.host.clone());
+                async { Ok::<_, &str>(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(tried, ["up"], "starts with the node that worked last");
+        let failed = cluster
+            .connect_any(|_| async { Err::<(), _>("refused") })
+            .await
+            .unwrap_err();
+        assert_eq!(failed.failure.to_string(), "refused");
     }
 
     #[test]

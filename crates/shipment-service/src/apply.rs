@@ -237,8 +237,10 @@ async fn apply_in(
 
     let event_ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
     let first_seen: HashSet<Uuid> = sqlx::query_scalar(
+        // In delivery order, so that `applied_order` (its default) follows it.
         "INSERT INTO consumed_message (event_id, time_of_receiving) \
-         SELECT id, now() FROM UNNEST($1::uuid[]) AS id ON CONFLICT (event_id) DO NOTHING \
+         SELECT id, now() FROM UNNEST($1::uuid[]) WITH ORDINALITY AS delivered (id, position) \
+         ORDER BY position ON CONFLICT (event_id) DO NOTHING \
          RETURNING event_id",
     )
     .bind(&event_ids)

@@ -7,15 +7,23 @@
 //! work queue dead-letters a message delivered more than `RABBITMQ_DELIVERY_LIMIT` times. A
 //! queue that already exists with other arguments is used as it is, with a warning.
 //!
+//! With `SHIPMENT_PARTITIONS` = N > 1 the work queue is N queues `shipment.orders.0` …
+//! `.{N-1}`, each with a single active consumer, bound with weight 1 to the consistent-hash
+//! exchange `shipment.orders.hash` (plugin `rabbitmq_consistent_hash_exchange`), itself bound
+//! to `order.events`: the events of one order (one routing key) always land in the same
+//! partition. `order.events` stays the fanout other consumers bind to.
+//!
 //! Poison messages are published by this service to the dead-letter exchange with publisher
 //! confirms, then acked: never a requeue loop, never a drop.
 
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use service_kit::amqp::NodeFailure;
 
 use crate::config::{BrokerSettings, QueueType};
 use crate::event::Poison;
@@ -30,6 +38,11 @@ pub enum BrokerError {
         url: String,
         #[source]
         source: lapin::Error,
+    },
+    #[error("connecting to RabbitMQ at {url} timed out after {after:?}")]
+    ConnectTimeout {
+        url: String,
+        after: std::time::Duration,
     },
     #[error("cannot declare {what}: {source}")]
     Declare {
@@ -47,6 +60,12 @@ pub enum BrokerError {
     DeadLetterRefused(&'static str),
     #[error("the broker cancelled our consumer or closed the channel")]
     ConsumerEnded,
+    #[error(
+        "SHIPMENT_PARTITIONS > 1 needs RabbitMQ's consistent-hash exchange: run \
+         `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` on every node (the broker \
+         said: {0})"
+    )]
+    PluginMissing(String),
     /// Only with the `failpoints` feature (tests).
     #[cfg(feature = "failpoints")]
     #[error("connection dropped by a test hook")]
@@ -58,6 +77,7 @@ impl BrokerError {
     /// that exists with other arguments) or our credentials.
     pub fn is_permanent(&self) -> bool {
         match self {
+            BrokerError::PluginMissing(_) => true,
             BrokerError::Declare { source, .. } => matches!(
                 source.kind(),
                 lapin::ErrorKind::ProtocolError(error)
@@ -99,15 +119,7 @@ pub struct BrokerSession {
 impl BrokerSession {
     /// Connects, declares the topology, sets the prefetch window and starts consuming.
     pub async fn open(settings: &BrokerSettings, prefetch: u16) -> Result<Self, BrokerError> {
-        let connection = Connection::connect_uri(
-            settings.uri().clone(),
-            ConnectionProperties::default().with_connection_name("shipment-service".into()),
-        )
-        .await
-        .map_err(|source| BrokerError::Connect {
-            url: settings.redacted_url(),
-            source,
-        })?;
+        let connection = connect(settings).await?;
         let channel_error = |operation| move |source| BrokerError::Channel { operation, source };
         let publisher = declare_topology(&connection, settings).await?;
         publisher
@@ -124,7 +136,7 @@ impl BrokerSession {
             .map_err(channel_error("basic.qos"))?;
         let consumer = consume_channel
             .basic_consume(
-                settings.queue.as_str().into(),
+                settings.consumed_queue().as_str().into(),
                 ShortString::from(""),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -176,7 +188,7 @@ impl BrokerSession {
             "x-attempts".into(),
             AMQPValue::LongInt(i32::try_from(attempts).unwrap_or(i32::MAX)),
         );
-        headers.insert("x-original-queue".into(), text(&settings.queue));
+        headers.insert("x-original-queue".into(), text(&settings.consumed_queue()));
         headers.insert(
             "x-original-exchange".into(),
             text(delivery.exchange.as_str()),
@@ -221,12 +233,52 @@ impl BrokerSession {
     }
 }
 
+/// Connects to the first RabbitMQ node that accepts (several with a cluster).
+pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerError> {
+    let name = match settings.partition {
+        Some(partition) => format!("shipment-service partition {partition}"),
+        None => "shipment-service".to_owned(),
+    };
+    settings
+        .connection
+        .connect_any(|uri| {
+            Connection::connect_uri(
+                uri,
+                ConnectionProperties::default().with_connection_name(name.as_str().into()),
+            )
+        })
+        .await
+        .map(|(connection, _)| connection)
+        .map_err(|failed| match failed.failure {
+            NodeFailure::Refused(source) => BrokerError::Connect {
+                url: failed.address,
+                source,
+            },
+            NodeFailure::TimedOut(after) => BrokerError::ConnectTimeout {
+                url: failed.address,
+                after,
+            },
+        })
+}
+
+/// Connects, declares the whole topology and disconnects (start-up with partitions: the
+/// partition sessions come later, as the instance is given partitions).
+pub async fn declare_only(settings: &BrokerSettings) -> Result<(), BrokerError> {
+    let connection = connect(settings).await?;
+    let declared = declare_topology(&connection, settings).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "declared".into())).await;
+    declared.map(|_| ())
+}
+
 /// Declares exchanges, queues and bindings; returns the channel to go on with (a declaration
 /// the broker refuses closes the channel it was made on).
 async fn declare_topology(
     connection: &Connection,
     settings: &BrokerSettings,
 ) -> Result<Channel, BrokerError> {
+    if settings.partitions > 1 {
+        return declare_partitioned_topology(connection, settings).await;
+    }
     let mut channel = open_channel(connection).await?;
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
@@ -275,6 +327,113 @@ async fn declare_topology(
             )
             .await
             .map_err(declare_error(format!("binding {exchange} → {queue}")))?;
+    }
+    Ok(channel)
+}
+
+/// The partitioned topology: `order.events` → `shipment.orders.hash` (consistent hash) →
+/// `shipment.orders.{0..N}` (single active consumer each); the dead-letter exchange and queue
+/// as with one queue.
+async fn declare_partitioned_topology(
+    connection: &Connection,
+    settings: &BrokerSettings,
+) -> Result<Channel, BrokerError> {
+    let mut channel = open_channel(connection).await?;
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let declare_error = |what: String| move |source| BrokerError::Declare { what, source };
+    let dead_letter_exchange = settings.dead_letter_exchange();
+    let dead_letter_queue = settings.dead_letter_queue();
+    let hash_exchange = settings.hash_exchange();
+    for exchange in [settings.exchange.as_str(), dead_letter_exchange.as_str()] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_error(format!(
+                "exchange {exchange} (durable fanout)"
+            )))?;
+    }
+    channel
+        .exchange_declare(
+            hash_exchange.as_str().into(),
+            ExchangeKind::Custom("x-consistent-hash".to_owned()),
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| {
+            let text = source.to_string();
+            if text.contains("invalid exchange type") {
+                BrokerError::PluginMissing(text)
+            } else {
+                BrokerError::Declare {
+                    what: format!("exchange {hash_exchange} (durable x-consistent-hash)"),
+                    source,
+                }
+            }
+        })?;
+    channel
+        .exchange_bind(
+            hash_exchange.as_str().into(),
+            settings.exchange.as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error(format!(
+            "binding {} → {hash_exchange}",
+            settings.exchange
+        )))?;
+    channel = declare_queue(
+        connection,
+        channel,
+        &dead_letter_queue,
+        settings.queue_type,
+        queue_arguments(settings.queue_type, None),
+    )
+    .await?;
+    channel
+        .queue_bind(
+            dead_letter_queue.as_str().into(),
+            dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(declare_error(format!(
+            "binding {dead_letter_exchange} → {dead_letter_queue}"
+        )))?;
+    for partition in 0..settings.partitions {
+        let queue = settings.partition_queue(partition);
+        let mut arguments = queue_arguments(
+            settings.queue_type,
+            Some((settings.delivery_limit, &dead_letter_exchange)),
+        );
+        // One consumer applies a partition at a time, whoever else is registered: the order of
+        // an order's events holds across instances.
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        channel =
+            declare_queue(connection, channel, &queue, settings.queue_type, arguments).await?;
+        // The binding key of a consistent-hash exchange is the partition's weight.
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                hash_exchange.as_str().into(),
+                "1".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_error(format!("binding {hash_exchange} → {queue}")))?;
     }
     Ok(channel)
 }

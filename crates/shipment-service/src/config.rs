@@ -90,6 +90,10 @@ impl FromStr for QueueType {
     }
 }
 
+/// The most `SHIPMENT_PARTITIONS`: each partition is a quorum queue (a Raft group on every
+/// node) and a connection per instance that owns it; past this, add clusters, not partitions.
+pub const MAX_PARTITIONS: u16 = 256;
+
 /// The default of `RABBITMQ_DELIVERY_LIMIT`.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 
@@ -111,6 +115,11 @@ pub struct BrokerSettings {
     /// crashes the process, say). Counts every return to the queue, a lost connection included,
     /// so it is far above the service's own attempts.
     pub delivery_limit: u32,
+    /// `SHIPMENT_PARTITIONS`: 1 consumes `queue`; more consume `queue.0` … `queue.{N-1}`, fed
+    /// by a consistent-hash exchange on the routing key (see [`crate::partitions`]).
+    pub partitions: u16,
+    /// The partition a session consumes (set by the partition supervisor), `None` for `queue`.
+    pub partition: Option<u16>,
 }
 
 impl BrokerSettings {
@@ -122,7 +131,40 @@ impl BrokerSettings {
             queue: queue.to_owned(),
             queue_type: QueueType::default(),
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            partitions: 1,
+            partition: None,
         })
+    }
+
+    /// The queue a session consumes: the partition's, or the single work queue.
+    pub fn consumed_queue(&self) -> String {
+        match self.partition {
+            Some(partition) => self.partition_queue(partition),
+            None => self.queue.clone(),
+        }
+    }
+
+    /// Partition `partition`'s queue: `shipment.orders.3`.
+    pub fn partition_queue(&self, partition: u16) -> String {
+        format!("{}.{partition}", self.queue)
+    }
+
+    /// The consistent-hash exchange that spreads the order events over the partition queues.
+    pub fn hash_exchange(&self) -> String {
+        format!("{}.hash", self.queue)
+    }
+
+    /// The fanout exchange the instances announce themselves on (see [`crate::partitions`]).
+    pub fn members_exchange(&self) -> String {
+        format!("{}.members", self.queue)
+    }
+
+    /// These settings for a session that consumes `partition`.
+    pub fn for_partition(&self, partition: u16) -> Self {
+        Self {
+            partition: Some(partition),
+            ..self.clone()
+        }
     }
 
     /// The connection URI, password included: pass it to lapin only.
@@ -245,6 +287,8 @@ impl Config {
                 DEFAULT_DELIVERY_LIMIT,
                 1..=1_000_000,
             )?,
+            partitions: vars.number_in("SHIPMENT_PARTITIONS", 1, 1..=MAX_PARTITIONS)?,
+            partition: None,
         };
         // 0 would mean unlimited deliveries in flight.
         let prefetch = vars.number_in("RABBITMQ_PREFETCH", DEFAULT_PREFETCH, 1..=u16::MAX)?;
@@ -282,11 +326,12 @@ impl Config {
 
 /// An exchange or queue name: a non-empty AMQP short string.
 fn amqp_name(variable: &str, name: String) -> Result<String, ConfigError> {
-    // The dead-letter names append ".dlx"/".dlq"; keep room for them within 255 bytes.
-    if name.len() > 250 || name.starts_with("amq.") {
+    // Derived names append ".dlx", ".dlq", ".members" or a partition number; keep room for
+    // them within 255 bytes.
+    if name.len() > 240 || name.starts_with("amq.") {
         return Err(ConfigError::new(
             variable,
-            format!("{name:?}: names must be at most 250 bytes and not start with \"amq.\""),
+            format!("{name:?}: names must be at most 240 bytes and not start with \"amq.\""),
         ));
     }
     Ok(name)

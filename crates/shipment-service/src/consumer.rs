@@ -58,11 +58,34 @@ use crate::broker::{BrokerError, BrokerSession, string_headers};
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::event::{self, IncomingEvent, Poison, PoisonReason};
 use crate::metrics as names;
+use crate::partitions::PartitionReport;
 
 /// Reachability seen by the consumer, reported by `/health` and as gauges.
 #[derive(Debug, Default)]
 pub struct Health {
     pub broker_connected: AtomicBool,
+    /// With partitions: which ones this instance applies (`None` with a single queue).
+    partitions: std::sync::Mutex<Option<PartitionReport>>,
+}
+
+impl Health {
+    pub fn set_broker_connected(&self, connected: bool) {
+        self.broker_connected.store(connected, Ordering::Relaxed);
+        metrics::gauge!(names::BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+    }
+
+    pub fn set_partitions(&self, report: PartitionReport) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            *partitions = Some(report);
+        }
+    }
+
+    pub fn partitions(&self) -> Option<PartitionReport> {
+        self.partitions
+            .lock()
+            .ok()
+            .and_then(|report| report.clone())
+    }
 }
 
 /// Why the consume loop left a session.
@@ -78,6 +101,9 @@ pub struct Consumer {
     broker: BrokerSettings,
     settings: ConsumerSettings,
     health: Arc<Health>,
+    /// Whether this consumer's connection is the one `/health` reports (not so for a
+    /// partition's: the membership connection is).
+    reports_connection: bool,
     /// Whether the crash-after-commit failpoint already fired (it fires once).
     #[cfg(feature = "failpoints")]
     hook_fired: AtomicBool,
@@ -95,14 +121,25 @@ impl Consumer {
             broker,
             settings,
             health,
+            reports_connection: true,
             #[cfg(feature = "failpoints")]
             hook_fired: AtomicBool::new(false),
         }
     }
 
-    /// Runs with `session` (opened at start-up), reconnecting whenever the broker goes away.
-    pub async fn run(self, session: BrokerSession, shutdown: CancellationToken) {
-        let mut session = Some(session);
+    /// The consumer of one partition (`broker.partition` set), for [`crate::partitions`].
+    pub fn for_partition(pool: PgPool, broker: BrokerSettings, settings: ConsumerSettings) -> Self {
+        Self {
+            reports_connection: false,
+            ..Self::new(pool, broker, settings, Arc::new(Health::default()))
+        }
+    }
+
+    /// Runs with `session` (opened at start-up) or opens one, reconnecting whenever the broker
+    /// goes away.
+    pub async fn run(self, session: Option<BrokerSession>, shutdown: CancellationToken) {
+        let mut session = session;
+        let mut opened_before = session.is_some();
         // Capped low: a broker back from a restart should be used within seconds.
         let mut backoff = Backoff::starting_at(Duration::from_millis(200), Duration::from_secs(5));
         loop {
@@ -115,7 +152,13 @@ impl Consumer {
                     };
                     match opened {
                         Ok(open) => {
-                            tracing::info!(url = %self.broker.redacted_url(), "reconnected to RabbitMQ");
+                            let queue = self.broker.consumed_queue();
+                            if opened_before {
+                                tracing::info!(url = %self.broker.redacted_url(), queue, "reconnected to RabbitMQ");
+                            } else {
+                                tracing::info!(queue, "consuming");
+                                opened_before = true;
+                            }
                             open
                         }
                         Err(error) => {
@@ -151,10 +194,9 @@ impl Consumer {
     }
 
     fn set_broker_connected(&self, connected: bool) {
-        self.health
-            .broker_connected
-            .store(connected, Ordering::Relaxed);
-        metrics::gauge!(names::BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+        if self.reports_connection {
+            self.health.set_broker_connected(connected);
+        }
     }
 
     async fn consume(&self, session: &BrokerSession, shutdown: &CancellationToken) -> Stop {

@@ -186,6 +186,10 @@ struct HealthBody {
     status: &'static str,
     database: &'static str,
     broker: &'static str,
+    /// With `SHIPMENT_PARTITIONS` > 1: this instance's id, the members it sees, the partitions
+    /// it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions: Option<crate::partitions::PartitionReport>,
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -207,6 +211,7 @@ async fn health(State(state): State<AppState>) -> Response {
         status: word(database_up && broker_up),
         database: word(database_up),
         broker: word(broker_up),
+        partitions: state.health.partitions(),
     };
     (status, Json(body)).into_response()
 }

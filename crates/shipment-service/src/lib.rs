@@ -12,6 +12,8 @@
 //! - [`consumer`]: the consume loop (a reader decoding batches while the applier applies the
 //!   previous one in delivery order; one multiple ack per batch after its commit; retries,
 //!   reconnects).
+//! - [`partitions`]: with `SHIPMENT_PARTITIONS` > 1, the instances' membership (announced
+//!   through RabbitMQ), the assignment of partitions and one consumer session per owned one.
 //! - [`queries`] and [`http`]: the read API, `/health`, `/metrics`.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`startup`]: [`Application::build`] and [`Application::run_until_stopped`].
@@ -24,6 +26,7 @@ pub mod db;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod partitions;
 pub mod queries;
 pub mod startup;
 

@@ -10,6 +10,9 @@
 //! | `shipment_event_delay_seconds` | | from the event's AMQP timestamp (whole seconds) to its commit here |
 //! | `shipment_orphaned_line_updates_total` | | parked updates that did not fit their order |
 //! | `shipment_broker_connected` / `shipment_database_up` | | 1 when reachable |
+//! | `shipment_partitions_owned` | | partitions this instance applies (`SHIPMENT_PARTITIONS` > 1) |
+//! | `shipment_partition_members` | | instances this one sees alive |
+//! | `shipment_partition_handovers_total` | `direction` | partitions taken or released |
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -22,6 +25,9 @@ pub const EVENT_DELAY_SECONDS: &str = "shipment_event_delay_seconds";
 pub const ORPHANED_UPDATES: &str = "shipment_orphaned_line_updates_total";
 pub const BROKER_CONNECTED: &str = "shipment_broker_connected";
 pub const DATABASE_UP: &str = "shipment_database_up";
+pub const PARTITIONS_OWNED: &str = "shipment_partitions_owned";
+pub const MEMBERS: &str = "shipment_partition_members";
+pub const PARTITION_HANDOVERS: &str = "shipment_partition_handovers_total";
 
 const PROCESSING_BUCKETS: &[f64] = service_kit::prometheus::LATENCY_BUCKETS;
 const DELAY_BUCKETS: &[f64] = &[
@@ -65,6 +71,15 @@ pub fn describe() {
     );
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
     metrics::describe_gauge!(DATABASE_UP, "1 while PostgreSQL answers");
+    metrics::describe_gauge!(
+        PARTITIONS_OWNED,
+        "Partition queues this instance applies (SHIPMENT_PARTITIONS > 1)"
+    );
+    metrics::describe_gauge!(MEMBERS, "shipment-service instances this one sees alive");
+    metrics::describe_counter!(
+        PARTITION_HANDOVERS,
+        "Partitions taken over or given up, by direction"
+    );
     metrics::counter!(DUPLICATES).increment(0);
     metrics::counter!(HANDLER_RETRIES).increment(0);
     metrics::counter!(ORPHANED_UPDATES).increment(0);

@@ -14,11 +14,12 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, BrokerSession};
-use crate::config::Config;
+use crate::broker::{self, BrokerError, BrokerSession};
+use crate::config::{BrokerSettings, Config, ConsumerSettings};
 use crate::consumer::{Consumer, Health};
 use crate::db::{self, DatabaseError};
 use crate::http::{self, AppState};
+use crate::partitions;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +42,21 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     pool: PgPool,
-    session: BrokerSession,
-    consumer: Consumer,
+    consumption: Consumption,
     state: AppState,
+}
+
+/// What consumes: one queue, or the partitions shared with the other instances.
+#[derive(Debug)]
+enum Consumption {
+    Single {
+        session: Box<BrokerSession>,
+        consumer: Box<Consumer>,
+    },
+    Partitioned {
+        broker: BrokerSettings,
+        settings: ConsumerSettings,
+    },
 }
 
 impl Application {
@@ -52,12 +65,23 @@ impl Application {
         crate::metrics::describe();
         let pool = db::prepare(&config.database, config.startup_patience).await?;
         let session = open_broker(&config, config.startup_patience).await?;
-        tracing::info!(
-            url = %config.broker.redacted_url(),
-            queue = %config.broker.queue,
-            dead_letter_queue = %config.broker.dead_letter_queue(),
-            "RabbitMQ topology declared"
-        );
+        if config.broker.partitions > 1 {
+            tracing::info!(
+                url = %config.broker.redacted_url(),
+                partitions = config.broker.partitions,
+                queues = %format!("{}.0 … {}.{}", config.broker.queue, config.broker.queue, config.broker.partitions - 1),
+                hash_exchange = %config.broker.hash_exchange(),
+                dead_letter_queue = %config.broker.dead_letter_queue(),
+                "RabbitMQ topology declared (partitioned: publish with the order id as routing key)"
+            );
+        } else {
+            tracing::info!(
+                url = %config.broker.redacted_url(),
+                queue = %config.broker.queue,
+                dead_letter_queue = %config.broker.dead_letter_queue(),
+                "RabbitMQ topology declared"
+            );
+        }
         let address = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(address)
             .await
@@ -67,18 +91,26 @@ impl Application {
             .map_err(|source| BuildError::Bind { address, source })?
             .port();
         let health = Arc::new(Health::default());
-        let consumer = Consumer::new(
-            pool.clone(),
-            config.broker.clone(),
-            config.consumer.clone(),
-            health.clone(),
-        );
+        let consumption = match session {
+            Some(session) => Consumption::Single {
+                session: Box::new(session),
+                consumer: Box::new(Consumer::new(
+                    pool.clone(),
+                    config.broker.clone(),
+                    config.consumer.clone(),
+                    health.clone(),
+                )),
+            },
+            None => Consumption::Partitioned {
+                broker: config.broker.clone(),
+                settings: config.consumer.clone(),
+            },
+        };
         Ok(Self {
             listener,
             port,
             pool: pool.clone(),
-            session,
-            consumer,
+            consumption,
             state: AppState {
                 pool,
                 health,
@@ -104,7 +136,18 @@ impl Application {
             shutdown.await;
             trigger.cancel();
         });
-        let consumer = tokio::spawn(self.consumer.run(self.session, token.clone()));
+        let consumer = match self.consumption {
+            Consumption::Single { session, consumer } => {
+                tokio::spawn(consumer.run(Some(*session), token.clone()))
+            }
+            Consumption::Partitioned { broker, settings } => tokio::spawn(partitions::run(
+                self.pool.clone(),
+                broker,
+                settings,
+                self.state.health.clone(),
+                token.clone(),
+            )),
+        };
         tracing::info!(port = self.port, "shipment-service listening");
         let served = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(token.clone().cancelled_owned())
@@ -123,13 +166,24 @@ impl Application {
     }
 }
 
-async fn open_broker(config: &Config, patience: Duration) -> Result<BrokerSession, BrokerError> {
-    retry_until(
-        "RabbitMQ",
-        patience,
-        Backoff::starting_at(Duration::from_millis(200), Duration::from_secs(5)),
-        |error: &BrokerError| !error.is_permanent(),
-        || BrokerSession::open(&config.broker, config.consumer.prefetch),
-    )
+/// Declares the topology, waiting up to `patience` for the broker. With one queue, returns
+/// the session consuming it; with partitions, none (sessions open as partitions are assigned).
+async fn open_broker(
+    config: &Config,
+    patience: Duration,
+) -> Result<Option<BrokerSession>, BrokerError> {
+    let backoff = Backoff::starting_at(Duration::from_millis(200), Duration::from_secs(5));
+    let retryable = |error: &BrokerError| !error.is_permanent();
+    if config.broker.partitions > 1 {
+        retry_until("RabbitMQ", patience, backoff, retryable, || {
+            broker::declare_only(&config.broker)
+        })
+        .await?;
+        return Ok(None);
+    }
+    retry_until("RabbitMQ", patience, backoff, retryable, || {
+        BrokerSession::open(&config.broker, config.consumer.prefetch)
+    })
     .await
+    .map(Some)
 }

@@ -426,45 +426,49 @@ fn amqp_settings(
         return Ok(AmqpSettings::from_url("AMQP_URL", url)?);
     }
     let file_sink = |suffix: &str| file.and_then(|f| f.sink(suffix));
-    Ok(AmqpSettings::from_parts(AmqpParts {
-        host: pick(
-            cli.rabbitmq_host.as_ref(),
-            "RABBITMQ_HOST",
-            file_sink("connection.host"),
-            amqp::DEFAULT_HOST,
-        )
-        .non_empty()?,
-        port: pick(
-            cli.rabbitmq_port.as_ref(),
-            "RABBITMQ_PORT",
-            file_sink("connection.port"),
-            &amqp::DEFAULT_PORT.to_string(),
-        )
-        .number_in(1..=u16::MAX)?,
-        user: pick(
-            cli.rabbitmq_user.as_ref(),
-            "RABBITMQ_USER",
-            file_sink("connection.username"),
-            amqp::DEFAULT_USER,
-        )
-        .value,
-        password: Secret::new(
-            pick(
-                cli.rabbitmq_password.as_ref(),
-                "RABBITMQ_PASSWORD",
-                file_sink("connection.password"),
-                amqp::DEFAULT_PASSWORD,
+    // A comma-separated host list names the nodes of a cluster.
+    Ok(AmqpSettings::from_hosts(
+        "RABBITMQ_HOST",
+        AmqpParts {
+            host: pick(
+                cli.rabbitmq_host.as_ref(),
+                "RABBITMQ_HOST",
+                file_sink("connection.host"),
+                amqp::DEFAULT_HOST,
+            )
+            .non_empty()?,
+            port: pick(
+                cli.rabbitmq_port.as_ref(),
+                "RABBITMQ_PORT",
+                file_sink("connection.port"),
+                &amqp::DEFAULT_PORT.to_string(),
+            )
+            .number_in(1..=u16::MAX)?,
+            user: pick(
+                cli.rabbitmq_user.as_ref(),
+                "RABBITMQ_USER",
+                file_sink("connection.username"),
+                amqp::DEFAULT_USER,
             )
             .value,
-        ),
-        vhost: pick(
-            cli.rabbitmq_vhost.as_ref(),
-            "RABBITMQ_VHOST",
-            file_sink("connection.virtual.host"),
-            amqp::DEFAULT_VHOST,
-        )
-        .value,
-    }))
+            password: Secret::new(
+                pick(
+                    cli.rabbitmq_password.as_ref(),
+                    "RABBITMQ_PASSWORD",
+                    file_sink("connection.password"),
+                    amqp::DEFAULT_PASSWORD,
+                )
+                .value,
+            ),
+            vhost: pick(
+                cli.rabbitmq_vhost.as_ref(),
+                "RABBITMQ_VHOST",
+                file_sink("connection.virtual.host"),
+                amqp::DEFAULT_VHOST,
+            )
+            .value,
+        },
+    )?)
 }
 
 /// `schema.include.list` must cover every outbox table: Debezium would not capture a table

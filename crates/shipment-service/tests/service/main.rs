@@ -8,6 +8,7 @@ mod batches;
 mod consuming;
 mod http_api;
 mod original_events;
+mod partitions;
 mod poison;
 mod startup;
 mod support;
