@@ -8,6 +8,9 @@
 //!   committed update was applied and, per order, in commit order (a cancel applied before
 //!   its order's creation, then overwritten, would leave the line ENTERED); the shipment's
 //!   status follows its lines;
+//! - per order, the events were applied (`consumed_message.applied_order`) in their commit
+//!   order (the outbox rows' `timestamp`: the load sends an order's cancel only after its
+//!   create was answered);
 //! - every committed outbox event was consumed (recorded in `consumed_message`), and nothing
 //!   else was; no update is left parked; nothing was dead-lettered; the queue is empty.
 
@@ -57,6 +60,8 @@ pub struct Audit {
     pub events_lost: usize,
     /// Consumed event ids that no committed outbox event has.
     pub events_unknown: usize,
+    /// Orders whose events were applied in another order than they were committed.
+    pub applied_out_of_order: usize,
     pub parked_updates_left: i64,
     pub dead_lettered: u32,
     pub queue_left: u32,
@@ -109,6 +114,10 @@ impl Audit {
             ),
             (self.events_lost, "committed events never consumed (lost)"),
             (
+                self.applied_out_of_order,
+                "orders whose events were applied out of commit order",
+            ),
+            (
                 self.events_unknown,
                 "consumed events that were never committed",
             ),
@@ -148,20 +157,23 @@ impl fmt::Display for Audit {
         )?;
         write!(
             f,
-            "  events lost: {}; applied twice: {}; dead-lettered: {}; parked updates left: {}",
+            "  events lost: {}; applied twice: {}; applied out of order: {}; dead-lettered: {}; parked updates left: {}",
             self.events_lost,
             self.applied_twice(),
+            self.applied_out_of_order,
             self.dead_lettered,
             self.parked_updates_left
         )
     }
 }
 
-/// Reads both databases and the broker and checks every guarantee.
+/// Reads both databases and the broker and checks every guarantee; `work_queues` are the
+/// queues the shipment-service consumes (one, or its partitions).
 pub async fn run(
     orders_db: &PgPool,
     shipments_db: &PgPool,
     amqp_url: &str,
+    work_queues: &[String],
     load: &LoadOutcome,
 ) -> Result<Audit> {
     let mut audit = Audit::default();
@@ -340,7 +352,45 @@ pub async fn run(
         }
     }
 
-    audit.queue_left = queue_depth(amqp_url, ORDER_QUEUE).await?;
+    // Per order, the applied order follows the commit order.
+    let committed_order: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT aggregate_id, id FROM orders.outbox_event ORDER BY aggregate_id, \"timestamp\"",
+    )
+    .fetch_all(orders_db)
+    .await
+    .context("reading the commit order of the events")?;
+    let applied_at: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, Option<i64>)>(
+        "SELECT event_id, applied_order FROM shipments.consumed_message",
+    )
+    .fetch_all(shipments_db)
+    .await
+    .context("reading the order events were applied in")?
+    .into_iter()
+    .filter_map(|(id, order)| Some((id, order?)))
+    .collect();
+    let mut previous: Option<(&str, i64)> = None;
+    let mut flagged: HashSet<&str> = HashSet::new();
+    for (aggregate, event_id) in &committed_order {
+        let Some(&applied) = applied_at.get(event_id) else {
+            continue;
+        };
+        if let Some((last_aggregate, last_applied)) = previous
+            && last_aggregate == aggregate
+            && applied < last_applied
+            && flagged.insert(aggregate)
+        {
+            audit.applied_out_of_order += 1;
+            audit.example(format!(
+                "order {aggregate}: event {event_id} was applied before an event committed earlier"
+            ));
+        }
+        previous = Some((aggregate, applied));
+    }
+
+    audit.queue_left = 0;
+    for queue in work_queues {
+        audit.queue_left += queue_depth(amqp_url, queue).await?;
+    }
     audit.dead_lettered = queue_depth(amqp_url, DEAD_LETTER_QUEUE).await?;
     Ok(audit)
 }
@@ -381,11 +431,13 @@ pub async fn queue_depth(amqp_url: &str, queue: &str) -> Result<u32> {
 /// Breaks the drained state on purpose, the way a lost event and an update applied out of
 /// order would, and audits again: the audit must see both (a control that it can fail).
 /// Order A loses its shipment and the record of its OrderCreated; a cancelled line of order B
-/// goes back to ENTERED in its shipment.
+/// goes back to ENTERED in its shipment, and B's cancel moves before its create in the
+/// applied order.
 pub async fn tamper_and_audit_again(
     orders_db: &PgPool,
     shipments_db: &PgPool,
     amqp_url: &str,
+    work_queues: &[String],
     load: &LoadOutcome,
 ) -> Result<Audit> {
     let (line_id, order_b): (Uuid, Uuid) = sqlx::query_as(
@@ -416,6 +468,19 @@ pub async fn tamper_and_audit_again(
         .bind(line_id)
         .execute(&mut *tx)
         .await?;
+    // Order B's cancel goes before its create in the applied order.
+    let cancel_event: Uuid = sqlx::query_scalar(
+        "SELECT id FROM orders.outbox_event WHERE aggregate_id = $1 AND type = 'OrderLineUpdated' \
+         LIMIT 1",
+    )
+    .bind(order_b.to_string())
+    .fetch_one(orders_db)
+    .await
+    .context("finding the cancel event of the order")?;
+    sqlx::query("UPDATE shipments.consumed_message SET applied_order = -1 WHERE event_id = $1")
+        .bind(cancel_event)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    run(orders_db, shipments_db, amqp_url, load).await
+    run(orders_db, shipments_db, amqp_url, work_queues, load).await
 }

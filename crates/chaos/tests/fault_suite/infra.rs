@@ -69,6 +69,9 @@ pub struct PrivateInfra {
     pub pg_port: u16,
     pub rabbitmq_port: u16,
     pub management_port: u16,
+    /// With a 3-node RabbitMQ cluster instead of one node: its nodes' AMQP ports (each node's
+    /// management port is + 10000, per infra.sh).
+    pub cluster_ports: Vec<u16>,
     stopped: bool,
 }
 
@@ -86,18 +89,77 @@ impl PrivateInfra {
             pg_port: free_port(),
             management_port: free_port(),
             rabbitmq_port,
+            cluster_ports: Vec::new(),
             dir,
             stopped: false,
         };
         // On failure the guard's drop stops whatever did start.
         infra.script(&["up"]).await?;
-        if !infra.postmaster_pid_file().is_file() {
+        infra.check_postgres_started()?;
+        Ok(infra)
+    }
+
+    /// Like [`Self::start`], with a 3-node RabbitMQ cluster (`infra.sh cluster-up`) instead of
+    /// one node.
+    pub async fn start_cluster() -> Result<Self> {
+        remove_abandoned_runs();
+        let dir = runs_base().join(format!("{FOLDER_PREFIX}{}", test_support::unique_suffix()));
+        std::fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        set_mode_755(&dir)?;
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
+        let mut cluster_ports: Vec<u16> = Vec::new();
+        while cluster_ports.len() < 3 {
+            let port = free_rabbitmq_port()?;
+            if !cluster_ports.contains(&port) {
+                cluster_ports.push(port);
+            }
+        }
+        let infra = Self {
+            pg_port: free_port(),
+            management_port: cluster_ports[0] + 10_000,
+            rabbitmq_port: cluster_ports[0],
+            cluster_ports,
+            dir,
+            stopped: false,
+        };
+        infra.script(&["pg-up"]).await?;
+        infra.check_postgres_started()?;
+        infra.script(&["cluster-up"]).await?;
+        Ok(infra)
+    }
+
+    /// The AMQP URLs of every node of the cluster, comma-separated (the single node's URL
+    /// without a cluster).
+    pub fn cluster_amqp_url(&self) -> String {
+        if self.cluster_ports.is_empty() {
+            return self.amqp_url();
+        }
+        self.cluster_ports
+            .iter()
+            .map(|port| format!("amqp://guest:guest@127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILLs the cluster node listening on `port` (`infra.sh node-kill`).
+    pub async fn kill_node(&self, port: u16) -> Result<()> {
+        self.script(&["node-kill", &port.to_string()]).await
+    }
+
+    /// Starts the cluster node of `port` again; it rejoins the cluster by itself.
+    pub async fn start_node(&self, port: u16) -> Result<()> {
+        self.script(&["node-start", &port.to_string()]).await
+    }
+
+    fn check_postgres_started(&self) -> Result<()> {
+        if !self.postmaster_pid_file().is_file() {
             bail!(
                 "the private PostgreSQL did not start in {} (infra.sh may have used another folder)",
-                infra.dir.display()
+                self.dir.display()
             );
         }
-        Ok(infra)
+        Ok(())
     }
 
     /// Admin connection string of the private cluster for `database`.
@@ -151,7 +213,11 @@ impl PrivateInfra {
 
     /// Stops both servers and deletes the run folder.
     pub async fn stop(mut self) -> Result<()> {
-        let rabbitmq = self.stop_rabbitmq().await;
+        let rabbitmq = if self.cluster_ports.is_empty() {
+            self.stop_rabbitmq().await
+        } else {
+            self.script(&["cluster-down"]).await
+        };
         let postgres = self.stop_postgres(PgStop::Fast).await;
         if rabbitmq.is_err() || postgres.is_err() {
             stop_servers_blocking(&self.dir);
@@ -213,6 +279,14 @@ impl PrivateInfra {
             .env("PG_PORT", self.pg_port.to_string())
             .env("RABBITMQ_PORT", self.rabbitmq_port.to_string())
             .env("RABBITMQ_MANAGEMENT_PORT", self.management_port.to_string())
+            .env(
+                "RABBITMQ_CLUSTER_PORTS",
+                self.cluster_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -323,10 +397,16 @@ fn kill_marked_processes(dir: &Path) {
 /// waits for both servers to exit.
 fn stop_servers_blocking(dir: &Path) {
     kill_marked_processes(dir);
-    let servers = [
+    let mut servers = vec![
         (dir.join("rabbitmq/rabbitmq.pid"), "-TERM"),
         (dir.join("pg/data/postmaster.pid"), "-INT"),
     ];
+    // The nodes of a cluster, one folder per port.
+    if let Ok(nodes) = std::fs::read_dir(dir.join("rabbitmq-cluster")) {
+        for node in nodes.flatten() {
+            servers.push((node.path().join("rabbitmq.pid"), "-TERM"));
+        }
+    }
     let mut signalled = Vec::new();
     for (pid_file, signal) in servers {
         if let Some(pid) = server_pid(&pid_file, dir)
@@ -410,13 +490,15 @@ async fn wait_port(port: u16, what: &str, open: bool) -> Result<()> {
     .await
 }
 
-/// A port for RabbitMQ whose Erlang distribution port (port + 20000, per infra.sh) is free too.
+/// A port for RabbitMQ whose Erlang distribution port (port + 20000) and cluster management
+/// port (port + 10000, per infra.sh) are free too.
 fn free_rabbitmq_port() -> Result<u16> {
     for _ in 0..200 {
         let port: u16 = rand::random_range(20_000..40_000);
         let amqp = std::net::TcpListener::bind(("127.0.0.1", port));
         let distribution = std::net::TcpListener::bind(("0.0.0.0", port + 20_000));
-        if amqp.is_ok() && distribution.is_ok() {
+        let management = std::net::TcpListener::bind(("127.0.0.1", port + 10_000));
+        if amqp.is_ok() && distribution.is_ok() && management.is_ok() {
             return Ok(port);
         }
     }

@@ -18,6 +18,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+// Also used by the cluster suite (`tests/cluster_suite`), which starts a cluster through it.
+#[allow(dead_code)]
 mod infra;
 mod load;
 mod services;
@@ -700,9 +702,11 @@ async fn run_faults_under_load(
         }
     };
     system.read_final_counters().await?;
-    let audit = audit::run(&orders_db, &shipments_db, &amqp_url, &load).await?;
+    let work_queues = [ORDER_QUEUE.to_owned()];
+    let audit = audit::run(&orders_db, &shipments_db, &amqp_url, &work_queues, &load).await?;
     let control =
-        audit::tamper_and_audit_again(&orders_db, &shipments_db, &amqp_url, &load).await?;
+        audit::tamper_and_audit_again(&orders_db, &shipments_db, &amqp_url, &work_queues, &load)
+            .await?;
     orders_db.close().await;
     shipments_db.close().await;
     Ok((load, notes, drain, audit, control))
@@ -748,6 +752,7 @@ fn check(report: &Report) {
         control.lines_not_in_committed_state, 1,
         "control: {control}"
     );
+    assert_eq!(control.applied_out_of_order, 1, "control: {control}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
