@@ -47,6 +47,8 @@ struct Message {
     id: Uuid,
     event_type: &'static str,
     body: Vec<u8>,
+    /// The order id: the routing key with `RELAY_ROUTING_KEY=key`.
+    order_id: Uuid,
 }
 
 impl Message {
@@ -61,24 +63,28 @@ impl Message {
 fn backlog(events: usize) -> Result<Vec<Message>> {
     let orders: Vec<_> = (0..events.div_ceil(2)).map(|_| sample_order()).collect();
     let mut messages = Vec::with_capacity(events);
-    let mut push = |event: OrderEvent| -> Result<()> {
+    let mut push = |order_id: Uuid, event: OrderEvent| -> Result<()> {
         messages.push(Message {
             id: Uuid::now_v7(),
             event_type: event.event_type(),
             body: serde_json::to_vec(&event).context("serializing a backlog event")?,
+            order_id,
         });
         Ok(())
     };
     for order in &orders {
-        push(order.created_event())?;
+        push(order.id, order.created_event())?;
     }
     for order in orders.iter().take(events / 2) {
-        push(OrderEvent::OrderLineUpdated(OrderLineUpdated {
-            order_id: order.id,
-            order_line_id: order.line_items[0].id,
-            new_status: LineStatus::Cancelled,
-            old_status: LineStatus::Entered,
-        }))?;
+        push(
+            order.id,
+            OrderEvent::OrderLineUpdated(OrderLineUpdated {
+                order_id: order.id,
+                order_line_id: order.line_items[0].id,
+                new_status: LineStatus::Cancelled,
+                old_status: LineStatus::Entered,
+            }),
+        )?;
     }
     Ok(messages)
 }
@@ -134,7 +140,7 @@ async fn through_the_service(messages: &[Message]) -> Result<(f64, usize, usize)
         let app = shipment_service::Application::build(config)
             .await
             .context("starting shipment-service")?;
-        publish_all(&vhost.amqp_url, &exchange, messages).await?;
+        publish_all(&vhost.amqp_url, &exchange, messages, false).await?;
         let pool = app.pool().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();
@@ -199,7 +205,13 @@ async fn wait_for_all(
     }
 }
 
-async fn publish_all(amqp_url: &str, exchange: &str, messages: &[Message]) -> Result<()> {
+/// Publishes `messages` with confirms; `routed`: with the order id as routing key.
+async fn publish_all(
+    amqp_url: &str,
+    exchange: &str,
+    messages: &[Message],
+    routed: bool,
+) -> Result<()> {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -229,10 +241,15 @@ async fn publish_all(amqp_url: &str, exchange: &str, messages: &[Message]) -> Re
             .with_message_id(message.id.to_string().as_str().into())
             .with_timestamp(Utc::now().timestamp().max(0) as u64)
             .with_headers(headers);
+        let routing_key = if routed {
+            message.order_id.to_string()
+        } else {
+            String::new()
+        };
         let confirm = channel
             .basic_publish(
                 exchange.into(),
-                "".into(),
+                routing_key.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,
@@ -248,6 +265,109 @@ async fn publish_all(amqp_url: &str, exchange: &str, messages: &[Message]) -> Re
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(())
+}
+
+/// Partitioned consumption (issue 15): `instances` shipment-service instances (in this
+/// process, each with its own connections and pool) sharing [`SCALING_PARTITIONS`] partitions
+/// apply a backlog routed by order id.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingRun {
+    pub instances: usize,
+    pub partitions: u16,
+    pub events: usize,
+    /// Events applied per second from the moment every partition had its owner to the last
+    /// event applied.
+    pub events_per_s: f64,
+}
+
+pub const SCALING_PARTITIONS: u16 = 4;
+
+/// One [`ScalingRun`]: the backlog is queued first; the instances start, agree on the
+/// partitions (a few seconds: the membership settles), and the clock runs from then.
+pub async fn scaling_run(events: usize, instances: usize) -> Result<ScalingRun> {
+    let messages = backlog(events)?;
+    let db = TestDatabase::create("bench_scaling").await?;
+    let vhost = TestVhost::create("bench_scaling").await?;
+    let result = async {
+        let mut config = service_config(&db, &vhost)?;
+        config.broker.partitions = SCALING_PARTITIONS;
+        let schema = config.database.schema.clone();
+        let exchange = config.broker.exchange.clone();
+        let mut apps = Vec::new();
+        for _ in 0..instances {
+            apps.push(
+                shipment_service::Application::build(config.clone())
+                    .await
+                    .context("starting shipment-service")?,
+            );
+        }
+        publish_all(&vhost.amqp_url, &exchange, &messages, true).await?;
+        let pool = apps[0].pool().clone();
+        let ports: Vec<u16> = apps.iter().map(|app| app.port()).collect();
+        let mut stops = Vec::new();
+        let mut servers = Vec::new();
+        for app in apps {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            servers.push(tokio::spawn(app.run_until_stopped(async move {
+                let _ = stopped.await;
+            })));
+        }
+        let spread = wait_partitions_owned(&ports).await;
+        let count_query = format!("SELECT count(*) FROM \"{schema}\".consumed_message");
+        let (before,): (i64,) = sqlx::query_as(&count_query).fetch_one(&pool).await?;
+        let started = Instant::now();
+        let counted = match spread {
+            Ok(()) => wait_for_all(&pool, &schema, None, messages.len()).await,
+            Err(error) => Err(error),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        for stop in stops {
+            let _ = stop.send(());
+        }
+        for server in servers {
+            let _ = server.await;
+        }
+        counted?;
+        let applied = messages.len() as f64 - before as f64;
+        anyhow::Ok(ScalingRun {
+            instances,
+            partitions: SCALING_PARTITIONS,
+            events: messages.len(),
+            events_per_s: applied / seconds,
+        })
+    }
+    .await;
+    vhost.delete().await?;
+    db.drop_database().await?;
+    result
+}
+
+/// Waits until the instances on `ports` together own every partition (their `/health`).
+async fn wait_partitions_owned(ports: &[u16]) -> Result<()> {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let mut owned = 0;
+        for port in ports {
+            let body: serde_json::Value = http
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if body["partitions"]["members"].as_u64() == Some(ports.len() as u64) {
+                owned += body["partitions"]["owned"].as_array().map_or(0, Vec::len);
+            }
+        }
+        if owned == usize::from(SCALING_PARTITIONS) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the instances did not share the partitions within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn straight_sql(messages: &[Message], batch: usize) -> Result<f64> {

@@ -123,6 +123,7 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         steady_runs: Vec::new(),
         http_runs: Vec::new(),
         consumer_runs: Vec::new(),
+        scaling_runs: Vec::new(),
         pipeline: None,
         section_seconds: Vec::new(),
         missing: Vec::new(),
@@ -342,6 +343,24 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                 }
             }
         }
+        // Issue 15: the same backlog through 1, 2 and 3 instances sharing 4 partitions.
+        for instances in 1..=3 {
+            match consumer::scaling_run(settings.consumer_events, instances).await {
+                Ok(run) => {
+                    tracing::info!(
+                        instances,
+                        events_per_s = run.events_per_s.round(),
+                        "partitioned consumer"
+                    );
+                    collected.scaling_runs.push(run);
+                }
+                Err(error) => {
+                    missing.push(format!(
+                        "partitioned consumer, {instances} instances: {error:#}"
+                    ));
+                }
+            }
+        }
         collected.time_section("consumer", section_started);
     }
 
@@ -546,6 +565,7 @@ struct Collected {
     steady_runs: Vec<steady::SteadyRun>,
     http_runs: Vec<Vec<http_load::HttpRun>>,
     consumer_runs: Vec<consumer::ConsumerRun>,
+    scaling_runs: Vec<consumer::ScalingRun>,
     pipeline: Option<pipeline::PipelineResult>,
     /// Wall-clock seconds each section took, in order.
     section_seconds: Vec<(String, f64)>,
@@ -591,6 +611,7 @@ impl Collected {
                     .collect::<Vec<_>>(),
             ),
             consumer_runs: self.consumer_runs.clone(),
+            scaling_runs: self.scaling_runs.clone(),
             pipeline: self.pipeline.clone(),
             section_seconds: self.section_seconds.clone(),
             ratios_vs_debezium: Vec::new(),

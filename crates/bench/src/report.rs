@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::ceilings::{BrokerRun, CeilingMessage, ProducerSweep};
 use crate::cli::Settings;
-use crate::consumer::ConsumerRun;
+use crate::consumer::{ConsumerRun, ScalingRun};
 use crate::drain::{DrainRepetition, DrainRun};
 use crate::http_load::HttpRun;
 use crate::infra::{QueueType, WireFormat};
@@ -276,6 +276,9 @@ pub struct Report {
     pub consumer_service_events_per_s: Option<Summary>,
     pub consumer_direct_sql_events_per_s: Option<Summary>,
     pub consumer_runs: Vec<ConsumerRun>,
+    /// Issue 15: the backlog through 1, 2 and 3 instances sharing the partitions.
+    #[serde(default)]
+    pub scaling_runs: Vec<ScalingRun>,
     /// The whole system as deployed at fixed `POST /orders` rates (issue 14).
     pub pipeline: Option<PipelineResult>,
     /// Wall-clock seconds each section took.
@@ -794,6 +797,13 @@ impl Report {
                 self.settings.consumer_events,
                 show(self.consumer_service_events_per_s, 0),
                 show(self.consumer_direct_sql_events_per_s, 0)
+            );
+        }
+        for run in &self.scaling_runs {
+            let _ = writeln!(
+                out,
+                "partitioned ({} partitions, routed by order id): {} instance(s): {:.0} events/s",
+                run.partitions, run.instances, run.events_per_s
             );
         }
         if let Some(p) = &self.pipeline {
