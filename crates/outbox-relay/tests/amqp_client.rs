@@ -241,3 +241,42 @@ async fn the_brokers_refusals_are_errors_that_say_what_it_said() {
     let _ = admin.close(200, "done".into()).await;
     vhost.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_several_nodes_the_sink_uses_one_that_accepts() {
+    let (vhost, admin, channel) =
+        vhost_with_exchange("amqp_client_nodes", ExchangeKind::Direct).await;
+    declare_queue(&channel, "wide", FieldTable::default()).await;
+    // A node that is down (nothing listens on that port), then the real one, then down again:
+    // whichever node this process starts with, a connection goes to the live one.
+    let closed = test_support::process::free_port();
+    let (_, host_and_vhost) = vhost.amqp_url.split_once('@').unwrap();
+    let (_, vhost_path) = host_and_vhost.split_once('/').unwrap();
+    let down = format!("amqp://guest:guest@127.0.0.1:{closed}/{vhost_path}");
+    let cluster = format!("{down},{},{down}", vhost.amqp_url);
+    let settings = AmqpSettings::from_url("AMQP_URL", &cluster).unwrap();
+    assert_eq!(settings.node_count(), 3);
+    for _ in 0..3 {
+        let mut sink = AmqpSink::connect(&settings, ExchangeType::Direct)
+            .await
+            .unwrap();
+        let pending = sink
+            .publish(&message("wide", b"{}".to_vec(), MessageProperties::Full))
+            .await
+            .unwrap();
+        sink.flush();
+        assert_eq!(confirm(pending).await, Outcome::Delivered);
+        sink.close().await;
+    }
+    // All down: the error names the last node tried, without its password.
+    let all_down = format!("{down},{down}");
+    let settings = AmqpSettings::from_url("AMQP_URL", &all_down).unwrap();
+    let error = AmqpSink::connect(&settings, ExchangeType::Direct)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(&format!("127.0.0.1:{closed}")), "{error}");
+    assert!(!error.contains("guest:guest"), "{error}");
+    let _ = admin.close(200, "done".into()).await;
+    vhost.delete().await.unwrap();
+}

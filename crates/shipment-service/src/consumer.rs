@@ -104,6 +104,8 @@ pub struct Consumer {
     /// Whether this consumer's connection is the one `/health` reports (not so for a
     /// partition's: the membership connection is).
     reports_connection: bool,
+    /// Whether a partition's consumer already warned of events not routed by order id.
+    warned_routing: AtomicBool,
     /// Whether the crash-after-commit failpoint already fired (it fires once).
     #[cfg(feature = "failpoints")]
     hook_fired: AtomicBool,
@@ -122,6 +124,7 @@ impl Consumer {
             settings,
             health,
             reports_connection: true,
+            warned_routing: AtomicBool::new(false),
             #[cfg(feature = "failpoints")]
             hook_fired: AtomicBool::new(false),
         }
@@ -237,6 +240,7 @@ impl Consumer {
         for Received { delivery, event } in batch {
             match event {
                 Ok(event) => {
+                    self.check_routing(&delivery, &event);
                     deliveries.push(delivery);
                     events.push(event);
                 }
@@ -247,6 +251,28 @@ impl Consumer {
         }
         self.apply_run(session, &deliveries, &events, shutdown)
             .await
+    }
+
+    /// With partitions, an order's events stay in order only if they all hash to one partition,
+    /// that is if the routing key is the order id: warns once per session when it is not.
+    fn check_routing(&self, delivery: &Delivery, event: &IncomingEvent) {
+        let Some(partition) = self.broker.partition else {
+            return;
+        };
+        let routing_key = delivery.routing_key.as_str();
+        if routing_key != event.order_id().to_string()
+            && !self.warned_routing.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                partition,
+                routing_key,
+                order_id = %event.order_id(),
+                "an event is routed by another key than its order id: with SHIPMENT_PARTITIONS \
+                 the publisher must route by order id (the relay: RELAY_ROUTING_KEY=key), or \
+                 the events of one order may land in different partitions and be applied out \
+                 of order"
+            );
+        }
     }
 
     /// Applies `events` (decoded from `deliveries`, same order) in as few transactions as the

@@ -24,6 +24,16 @@ pub struct IncomingEvent {
     pub format: WireFormat,
 }
 
+impl IncomingEvent {
+    /// The order the event is about (the relay's routing key with `RELAY_ROUTING_KEY=key`).
+    pub fn order_id(&self) -> Uuid {
+        match &self.kind {
+            EventKind::OrderCreated { order, .. } => order.id,
+            EventKind::OrderLineUpdated(update) => update.order_id,
+        }
+    }
+}
+
 /// The events this service applies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {

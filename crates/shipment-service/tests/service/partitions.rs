@@ -1,6 +1,7 @@
 //! `SHIPMENT_PARTITIONS`: three instances on one database and vhost share four partition
 //! queues, each partition owned by one of them; a stopped instance's partitions go to the
-//! others; every event is applied once and, per order, in publish order.
+//! others; every event is applied once and, per order, in publish order. Each instance is
+//! given two broker nodes, one of them down.
 
 use std::collections::BTreeSet;
 
@@ -24,8 +25,19 @@ struct Instance {
 }
 
 impl Instance {
+    /// An instance given two broker nodes, the first one down: it connects to the other.
     async fn start(db: &TestDatabase, vhost: &TestVhost) -> Self {
-        let config = config_for(db, vhost, &[("SHIPMENT_PARTITIONS", "4")]);
+        let closed = test_support::process::free_port();
+        let (_, vhost_path) = vhost.amqp_url.rsplit_once('/').unwrap();
+        let nodes = format!(
+            "amqp://guest:guest@127.0.0.1:{closed}/{vhost_path},{}",
+            vhost.amqp_url
+        );
+        let config = config_for(
+            db,
+            vhost,
+            &[("SHIPMENT_PARTITIONS", "4"), ("AMQP_URL", &nodes)],
+        );
         let app = Application::build(config).await.unwrap();
         let port = app.port();
         let (stop, stopped) = oneshot::channel();
