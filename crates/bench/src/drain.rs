@@ -172,6 +172,7 @@ async fn run_on(
             amqp_url: vhost.amqp_url(),
             slot: &slot,
             wire_format: case.wire_format,
+            routing_key: None,
         };
         if kind == RelayKind::Polling {
             db.create_polling_index().await?;
@@ -384,4 +385,141 @@ async fn watch_queue(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The relay's drain into the partitioned topology of issue 15: `order.events` → consistent
+/// hash → [`PARTITIONS`] quorum queues (declared by shipment-service's own code), the relay
+/// routing by order id (`RELAY_ROUTING_KEY=key`), plain format.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionedDrain {
+    pub events: usize,
+    pub partitions: u16,
+    pub events_per_s: f64,
+    /// Messages in each partition queue at the end: how evenly the orders hash.
+    pub per_partition: Vec<u32>,
+    pub relay_cpu_s: Option<f64>,
+}
+
+const PARTITIONS: u16 = 4;
+
+pub async fn partitioned_drain(events: usize, programs: &Programs) -> Result<PartitionedDrain> {
+    let db = BenchDb::create("bench_pdrain", 4).await?;
+    let result = partitioned_drain_on(&db, events, programs).await;
+    db.drop().await?;
+    result
+}
+
+async fn partitioned_drain_on(
+    db: &BenchDb,
+    events: usize,
+    programs: &Programs,
+) -> Result<PartitionedDrain> {
+    const SLOT: &str = "bench_partitioned";
+    db.create_publication().await?;
+    db.create_slot(SLOT).await?;
+    commit_backlog(db, events, BACKLOG_CLIENTS).await?;
+    db.checkpoint().await?;
+    let vhost = BenchVhost::bare("bench_pdrain").await?;
+    let outcome = async {
+        let mut broker = shipment_service::config::BrokerSettings::from_url(
+            &vhost.amqp_url,
+            "shipment.orders",
+            "order.events",
+        )?;
+        broker.partitions = PARTITIONS;
+        shipment_service::broker::declare_only(&broker)
+            .await
+            .context("declaring the partitioned topology")?;
+        let queues: Vec<String> = (0..PARTITIONS)
+            .map(|partition| broker.partition_queue(partition))
+            .collect();
+        let target = RelayTarget {
+            db,
+            amqp_url: &vhost.amqp_url,
+            slot: SLOT,
+            wire_format: Some(WireFormat::Plain),
+            routing_key: Some("key"),
+        };
+        let mut process =
+            RelayProcess::spawn(RelayKind::Ours, programs, target, "drain-partitioned", None)
+                .await?;
+        let watched = watch_queues(&vhost.amqp_url, &queues, events, &mut process).await;
+        let end_usage = process.usage().ok();
+        process.stop(Duration::from_secs(60)).await?;
+        let (first_at, last_at, per_partition, usage_at_first) = watched?;
+        let seconds = last_at.duration_since(first_at).as_secs_f64();
+        anyhow::Ok(PartitionedDrain {
+            events,
+            partitions: PARTITIONS,
+            events_per_s: events as f64 / seconds.max(1e-9),
+            per_partition,
+            relay_cpu_s: match (usage_at_first, end_usage) {
+                (Some(first), Some(end)) => Some(end.cpu_s - first.cpu_s),
+                _ => None,
+            },
+        })
+    }
+    .await;
+    vhost.delete().await?;
+    if let Err(error) = db.drop_slot(SLOT).await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "cannot drop the partitioned drain's slot"
+        );
+    }
+    outcome
+}
+
+/// Polls the depth of `queues` every 10 ms until together they hold `events` messages.
+async fn watch_queues(
+    amqp_url: &str,
+    queues: &[String],
+    events: usize,
+    process: &mut RelayProcess,
+) -> Result<(Instant, Instant, Vec<u32>, Option<Usage>)> {
+    let connection =
+        lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let mut first: Option<(Instant, Option<Usage>)> = None;
+    let mut last_change = Instant::now();
+    let mut last_total = 0usize;
+    let result = loop {
+        let mut depths = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..lapin::options::QueueDeclareOptions::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .context("reading a partition's depth")?;
+            depths.push(declared.message_count());
+        }
+        let total: usize = depths.iter().map(|depth| *depth as usize).sum();
+        let now = Instant::now();
+        if total > 0 && first.is_none() {
+            first = Some((now, process.usage().ok()));
+        }
+        if total >= events {
+            let (first_at, usage) = first.unwrap_or((now, None));
+            break Ok((first_at, now, depths, usage));
+        }
+        if total != last_total {
+            last_total = total;
+            last_change = now;
+        }
+        if now.duration_since(last_change) > STALL_TIMEOUT.max(START_TIMEOUT) {
+            break Err(anyhow::anyhow!(
+                "the relay stalled at {total} of {events} messages: {}",
+                process.stderr_tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let _ = connection.close(200, "done".into()).await;
+    result
 }

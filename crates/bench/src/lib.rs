@@ -124,6 +124,7 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
         http_runs: Vec::new(),
         consumer_runs: Vec::new(),
         scaling_runs: Vec::new(),
+        partitioned_drain: None,
         pipeline: None,
         section_seconds: Vec::new(),
         missing: Vec::new(),
@@ -219,6 +220,20 @@ pub async fn run(args: Args, command: String) -> Result<Report> {
                 Err(error) => {
                     missing.push(format!("drain, repetition {repetition}: {error:#}"));
                 }
+            }
+        }
+        // Issue 15: the relay into the partitioned topology (routing by order id).
+        if settings.drain_queue_types().contains(&QueueType::Quorum) {
+            match drain::partitioned_drain(settings.drain_events, &programs).await {
+                Ok(run) => {
+                    tracing::info!(
+                        events_per_s = run.events_per_s.round(),
+                        per_partition = ?run.per_partition,
+                        "partitioned drain"
+                    );
+                    collected.partitioned_drain = Some(run);
+                }
+                Err(error) => missing.push(format!("partitioned drain: {error:#}")),
             }
         }
         collected.ceilings.wal_read_rows_per_s = Summary::of(
@@ -566,6 +581,7 @@ struct Collected {
     http_runs: Vec<Vec<http_load::HttpRun>>,
     consumer_runs: Vec<consumer::ConsumerRun>,
     scaling_runs: Vec<consumer::ScalingRun>,
+    partitioned_drain: Option<drain::PartitionedDrain>,
     pipeline: Option<pipeline::PipelineResult>,
     /// Wall-clock seconds each section took, in order.
     section_seconds: Vec<(String, f64)>,
@@ -612,6 +628,7 @@ impl Collected {
             ),
             consumer_runs: self.consumer_runs.clone(),
             scaling_runs: self.scaling_runs.clone(),
+            partitioned_drain: self.partitioned_drain.clone(),
             pipeline: self.pipeline.clone(),
             section_seconds: self.section_seconds.clone(),
             ratios_vs_debezium: Vec::new(),

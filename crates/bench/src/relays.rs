@@ -90,6 +90,8 @@ pub struct RelayTarget<'a> {
     pub slot: &'a str,
     /// Our relay's `RELAY_WIRE_FORMAT` (`None`: its default, plain; Debezium has its own).
     pub wire_format: Option<WireFormat>,
+    /// Our relay's `RELAY_ROUTING_KEY` (`None`: its default).
+    pub routing_key: Option<&'a str>,
 }
 
 /// Peak memory and CPU time of a process so far.
@@ -216,6 +218,9 @@ impl RelayProcess {
                     .env("RUST_LOG", "warn");
                 if let Some(format) = target.wire_format {
                     command.env("RELAY_WIRE_FORMAT", format.name());
+                }
+                if let Some(routing_key) = target.routing_key {
+                    command.env("RELAY_ROUTING_KEY", routing_key);
                 }
                 if kind == RelayKind::Ours {
                     command

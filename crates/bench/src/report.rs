@@ -277,8 +277,9 @@ pub struct Report {
     pub consumer_direct_sql_events_per_s: Option<Summary>,
     pub consumer_runs: Vec<ConsumerRun>,
     /// Issue 15: the backlog through 1, 2 and 3 instances sharing the partitions.
-    #[serde(default)]
     pub scaling_runs: Vec<ScalingRun>,
+    /// Issue 15: the relay's drain into the partitioned topology.
+    pub partitioned_drain: Option<crate::drain::PartitionedDrain>,
     /// The whole system as deployed at fixed `POST /orders` rates (issue 14).
     pub pipeline: Option<PipelineResult>,
     /// Wall-clock seconds each section took.
@@ -732,6 +733,18 @@ impl Report {
                     checks.join("; ")
                 );
             }
+        }
+        if let Some(p) = &self.partitioned_drain {
+            let _ = writeln!(
+                out,
+                "outbox-relay [plain] into {} partitions (consistent hash on the order id, quorum \
+                 queues): {:.0} events/s, relay CPU {} s; messages per partition {:?}",
+                p.partitions,
+                p.events_per_s,
+                p.relay_cpu_s
+                    .map_or_else(|| "n/a".to_owned(), |cpu| format!("{cpu:.1}")),
+                p.per_partition
+            );
         }
         if !self.steady.is_empty() {
             let _ = writeln!(

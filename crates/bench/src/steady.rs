@@ -133,6 +133,7 @@ async fn run_on(
             amqp_url: vhost.amqp_url(),
             slot: SLOT,
             wire_format: None,
+            routing_key: None,
         },
         run_name,
         None,
