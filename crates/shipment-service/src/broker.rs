@@ -60,6 +60,8 @@ pub enum BrokerError {
     DeadLetterRefused(&'static str),
     #[error("the broker cancelled our consumer or closed the channel")]
     ConsumerEnded,
+    #[error("the connection to RabbitMQ is closed")]
+    ConnectionClosed,
     #[error(
         "SHIPMENT_PARTITIONS > 1 needs RabbitMQ's consistent-hash exchange: run \
          `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` on every node (the broker \

@@ -216,13 +216,24 @@ impl Consumer {
                 biased;
                 _ = shutdown.cancelled() => return Stop::Shutdown,
                 next = batches.recv() => next,
+                () = connection_gone(&session.connection) => {
+                    return Stop::Lost(BrokerError::ConnectionClosed);
+                }
             };
             let batch = match next {
                 Some(Ok(batch)) => batch,
                 Some(Err(error)) => return Stop::Lost(error),
                 None => return Stop::Lost(BrokerError::ConsumerEnded),
             };
-            if let Err(stop) = self.handle_batch(session, batch, shutdown).await {
+            // Dropping the batch half-way is safe: an open transaction rolls back, and nothing
+            // uncommitted was acked (a commit that did land is a duplicate on redelivery).
+            let handled = tokio::select! {
+                handled = self.handle_batch(session, batch, shutdown) => handled,
+                () = connection_gone(&session.connection) => {
+                    Err(Stop::Lost(BrokerError::ConnectionClosed))
+                }
+            };
+            if let Err(stop) = handled {
                 return stop;
             }
         }
@@ -610,6 +621,21 @@ fn record_event_delay(delivery: &Delivery) {
     let delay = now.as_secs_f64() - timestamp as f64;
     metrics::histogram!(names::EVENT_DELAY_SECONDS).record(delay.max(0.0));
 }
+
+/// Returns once `connection` is no longer connected. lapin does not always wake a consumer
+/// stream or an ack when the socket dies (seen after a broker restart in the fault suite: the
+/// service waited forever); polling its status makes the session end and reconnect anyway.
+async fn connection_gone(connection: &lapin::Connection) {
+    loop {
+        tokio::time::sleep(CONNECTION_CHECK).await;
+        if !connection.status().connected() {
+            return;
+        }
+    }
+}
+
+/// How often [`connection_gone`] looks.
+const CONNECTION_CHECK: Duration = Duration::from_millis(500);
 
 /// Sleeps `pause`; returns true if shutdown was requested meanwhile.
 async fn sleep_or_shutdown(pause: Duration, shutdown: &CancellationToken) -> bool {

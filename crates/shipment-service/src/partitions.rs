@@ -337,6 +337,10 @@ impl MemberSession {
                     None => return Some(BrokerError::ConsumerEnded),
                 },
                 _ = ticker.tick() => {
+                    // lapin does not always wake a consumer stream when the socket dies.
+                    if !self.connection.status().connected() {
+                        return Some(BrokerError::ConnectionClosed);
+                    }
                     if announced.elapsed() >= HEARTBEAT {
                         announced = Instant::now();
                         if let Err(source) = self.announce(me).await {
