@@ -128,7 +128,10 @@ async fn the_original_database_is_adopted_with_its_rows_and_the_flows_work() {
             before,
             "the original's rows changed"
         );
-        assert_eq!(migrations_recorded(app.pool()).await, vec![20261201000001]);
+        assert_eq!(
+            migrations_recorded(app.pool()).await,
+            vec![20261201000001, 20261202000001]
+        );
         let order_id = Uuid::parse_str(ORIGINAL_ORDER).unwrap();
         assert_eq!(app.shipment_status(order_id).await.unwrap(), "PENDING");
 
@@ -198,7 +201,10 @@ async fn the_original_database_is_adopted_with_its_rows_and_the_flows_work() {
     // A second start on the same database: nothing to migrate, everything still there.
     run_last(db, vhost, |app| async move {
         assert_eq!(&original_rows(app.pool()).await, before);
-        assert_eq!(migrations_recorded(app.pool()).await, vec![20261201000001]);
+        assert_eq!(
+            migrations_recorded(app.pool()).await,
+            vec![20261201000001, 20261202000001]
+        );
         assert_eq!(app.count("shipment").await, 5);
         readme_flows_work(&app).await;
         app
@@ -288,7 +294,7 @@ async fn a_database_of_our_first_release_is_migrated_and_restarted() {
     let (db, vhost) = run_once(db, vhost, |app| async move {
         assert_eq!(
             migrations_recorded(app.pool()).await,
-            vec![20261127000001, 20261201000001]
+            vec![20261127000001, 20261201000001, 20261202000001]
         );
         // Its lines are known: cancelling the only one cancels the shipment.
         app.publisher
@@ -307,7 +313,7 @@ async fn a_database_of_our_first_release_is_migrated_and_restarted() {
     run_last(db, vhost, |app| async move {
         assert_eq!(
             migrations_recorded(app.pool()).await,
-            vec![20261127000001, 20261201000001]
+            vec![20261127000001, 20261201000001, 20261202000001]
         );
         assert_eq!(app.shipment_status(old.id).await.unwrap(), "CANCELLED");
         readme_flows_work(&app).await;
@@ -329,7 +335,7 @@ async fn a_fresh_database_is_migrated_once_and_restarts() {
     let app = Application::build(config).await.unwrap();
     assert_eq!(
         migrations_recorded(app.pool()).await,
-        vec![20261127000001, 20261201000001]
+        vec![20261127000001, 20261201000001, 20261202000001]
     );
     let known: Vec<bool> =
         sqlx::query_scalar("SELECT lines_known FROM shipments.shipment ORDER BY lines_known")
