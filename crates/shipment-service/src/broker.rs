@@ -312,109 +312,45 @@ async fn declare_topology(
     connection: &Connection,
     settings: &BrokerSettings,
 ) -> Result<Channel, BrokerError> {
-    if settings.partitions > 1 {
-        return declare_partitioned_topology(connection, settings).await;
-    }
     let mut channel = open_channel(connection).await?;
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    let declare_error = |what: String| move |source| BrokerError::Declare { what, source };
     let dead_letter_exchange = settings.dead_letter_exchange();
-    let dead_letter_queue = settings.dead_letter_queue();
     for exchange in [settings.exchange.as_str(), dead_letter_exchange.as_str()] {
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(declare_error(format!(
-                "exchange {exchange} (durable fanout)"
-            )))?;
+        declare_exchange(&channel, exchange, ExchangeKind::Fanout).await?;
     }
-    let queues = [
-        (
-            dead_letter_queue.as_str(),
-            dead_letter_exchange.as_str(),
-            queue_arguments(settings.queue_type, None),
-        ),
-        (
-            settings.queue.as_str(),
-            settings.exchange.as_str(),
-            queue_arguments(
-                settings.queue_type,
-                Some((settings.delivery_limit, &dead_letter_exchange)),
-            ),
-        ),
-    ];
-    for (queue, exchange, arguments) in queues {
-        channel = declare_queue(connection, channel, queue, settings.queue_type, arguments).await?;
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(declare_error(format!("binding {exchange} → {queue}")))?;
-    }
-    Ok(channel)
-}
-
-/// The partitioned topology: `order.events` → `shipment.orders.hash` (consistent hash) →
-/// `shipment.orders.{0..N}` (single active consumer each); the dead-letter exchange and queue
-/// as with one queue.
-async fn declare_partitioned_topology(
-    connection: &Connection,
-    settings: &BrokerSettings,
-) -> Result<Channel, BrokerError> {
-    let mut channel = open_channel(connection).await?;
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    let declare_error = |what: String| move |source| BrokerError::Declare { what, source };
-    let dead_letter_exchange = settings.dead_letter_exchange();
-    let dead_letter_queue = settings.dead_letter_queue();
-    let hash_exchange = settings.hash_exchange();
-    for exchange in [settings.exchange.as_str(), dead_letter_exchange.as_str()] {
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(declare_error(format!(
-                "exchange {exchange} (durable fanout)"
-            )))?;
-    }
-    channel
-        .exchange_declare(
-            hash_exchange.as_str().into(),
-            ExchangeKind::Custom("x-consistent-hash".to_owned()),
-            durable_exchange,
-            FieldTable::default(),
+    let work_queue_arguments = || {
+        queue_arguments(
+            settings.queue_type,
+            Some((settings.delivery_limit, &dead_letter_exchange)),
         )
-        .await
-        .map_err(|source| {
-            let text = source.to_string();
-            if text.contains("invalid exchange type") {
-                BrokerError::PluginMissing(text)
-            } else {
-                BrokerError::Declare {
-                    what: format!("exchange {hash_exchange} (durable x-consistent-hash)"),
-                    source,
-                }
-            }
-        })?;
+    };
+    channel = declare_bound_queue(
+        connection,
+        channel,
+        settings,
+        &settings.dead_letter_queue(),
+        (&dead_letter_exchange, ""),
+        queue_arguments(settings.queue_type, None),
+    )
+    .await?;
+    if settings.partitions <= 1 {
+        return declare_bound_queue(
+            connection,
+            channel,
+            settings,
+            &settings.queue,
+            (&settings.exchange, ""),
+            work_queue_arguments(),
+        )
+        .await;
+    }
+    // Partitioned: order.events → the consistent-hash exchange → one queue per partition.
+    let hash_exchange = settings.hash_exchange();
+    declare_exchange(
+        &channel,
+        &hash_exchange,
+        ExchangeKind::Custom("x-consistent-hash".to_owned()),
+    )
+    .await?;
     channel
         .exchange_bind(
             hash_exchange.as_str().into(),
@@ -424,53 +360,88 @@ async fn declare_partitioned_topology(
             FieldTable::default(),
         )
         .await
-        .map_err(declare_error(format!(
-            "binding {} → {hash_exchange}",
-            settings.exchange
-        )))?;
-    channel = declare_queue(
-        connection,
-        channel,
-        &dead_letter_queue,
-        settings.queue_type,
-        queue_arguments(settings.queue_type, None),
-    )
-    .await?;
+        .map_err(|source| BrokerError::Declare {
+            what: format!("binding {} → {hash_exchange}", settings.exchange),
+            source,
+        })?;
+    for partition in 0..settings.partitions {
+        let mut arguments = work_queue_arguments();
+        // One consumer applies a partition at a time, whoever else is registered: the order of
+        // an order's events holds across instances.
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        // The binding key of a consistent-hash exchange is the partition's weight.
+        channel = declare_bound_queue(
+            connection,
+            channel,
+            settings,
+            &settings.partition_queue(partition),
+            (&hash_exchange, "1"),
+            arguments,
+        )
+        .await?;
+    }
+    Ok(channel)
+}
+
+/// Declares a durable exchange of `kind`. An unknown kind is the consistent-hash plugin missing.
+async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    kind: ExchangeKind,
+) -> Result<(), BrokerError> {
+    let type_name = match &kind {
+        ExchangeKind::Custom(name) => name.clone(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let described = format!("exchange {exchange} (durable {type_name})");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| {
+            let text = source.to_string();
+            if text.contains("invalid exchange type") {
+                BrokerError::PluginMissing(text)
+            } else {
+                BrokerError::Declare {
+                    what: described,
+                    source,
+                }
+            }
+        })
+}
+
+/// Declares `queue` ([`declare_queue`]) and binds it to `exchange` with `routing_key`; returns
+/// the channel to go on with.
+async fn declare_bound_queue(
+    connection: &Connection,
+    channel: Channel,
+    settings: &BrokerSettings,
+    queue: &str,
+    (exchange, routing_key): (&str, &str),
+    arguments: FieldTable,
+) -> Result<Channel, BrokerError> {
+    let channel = declare_queue(connection, channel, queue, settings.queue_type, arguments).await?;
     channel
         .queue_bind(
-            dead_letter_queue.as_str().into(),
-            dead_letter_exchange.as_str().into(),
-            "".into(),
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
-        .map_err(declare_error(format!(
-            "binding {dead_letter_exchange} → {dead_letter_queue}"
-        )))?;
-    for partition in 0..settings.partitions {
-        let queue = settings.partition_queue(partition);
-        let mut arguments = queue_arguments(
-            settings.queue_type,
-            Some((settings.delivery_limit, &dead_letter_exchange)),
-        );
-        // One consumer applies a partition at a time, whoever else is registered: the order of
-        // an order's events holds across instances.
-        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        channel =
-            declare_queue(connection, channel, &queue, settings.queue_type, arguments).await?;
-        // The binding key of a consistent-hash exchange is the partition's weight.
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                hash_exchange.as_str().into(),
-                "1".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(declare_error(format!("binding {hash_exchange} → {queue}")))?;
-    }
+        .map_err(|source| BrokerError::Declare {
+            what: format!("binding {exchange} → {queue}"),
+            source,
+        })?;
     Ok(channel)
 }
 

@@ -31,13 +31,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
-use test_support::process::{ServiceProcess, free_port};
+use test_support::process::ServiceProcess;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, DEAD_LETTER_QUEUE};
-use crate::infra::{PrivateInfra, RUN_MARKER};
+use crate::audit::{connect, count};
+use crate::infra::PrivateInfra;
 use crate::load::{LoadOutcome, LoadSettings};
 use crate::services::metric_sum;
 
@@ -144,24 +143,6 @@ impl fmt::Display for Report {
     }
 }
 
-async fn start_service(
-    infra: &PrivateInfra,
-    name: &str,
-    port_var: &str,
-    vars: Vec<(&str, String)>,
-) -> Result<ServiceProcess> {
-    let port = free_port();
-    let env = vars
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .chain([
-            (port_var.to_owned(), port.to_string()),
-            (RUN_MARKER.to_owned(), infra.dir.display().to_string()),
-        ])
-        .collect();
-    services::start(name, port, env, &infra.log_dir()).await
-}
-
 /// `/health`'s partition report of an instance: (members it sees, partitions it owns).
 async fn partitions_of(instance: &ServiceProcess) -> Option<(u64, BTreeSet<u64>)> {
     let (_, body) = instance.health().await?;
@@ -218,22 +199,6 @@ async fn partition_leaders(http: &reqwest::Client, port: u16) -> Option<Vec<Stri
         leaders.push(queue["leader"].as_str()?.to_owned());
     }
     Some(leaders)
-}
-
-async fn connect(url: &str) -> Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(url)
-        .await
-        .context("connecting to the private PostgreSQL")
-}
-
-async fn count(pool: &PgPool, table: &str) -> Option<i64> {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(pool)
-        .await
-        .ok()
 }
 
 fn work_queues() -> Vec<String> {
@@ -297,7 +262,7 @@ async fn drive_with(
     amqp: &str,
     processes: &mut Vec<ServiceProcess>,
 ) -> Result<Report> {
-    let order_service = start_service(
+    let order_service = services::start_in_run(
         infra,
         "order-service",
         "SERVER_PORT",
@@ -312,7 +277,7 @@ async fn drive_with(
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         instances.push(
-            start_service(
+            services::start_in_run(
                 infra,
                 "shipment-service",
                 "SERVER_PORT",
@@ -325,7 +290,7 @@ async fn drive_with(
             .await?,
         );
     }
-    let relay = start_service(
+    let relay = services::start_in_run(
         infra,
         "outbox-relay",
         "RELAY_HTTP_PORT",

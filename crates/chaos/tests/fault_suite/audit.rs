@@ -167,6 +167,24 @@ impl fmt::Display for Audit {
     }
 }
 
+/// A small pool on a private database (the suite's own reads).
+pub async fn connect(url: &str) -> Result<PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect(url)
+        .await
+        .context("connecting to the private PostgreSQL")
+}
+
+/// Rows in `table`, `None` while the database does not answer.
+pub async fn count(pool: &PgPool, table: &str) -> Option<i64> {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
 /// Reads both databases and the broker and checks every guarantee; `work_queues` are the
 /// queues the shipment-service consumes (one, or its partitions).
 pub async fn run(

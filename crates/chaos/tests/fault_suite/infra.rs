@@ -78,12 +78,7 @@ pub struct PrivateInfra {
 impl PrivateInfra {
     /// Creates the run folder, picks free ports and starts both servers.
     pub async fn start() -> Result<Self> {
-        remove_abandoned_runs();
-        let dir = runs_base().join(format!("{FOLDER_PREFIX}{}", test_support::unique_suffix()));
-        std::fs::create_dir_all(dir.join("logs"))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        set_mode_755(&dir)?;
-        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
+        let dir = new_run_dir()?;
         let rabbitmq_port = free_rabbitmq_port()?;
         let infra = Self {
             pg_port: free_port(),
@@ -102,12 +97,7 @@ impl PrivateInfra {
     /// Like [`Self::start`], with a 3-node RabbitMQ cluster (`infra.sh cluster-up`) instead of
     /// one node.
     pub async fn start_cluster() -> Result<Self> {
-        remove_abandoned_runs();
-        let dir = runs_base().join(format!("{FOLDER_PREFIX}{}", test_support::unique_suffix()));
-        std::fs::create_dir_all(dir.join("logs"))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        set_mode_755(&dir)?;
-        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
+        let dir = new_run_dir()?;
         let mut cluster_ports: Vec<u16> = Vec::new();
         while cluster_ports.len() < 3 {
             let port = free_rabbitmq_port()?;
@@ -182,6 +172,24 @@ impl PrivateInfra {
 
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+
+    /// Copies the services' logs to a folder that outlives the run; says where.
+    pub fn keep_logs(&self, label: &str) {
+        let kept = std::env::temp_dir().join(format!(
+            "outbox-{label}-logs-{}",
+            test_support::unique_suffix()
+        ));
+        let copied = std::fs::create_dir_all(&kept).and_then(|()| {
+            for entry in std::fs::read_dir(self.log_dir())? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), kept.join(entry.file_name()))?;
+            }
+            Ok(())
+        });
+        if copied.is_ok() {
+            eprintln!("[{label}] logs of the run kept in {}", kept.display());
+        }
     }
 
     /// Stops PostgreSQL (`mode`), waits for it to exit, starts it again.
@@ -316,6 +324,18 @@ impl Drop for PrivateInfra {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Cleans up abandoned runs, then creates this run's folder (with its logs folder and the
+/// owner's pid).
+fn new_run_dir() -> Result<PathBuf> {
+    remove_abandoned_runs();
+    let dir = runs_base().join(format!("{FOLDER_PREFIX}{}", test_support::unique_suffix()));
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    set_mode_755(&dir)?;
+    std::fs::write(dir.join("owner.pid"), std::process::id().to_string())?;
+    Ok(dir)
 }
 
 fn runs_base() -> PathBuf {

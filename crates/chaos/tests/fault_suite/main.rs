@@ -32,12 +32,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
-use test_support::process::{ServiceProcess, free_port};
+use test_support::process::ServiceProcess;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, ORDER_QUEUE};
-use crate::infra::{PgStop, PrivateInfra, RUN_MARKER, RabbitMqRestart};
+use crate::audit::{connect, count};
+use crate::infra::{PgStop, PrivateInfra, RabbitMqRestart};
 use crate::load::{LoadOutcome, LoadSettings};
 use crate::services::metric_sum;
 
@@ -240,26 +240,6 @@ impl fmt::Display for Report {
     }
 }
 
-/// Starts workspace binary `name` on a free HTTP port (given to it as `port_var`) with `vars`
-/// and the run's marker (which tells this run's processes from any other's).
-async fn start_service(
-    infra: &PrivateInfra,
-    name: &str,
-    port_var: &str,
-    vars: Vec<(&str, String)>,
-) -> Result<ServiceProcess> {
-    let port = free_port();
-    let env = vars
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .chain([
-            (port_var.to_owned(), port.to_string()),
-            (RUN_MARKER.to_owned(), infra.dir.display().to_string()),
-        ])
-        .collect();
-    services::start(name, port, env, &infra.log_dir()).await
-}
-
 /// The three services and what the run learns from them.
 struct System {
     http: reqwest::Client,
@@ -273,7 +253,7 @@ struct System {
 impl System {
     async fn start(infra: &PrivateInfra, rng: StdRng) -> Result<Self> {
         let http = reqwest::Client::new();
-        let order_service = start_service(
+        let order_service = services::start_in_run(
             infra,
             "order-service",
             "SERVER_PORT",
@@ -283,7 +263,7 @@ impl System {
             ],
         )
         .await?;
-        let shipment_service = start_service(
+        let shipment_service = services::start_in_run(
             infra,
             "shipment-service",
             "SERVER_PORT",
@@ -293,7 +273,7 @@ impl System {
             ],
         )
         .await?;
-        let relay = start_service(
+        let relay = services::start_in_run(
             infra,
             "outbox-relay",
             "RELAY_HTTP_PORT",
@@ -515,22 +495,6 @@ impl Management {
     }
 }
 
-async fn connect(url: &str) -> Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(url)
-        .await
-        .context("connecting to the private PostgreSQL")
-}
-
-async fn count(pool: &PgPool, table: &str) -> Option<i64> {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-        .fetch_one(pool)
-        .await
-        .ok()
-}
-
 /// Waits until every committed event was consumed, the queue is empty and the relay has
 /// nothing in flight, twice in a row. Returns how long it took, or an error after [`DRAIN`]
 /// (the audit then says what is missing).
@@ -593,13 +557,7 @@ async fn run(plan: Plan) -> Result<Report> {
             Err(_) => true,
         };
     if keep_logs {
-        let kept = std::env::temp_dir().join(format!(
-            "outbox-chaos-logs-{}",
-            test_support::unique_suffix()
-        ));
-        if copy_dir(&infra.log_dir(), &kept).is_ok() {
-            eprintln!("[chaos] logs of the run kept in {}", kept.display());
-        }
+        infra.keep_logs("chaos");
     }
     let stopped = infra.stop().await;
     let report = result?;
@@ -710,15 +668,6 @@ async fn run_faults_under_load(
     orders_db.close().await;
     shipments_db.close().await;
     Ok((load, notes, drain, audit, control))
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
 }
 
 /// Checks a finished run: at least one fault of each kind survived, real load, and the audit

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use test_support::process::{ServiceCommand, ServiceProcess};
+use test_support::process::{ServiceCommand, ServiceProcess, free_port};
+
+use crate::infra::{PrivateInfra, RUN_MARKER};
 
 /// How long a service may take to start and answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -28,6 +30,26 @@ pub async fn start(
         .log_file(log_dir.join(format!("{name}.log")))
         .start(START_TIMEOUT)
         .await
+}
+
+/// Starts workspace binary `name` on a free HTTP port (given to it as `port_var`) with `vars`
+/// and the run's marker (which tells this run's processes from any other's).
+pub async fn start_in_run(
+    infra: &PrivateInfra,
+    name: &str,
+    port_var: &str,
+    vars: Vec<(&str, String)>,
+) -> Result<ServiceProcess> {
+    let port = free_port();
+    let env = vars
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .chain([
+            (port_var.to_owned(), port.to_string()),
+            (RUN_MARKER.to_owned(), infra.dir.display().to_string()),
+        ])
+        .collect();
+    start(name, port, env, &infra.log_dir()).await
 }
 
 /// SIGTERM, then up to 15 s for a graceful exit, then SIGKILL.
