@@ -369,6 +369,14 @@ async fn declare_topology(
         // One consumer applies a partition at a time, whoever else is registered: the order of
         // an order's events holds across instances.
         arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        if settings.queue_type == QueueType::Quorum {
+            // Leaders spread over the cluster's nodes rather than all on the declaring one:
+            // the partitions' work (and a node loss) is shared.
+            arguments.insert(
+                "x-queue-leader-locator".into(),
+                AMQPValue::LongString("balanced".into()),
+            );
+        }
         // The binding key of a consistent-hash exchange is the partition's weight.
         channel = declare_bound_queue(
             connection,

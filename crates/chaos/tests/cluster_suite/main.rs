@@ -2,7 +2,7 @@
 //! 3-node RabbitMQ cluster, under a producer load through the HTTP API; three shipment-service
 //! instances share four partitions (`SHIPMENT_PARTITIONS=4`, quorum queues on all three
 //! nodes), the relay routes by order id (`RELAY_ROUTING_KEY=key`); every client is given the
-//! three nodes. Faults: the node that leads the partition queues is SIGKILLed, then a
+//! three nodes. Faults: the node that leads the most partition queues is SIGKILLed, then a
 //! shipment-service instance; both come back. Then the load stops, the system drains, and the
 //! audit checks every committed event applied exactly once and, per order, in commit order,
 //! with nothing dead-lettered.
@@ -324,11 +324,16 @@ async fn drive_with(
     .await?;
     tokio::time::sleep(plan.pause).await;
 
-    // Fault 1: the node leading partition 0 (and usually more) dies.
+    // Fault 1: the node leading the most partition queues dies (the leaders are spread,
+    // `x-queue-leader-locator: balanced`).
     let leaders = partition_leaders(http, infra.cluster_ports[0])
         .await
         .context("reading the partition queues' leaders")?;
-    let leader = leaders[0].clone();
+    let leader = leaders
+        .iter()
+        .max_by_key(|name| leaders.iter().filter(|other| other == name).count())
+        .context("no partition leader")?
+        .clone();
     let victim = *infra
         .cluster_ports
         .iter()

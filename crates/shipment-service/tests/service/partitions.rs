@@ -200,6 +200,7 @@ async fn instances_share_the_partitions_and_take_over_a_stopped_ones() {
             .unwrap();
         assert_eq!(queue["arguments"]["x-single-active-consumer"], true);
         assert_eq!(queue["arguments"]["x-queue-type"], "quorum");
+        assert_eq!(queue["arguments"]["x-queue-leader-locator"], "balanced");
     }
 
     // One instance leaves: the two others take its partitions.
