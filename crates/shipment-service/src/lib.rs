@@ -14,6 +14,7 @@
 //!   reconnects).
 //! - [`partitions`]: with `SHIPMENT_PARTITIONS` > 1, the instances' membership (announced
 //!   through RabbitMQ), the assignment of partitions and one consumer session per owned one.
+//! - [`dlq`]: the dead-letter queue for an operator (`shipment-service dlq list|replay|purge`).
 //! - [`queries`] and [`http`]: the read API, `/health`, `/metrics`.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`startup`]: [`Application::build`] and [`Application::run_until_stopped`].
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod dlq;
 pub mod event;
 pub mod http;
 pub mod metrics;

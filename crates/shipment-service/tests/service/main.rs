@@ -6,6 +6,7 @@ mod adoption;
 mod backlog;
 mod batches;
 mod consuming;
+mod dlq;
 mod http_api;
 mod original_events;
 mod partitions;
