@@ -68,6 +68,7 @@ shipment-db-cli:
 # One cargo invocation builds everything the tests need (the binaries included): a separate
 # `cargo build` would resolve features differently and compile the dependencies twice.
 test: infra
+	scripts/infra.sh tools
 	scripts/clean-test-resources.sh
 	$(CARGO) test --workspace --no-fail-fast
 

@@ -449,8 +449,22 @@ node_stop() {
   rabbitmq_stop "$bin" "$NODE_DIR"
 }
 
+# ------------------------------------------------------------------- tools
+# promtool checks the Prometheus alert rules in the tests; Debian's prometheus package has it.
+tools_up() {
+  if command -v promtool >/dev/null; then
+    return
+  fi
+  if is_root; then
+    apt_install prometheus
+  else
+    log "promtool not found (the alert rules' check is skipped): sudo apt-get install -y prometheus"
+  fi
+}
+
 case "${1:-up}" in
   up) pg_up; rabbitmq_up ;;
+  tools) tools_up ;;
   pg-up) pg_up ;;
   rabbitmq-up) rabbitmq_up ;;
   down) rabbitmq_down; pg_down ;;
@@ -467,5 +481,5 @@ case "${1:-up}" in
   node-kill) node_kill "${2:-}" ;;
   node-start) node_start "${2:-}" ;;
   node-stop) node_stop "${2:-}" ;;
-  *) die "unknown command '$1' (up, down, status, pg-up, rabbitmq-up, pg-down, rabbitmq-down, rabbitmqctl, cluster-up, cluster-down, cluster-reset, cluster-status, node-kill <port>, node-start <port>, node-stop <port>)" ;;
+  *) die "unknown command '$1' (up, down, status, tools, pg-up, rabbitmq-up, pg-down, rabbitmq-down, rabbitmqctl, cluster-up, cluster-down, cluster-reset, cluster-status, node-kill <port>, node-start <port>, node-stop <port>)" ;;
 esac
