@@ -105,6 +105,15 @@ impl<C: Connector> BrokerConnection<C> {
         self.retry_at = Instant::now() + delay;
     }
 
+    /// Closes the connection and opens a new one at once (no backoff, still connected as far
+    /// as health goes): for a refusal that may belong to the channel rather than the broker.
+    pub(crate) async fn renew(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
+        self.retry_at = Instant::now();
+    }
+
     /// Closes the connection politely (at shutdown), within a bounded time.
     pub(crate) async fn close(&mut self) {
         if let Some(sink) = self.sink.take() {

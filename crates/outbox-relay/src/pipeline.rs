@@ -594,7 +594,15 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
                      its exchange"
                 ),
             ),
-            Outcome::Nacked => self.on_refused("nacked", "nacked by the broker"),
+            Outcome::Nacked => {
+                self.on_refused("nacked", "nacked by the broker");
+                // A nack can be the state of this channel rather than of the queue: on RabbitMQ
+                // 3.10, a channel that published to a quorum queue while its leader was dying
+                // goes on refusing it after a new leader is elected (seen in the cluster fault
+                // run: minutes of nacks, while a new channel publishes at once). The retry goes
+                // out on a new connection; a queue that really refuses (full) refuses it again.
+                self.broker.renew().await;
+            }
             Outcome::Failed(reason) => self.broker_failed(&reason).await,
         }
     }

@@ -268,42 +268,8 @@ pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerErro
 pub async fn declare_only(settings: &BrokerSettings) -> Result<(), BrokerError> {
     let connection = connect(settings).await?;
     let declared = declare_topology(&connection, settings).await;
-    if declared.is_ok() {
-        warn_if_single_queue_left(&connection, settings).await;
-    }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "declared".into())).await;
     declared.map(|_| ())
-}
-
-/// The single work queue of `SHIPMENT_PARTITIONS=1`, still there beside the partitions, is
-/// consumed by nobody and fills up (and its messages are never applied): say so.
-async fn warn_if_single_queue_left(connection: &Connection, settings: &BrokerSettings) {
-    // A passive declare of a missing queue closes its channel: a channel of its own.
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    if let Ok(queue) = channel
-        .queue_declare(
-            settings.queue.as_str().into(),
-            passive,
-            FieldTable::default(),
-        )
-        .await
-    {
-        tracing::warn!(
-            queue = %settings.queue,
-            messages = queue.message_count(),
-            partitions = settings.partitions,
-            "the single work queue still exists beside the partitions and nobody consumes it: \
-             apply what it holds with SHIPMENT_PARTITIONS=1 (before switching), then unbind or \
-             delete it"
-        );
-    }
-    let _ = channel.close(200, "checked".into()).await;
 }
 
 /// Declares exchanges, queues and bindings; returns the channel to go on with (a declaration

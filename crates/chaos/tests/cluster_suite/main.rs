@@ -180,6 +180,27 @@ async fn wait_spread(instances: &[&ServiceProcess]) -> Result<Vec<usize>> {
 }
 
 /// The management API of the node on `port`: the node leading each partition queue.
+/// The node the relay's connection is on (management API of the node on `port`).
+async fn relay_node(http: &reqwest::Client, port: u16) -> Option<String> {
+    let connections: Value = http
+        .get(format!(
+            "http://127.0.0.1:{}/api/connections",
+            port + 10_000
+        ))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    connections.as_array()?.iter().find(|connection| {
+        connection["client_properties"]["connection_name"].as_str() == Some("outbox-relay")
+    })?["node"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 async fn partition_leaders(http: &reqwest::Client, port: u16) -> Option<Vec<String>> {
     let mut leaders = Vec::new();
     for partition in 0..PARTITIONS {
@@ -329,11 +350,17 @@ async fn drive_with(
     let leaders = partition_leaders(http, infra.cluster_ports[0])
         .await
         .context("reading the partition queues' leaders")?;
-    let leader = leaders
-        .iter()
-        .max_by_key(|name| leaders.iter().filter(|other| other == name).count())
-        .context("no partition leader")?
-        .clone();
+    // The relay's node when it leads a partition (the relay then fails over too), else the
+    // node leading the most.
+    let relay_node = relay_node(http, infra.cluster_ports[0]).await;
+    let leader = match relay_node.clone().filter(|node| leaders.contains(node)) {
+        Some(node) => node,
+        None => leaders
+            .iter()
+            .max_by_key(|name| leaders.iter().filter(|other| other == name).count())
+            .context("no partition leader")?
+            .clone(),
+    };
     let victim = *infra
         .cluster_ports
         .iter()
@@ -351,7 +378,9 @@ async fn drive_with(
     let killed = Instant::now();
     infra.kill_node(victim).await?;
     eprintln!(
-        "[chaos-cluster] SIGKILLed node {leader} (leader of {led} of {PARTITIONS} partitions)"
+        "[chaos-cluster] SIGKILLed node {leader} (leader of {led} of {PARTITIONS} partitions; \
+         the relay's node: {})",
+        relay_node.as_deref() == Some(leader.as_str())
     );
     test_support::wait_until("new partition leaders", RECOVERY, || async {
         let leaders = partition_leaders(http, survivor).await?;

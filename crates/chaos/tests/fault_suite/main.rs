@@ -8,7 +8,8 @@
 //!
 //! `short_run` is part of `make test`; `long_run` (ignored) is `make chaos`. `CHAOS_SEED=<n>`
 //! repeats a run's fault order and timings; `CHAOS_KEEP_LOGS=1` keeps the services' logs of a
-//! passing run too (a failing run always keeps them).
+//! passing run too (a failing run always keeps them); `CHAOS_RUST_LOG` sets the services'
+//! log filter (default `info`).
 //!
 //! # Layout
 //! - [`infra`]: the private servers, started and restarted through `scripts/infra.sh`.

@@ -26,7 +26,10 @@ pub async fn start(
     ServiceCommand::workspace(name)?
         .http_port(port)
         .envs(env)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .log_file(log_dir.join(format!("{name}.log")))
         .start(START_TIMEOUT)
         .await
