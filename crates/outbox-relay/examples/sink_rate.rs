@@ -103,6 +103,7 @@ async fn main() -> Result<()> {
         } else {
             MessageProperties::Full
         },
+        ordering_key: index as u64,
     };
     let started = Instant::now();
     let mut confirms = FuturesOrdered::new();

@@ -71,6 +71,7 @@ pub(crate) fn for_row(
         tracing::warn!(event_id = %routed.event_id, %reason, "payload published unexpanded, as Debezium would");
     }
     Ok(Some(OutgoingMessage {
+        ordering_key: crate::sink::ordering_key(routed.event_key.unwrap_or(routed.event_id)),
         routing_key: routed.routing_key.to_owned(),
         message_id: routed.event_id.to_owned(),
         body: encoded.body.into(),
@@ -101,5 +102,6 @@ pub(crate) fn dead_letter(
         ],
         timestamp: 0,
         properties: MessageProperties::Full,
+        ordering_key: crate::sink::ordering_key(table),
     }
 }

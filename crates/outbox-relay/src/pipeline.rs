@@ -436,7 +436,8 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
         let counters = self.exchange_metrics.get(&message.exchange);
         counters.received.increment(1);
         let size = message.size();
-        self.window.push_event(
+        let key = message.ordering_key;
+        self.window.push_keyed_event(
             Queued {
                 message,
                 table,
@@ -444,6 +445,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
                 commit_time: self.commit_time,
             },
             size,
+            key,
             Instant::now().into_std(),
         );
     }

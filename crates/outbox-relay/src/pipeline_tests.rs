@@ -339,15 +339,20 @@ fn row(id: &str) -> Row {
     row_to(id, Some("order"))
 }
 
-/// A row whose routing column is `aggregate_type` (NULL: unroutable).
+/// A row whose routing column is `aggregate_type` (NULL: unroutable), of its own aggregate.
 fn row_to(id: &str, aggregate_type: Option<&str>) -> Row {
+    row_of(id, aggregate_type, &format!("agg-{id}"))
+}
+
+/// A row of aggregate `aggregate`.
+fn row_of(id: &str, aggregate_type: Option<&str>, aggregate: &str) -> Row {
     let text = |value: &str| Value::Text(Bytes::copy_from_slice(value.as_bytes()));
     Row {
         table: TABLE_ID,
         values: vec![
             text(id),
             aggregate_type.map_or(Value::Null, text),
-            text("agg-1"),
+            text(aggregate),
             text("OrderCreated"),
             text(r#"{"n":1}"#),
         ],
@@ -800,4 +805,32 @@ async fn shutdown_is_prompt_while_paused_standing_by_or_reconnecting() {
     })
     .await;
     reconnecting.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aggregates_next_event_waits_for_the_confirm_of_the_one_before() {
+    // a1 and a2 are one order's events, b1 another's: a2 is not published while a1 waits for
+    // its confirm, so a refusal of a1 can never let a2 into the queue ahead of it.
+    let relay = start(|source, sink| {
+        sink.state().hold = true;
+        source.commit(
+            100,
+            vec![
+                row_of("a1", Some("order"), "order-a"),
+                row_of("b1", Some("order"), "order-b"),
+                row_of("a2", Some("order"), "order-a"),
+            ],
+        );
+    })
+    .await;
+    eventually("a1 and b1 published", || relay.sink.held() == 2).await;
+    later(1).await;
+    assert_eq!(relay.sink.ids(), ["a1", "b1"], "a2 waits for a1's confirm");
+    relay.sink.release(Outcome::Delivered);
+    eventually("a2 published", || relay.sink.ids().len() == 3).await;
+    assert_eq!(relay.sink.ids(), ["a1", "b1", "a2"]);
+    relay.sink.release(Outcome::Delivered);
+    relay.sink.release(Outcome::Delivered);
+    let (source, _) = relay.shutdown().await;
+    assert_eq!(source.state().closed_at, Some(Lsn(100)));
 }

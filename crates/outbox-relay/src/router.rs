@@ -233,6 +233,8 @@ pub struct RoutedEvent<'a> {
     /// The `id` header first, then the additional placements (NULL columns left out).
     pub headers: Vec<Header<'a>>,
     pub payload: &'a str,
+    /// The event key (`table.field.event.key`, the aggregate id) when the table has it.
+    pub event_key: Option<&'a str>,
 }
 
 /// Column positions of a routed table, resolved once per table schema.
@@ -245,6 +247,8 @@ struct RoutePlan {
     event_id_is_uuid: bool,
     payload: Result<usize, Unroutable>,
     routing_key: Option<Result<usize, Unroutable>>,
+    /// `table.field.event.key`, if the table has it (for the relay's per-aggregate order).
+    event_key: Option<usize>,
     headers: Vec<(String, Result<usize, Unroutable>, HeaderKind)>,
 }
 
@@ -341,6 +345,7 @@ impl Router {
                 "table.field.event.payload",
             ),
             routing_key,
+            event_key: relation.column_index(&self.config.field_event_key),
             headers,
             columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
             table,
@@ -437,12 +442,17 @@ impl Router {
                 });
             }
         }
+        // Not required: a missing or NULL key only loses the per-aggregate hold-back.
+        let event_key = plan
+            .event_key
+            .and_then(|index| text(&Ok(index), "table.field.event.key").ok().flatten());
         Ok(Some(RoutedEvent {
             exchange: self.exchange_for(routed_by),
             routing_key,
             event_id,
             headers,
             payload,
+            event_key,
         }))
     }
 

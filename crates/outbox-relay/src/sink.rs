@@ -77,6 +77,16 @@ pub struct OutgoingMessage {
     pub timestamp: u64,
     /// Which of the above become AMQP properties.
     pub properties: MessageProperties,
+    /// A hash of the event's aggregate (event key), or of its id when it has none: the window
+    /// keeps one event per aggregate in flight ([`crate::window::InFlightWindow`]).
+    pub ordering_key: u64,
+}
+
+/// [`OutgoingMessage::ordering_key`] of `key` (FNV-1a: stable, no allocation).
+pub fn ordering_key(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl OutgoingMessage {

@@ -17,7 +17,7 @@
 //! marks every entry unpublished, so the failed event and every later one are published
 //! again in order.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use pgoutput::Lsn;
@@ -31,6 +31,8 @@ pub struct InFlight<M> {
     pub received_at: Instant,
     /// When it was last published.
     pub published_at: Option<Instant>,
+    /// Events with the same key are never in flight together (see [`InFlightWindow`]).
+    key: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,12 @@ enum Entry<M, P> {
 }
 
 /// Bounded, ordered window of unconfirmed events with commit markers.
+///
+/// An event with a key (its aggregate) is published only when no earlier event with that key
+/// awaits its confirm: the broker may refuse (nack) one message and accept a later one of the
+/// same queue, and the refused one, published again, would then land behind it. With one event
+/// per aggregate in flight, a refusal can never put an aggregate's events out of order.
+/// Publishing stays in window order (a blocked event blocks the ones after it).
 #[derive(Debug)]
 pub struct InFlightWindow<M, P = Lsn> {
     entries: VecDeque<Entry<M, P>>,
@@ -52,6 +60,8 @@ pub struct InFlightWindow<M, P = Lsn> {
     max_events: usize,
     max_bytes: usize,
     flushed: P,
+    /// Keys of the published events awaiting their confirm, with their count.
+    keys_in_flight: HashMap<u64, u32>,
 }
 
 impl<M, P: Copy + Ord> InFlightWindow<M, P> {
@@ -65,6 +75,7 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
             max_events: max_events.max(1),
             max_bytes: max_bytes.max(1),
             flushed,
+            keys_in_flight: HashMap::new(),
         }
     }
 
@@ -118,6 +129,15 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
     }
 
     pub fn push_event(&mut self, message: M, size: usize, received_at: Instant) {
+        self.push(message, size, None, received_at);
+    }
+
+    /// [`Self::push_event`] for an event of aggregate `key` (a hash of it).
+    pub fn push_keyed_event(&mut self, message: M, size: usize, key: u64, received_at: Instant) {
+        self.push(message, size, Some(key), received_at);
+    }
+
+    fn push(&mut self, message: M, size: usize, key: Option<u64>, received_at: Instant) {
         self.events += 1;
         self.bytes += size;
         self.entries.push_back(Entry::Event(InFlight {
@@ -125,6 +145,7 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
             size,
             received_at,
             published_at: None,
+            key,
         }));
     }
 
@@ -158,7 +179,8 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
         })
     }
 
-    /// The next event to publish, marked published; `None` when all are.
+    /// The next event to publish, marked published; `None` when all are, or when the next
+    /// one's aggregate has an event awaiting its confirm.
     pub fn next_to_publish(&mut self, now: Instant) -> Option<&M> {
         let index = (self.next_unpublished..self.entries.len())
             .find(|&i| matches!(self.entries[i], Entry::Event(_)));
@@ -166,15 +188,20 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
             self.next_unpublished = self.entries.len();
             return None;
         };
+        let Entry::Event(event) = &mut self.entries[index] else {
+            return None;
+        };
+        if let Some(key) = event.key {
+            let in_flight = self.keys_in_flight.entry(key).or_insert(0);
+            if *in_flight > 0 {
+                return None;
+            }
+            *in_flight += 1;
+        }
         self.next_unpublished = index + 1;
         self.published += 1;
-        match &mut self.entries[index] {
-            Entry::Event(event) => {
-                event.published_at = Some(now);
-                Some(&event.message)
-            }
-            Entry::Commit(_) => None,
-        }
+        event.published_at = Some(now);
+        Some(&event.message)
     }
 
     /// Whether some event waits to be published.
@@ -194,6 +221,14 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
         self.published = self.published.saturating_sub(1);
         self.events -= 1;
         self.bytes -= event.size;
+        if let Some(key) = event.key
+            && let Some(count) = self.keys_in_flight.get_mut(&key)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.keys_in_flight.remove(&key);
+            }
+        }
         let mut moved = None;
         while let Some(Entry::Commit(lsn)) = self.entries.front() {
             let lsn = *lsn;
@@ -210,6 +245,7 @@ impl<M, P: Copy + Ord> InFlightWindow<M, P> {
     pub fn replay_all(&mut self) {
         self.next_unpublished = 0;
         self.published = 0;
+        self.keys_in_flight.clear();
     }
 }
 
@@ -305,6 +341,29 @@ mod tests {
         window.confirm_oldest().unwrap();
         assert_eq!(window.flushed(), lsn(50));
         assert!(window.is_empty());
+    }
+
+    #[test]
+    fn an_aggregate_has_one_event_in_flight_at_a_time() {
+        let mut window = InFlightWindow::new(10, 1 << 20, lsn(0));
+        let now = Instant::now();
+        window.push_keyed_event("x1", 1, 7, now);
+        window.push_keyed_event("y1", 1, 8, now);
+        window.push_keyed_event("x2", 1, 7, now);
+        window.push_keyed_event("z1", 1, 9, now);
+        assert_eq!(window.next_to_publish(now), Some(&"x1"));
+        assert_eq!(window.next_to_publish(now), Some(&"y1"));
+        // x2 waits for x1's confirm, and z1 waits behind it (order is kept).
+        assert_eq!(window.next_to_publish(now), None);
+        let (event, _) = window.confirm_oldest().unwrap();
+        assert_eq!(event.message, "x1");
+        assert_eq!(window.next_to_publish(now), Some(&"x2"));
+        assert_eq!(window.next_to_publish(now), Some(&"z1"));
+        // A refusal replays everything: x2 is published again, alone for its key.
+        window.replay_all();
+        assert_eq!(window.next_to_publish(now), Some(&"y1"));
+        assert_eq!(window.next_to_publish(now), Some(&"x2"));
+        assert_eq!(window.next_to_publish(now), Some(&"z1"));
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn message(routing_key: &str, body: Vec<u8>, properties: MessageProperties) -> O
         ],
         timestamp: 1_767_225_600,
         properties,
+        ordering_key: 0,
     }
 }
 
