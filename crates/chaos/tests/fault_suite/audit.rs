@@ -77,6 +77,8 @@ impl Audit {
     }
 
     /// Every violated guarantee, in words; empty when the run lost and duplicated nothing.
+    /// The per-order apply order is reported and asserted apart (`applied_out_of_order`):
+    /// only the long runs require it (see the cluster suite).
     pub fn problems(&self) -> Vec<String> {
         let checks = [
             (
@@ -113,10 +115,6 @@ impl Audit {
                 "shipments whose status does not follow their lines",
             ),
             (self.events_lost, "committed events never consumed (lost)"),
-            (
-                self.applied_out_of_order,
-                "orders whose events were applied out of commit order",
-            ),
             (
                 self.events_unknown,
                 "consumed events that were never committed",

@@ -675,6 +675,13 @@ async fn run_faults_under_load(
 /// found nothing lost and nothing applied twice.
 fn check(report: &Report) {
     println!("{report}");
+    if report.audit.applied_out_of_order > 0 {
+        eprintln!(
+            "[chaos] warning: {} order(s) applied out of commit order:\n  {}",
+            report.audit.applied_out_of_order,
+            report.audit.examples.join("\n  ")
+        );
+    }
     let problems = report.audit.problems();
     assert!(
         problems.is_empty(),
