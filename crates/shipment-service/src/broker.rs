@@ -17,9 +17,8 @@
 //! confirms, then acked: never a requeue loop, never a drop.
 
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -114,7 +113,8 @@ pub struct BrokerSession {
     pub connection: Connection,
     /// Confirm-mode channel for dead-letter publishes.
     publisher: Channel,
-    consume_channel: Channel,
+    /// The consumer's channel, held for the session's life (its consumer is `consumer`).
+    _consume_channel: Channel,
     pub consumer: lapin::Consumer,
 }
 
@@ -148,19 +148,19 @@ impl BrokerSession {
         Ok(Self {
             connection,
             publisher,
-            consume_channel,
+            _consume_channel: consume_channel,
             consumer,
         })
     }
 
-    /// Stops consuming and closes the connection; unacked deliveries go back to the queue.
+    /// Closes the connection; unacked deliveries go back to the queue.
+    ///
+    /// No `basic.cancel` first: with a single active consumer (a partition), RabbitMQ 3.10
+    /// activates the next consumer on the cancel while the cancelled one still holds its
+    /// unacked deliveries, so the next one would apply later events before those come back (an
+    /// order's cancel before its creation, seen in the cluster fault run). Closing returns the
+    /// deliveries and activates the next consumer in one step, the returned ones first.
     pub async fn close(self) {
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            self.consume_channel
-                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default()),
-        )
-        .await;
         self.abandon("shutdown").await;
     }
 
