@@ -180,20 +180,21 @@ async fn wait_spread(instances: &[&ServiceProcess]) -> Result<Vec<usize>> {
 }
 
 /// The management API of the node on `port`: the node leading each partition queue.
-/// The node the relay's connection is on (management API of the node on `port`).
-async fn relay_node(http: &reqwest::Client, port: u16) -> Option<String> {
-    let connections: Value = http
-        .get(format!(
-            "http://127.0.0.1:{}/api/connections",
-            port + 10_000
-        ))
+/// GET `path` of the management API of the node on `port` (its port + 10000), as JSON.
+async fn management_get(http: &reqwest::Client, port: u16, path: &str) -> Option<Value> {
+    http.get(format!("http://127.0.0.1:{}/api/{path}", port + 10_000))
         .basic_auth("guest", Some("guest"))
         .send()
         .await
         .ok()?
         .json()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// The node the relay's connection is on.
+async fn relay_node(http: &reqwest::Client, port: u16) -> Option<String> {
+    let connections = management_get(http, port, "connections").await?;
     connections.as_array()?.iter().find(|connection| {
         connection["client_properties"]["connection_name"].as_str() == Some("outbox-relay")
     })?["node"]
@@ -201,22 +202,11 @@ async fn relay_node(http: &reqwest::Client, port: u16) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The node leading each partition queue.
 async fn partition_leaders(http: &reqwest::Client, port: u16) -> Option<Vec<String>> {
     let mut leaders = Vec::new();
-    for partition in 0..PARTITIONS {
-        let url = format!(
-            "http://127.0.0.1:{}/api/queues/%2F/shipment.orders.{partition}",
-            port + 10_000
-        );
-        let queue: Value = http
-            .get(url)
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+    for queue in work_queues() {
+        let queue = management_get(http, port, &format!("queues/%2F/{queue}")).await?;
         leaders.push(queue["leader"].as_str()?.to_owned());
     }
     Some(leaders)
