@@ -167,6 +167,9 @@ pub(crate) struct Pipeline<S: Source, C: Connector> {
     commit_time: Option<CommitTime>,
     /// The stalled row's table and reason while reported (logged and counted once).
     row_stall: Option<(u32, String)>,
+    /// When the broker connection was last seen blocked by a resource alarm: confirms are
+    /// late then, not lost, so the confirm timeout counts from CONFIRM_TIMEOUT after it.
+    blocked_seen: Option<Instant>,
     source_backoff: Backoff,
     refused_backoff: Backoff,
     row_backoff: Backoff,
@@ -217,6 +220,7 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             in_transaction: false,
             commit_time: None,
             row_stall: None,
+            blocked_seen: None,
             source_backoff: Backoff::new(MAX_BACKOFF),
             refused_backoff: Backoff::new(MAX_BACKOFF),
             row_backoff: Backoff::new(MAX_BACKOFF),
@@ -674,7 +678,16 @@ impl<S: Source, C: Connector> Pipeline<S, C> {
             self.status.set_server_wal_end(lsn);
         }
         metrics::gauge!(LAG_BYTES).set(self.status.lag_bytes() as f64);
+        let blocked = self.broker.sink().and_then(|sink| sink.blocked());
+        if blocked.is_some() {
+            self.blocked_seen = Some(Instant::now());
+        }
+        self.status.set_broker_blocked(blocked);
+        let alarm_recently = self
+            .blocked_seen
+            .is_some_and(|at| at.elapsed() <= CONFIRM_TIMEOUT);
         if !self.confirms.is_empty()
+            && !alarm_recently
             && self
                 .window
                 .oldest_published_at()

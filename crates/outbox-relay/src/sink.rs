@@ -172,6 +172,13 @@ pub trait Sink: Send + 'static {
     /// Whether the connection is usable (a lost one is replaced by the pipeline).
     fn is_connected(&self) -> bool;
 
+    /// Why the broker holds publishes back (RabbitMQ's `connection.blocked` under a memory or
+    /// disk alarm), while it does. A blocked connection is not a broken one: confirms are
+    /// late, not lost.
+    fn blocked(&self) -> Option<String> {
+        None
+    }
+
     /// Closes the connection politely, within a bounded time.
     fn close(self) -> impl Future<Output = ()> + Send;
 }
@@ -349,6 +356,10 @@ impl Sink for AmqpSink {
 
     fn is_connected(&self) -> bool {
         AmqpSink::is_connected(self)
+    }
+
+    fn blocked(&self) -> Option<String> {
+        self.publisher.blocked()
     }
 
     fn close(self) -> impl Future<Output = ()> + Send {

@@ -13,6 +13,10 @@
 //! - `reconnects_total{server}` (`postgresql` | `rabbitmq`);
 //! - `unroutable_total{reason}` (`returned` | `nacked` | `row`), `stalled` (0/1),
 //!   `standby` (0/1);
+//! - `broker_blocked` (0/1): RabbitMQ blocks the publisher's connection (a memory or disk
+//!   alarm); `/health` says why and is not ready meanwhile;
+//! - `slot_invalidated` (0/1, replication source): PostgreSQL invalidated the slot
+//!   (`max_slot_wal_keep_size`); `/health`'s `last_error` says what to run;
 //! - polling source only: `polling_backlog_rows{table}`, the rows in each outbox table
 //!   (`count(*)`, sampled about once a second). With that source `confirmed_lsn` and
 //!   `lag_bytes` stay 0, and `oldest_unconfirmed_event_age_seconds` is the age of the oldest
@@ -191,6 +195,7 @@ pub struct RelayStatus {
     confirmed: AtomicU64,
     unroutable: AtomicU64,
     stalled: Mutex<Option<String>>,
+    broker_blocked: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -204,6 +209,10 @@ pub struct HealthReport {
     pub broker_connected: bool,
     /// Why the relay does not advance (an unroutable event or row), if it does not.
     pub stalled: Option<String>,
+    /// Why RabbitMQ holds the relay's publishes back (`connection.blocked`: a memory or disk
+    /// alarm), while it does; not ready meanwhile. Events wait in the bounded window.
+    #[serde(default)]
+    pub broker_blocked: Option<String>,
     pub last_confirmed_lsn: String,
     pub lag_bytes: u64,
     pub in_flight_events: u64,
@@ -268,6 +277,13 @@ impl RelayStatus {
         *lock(&self.stalled) = reason;
     }
 
+    /// Sets the broker's block reason (None when not blocked) and
+    /// `outbox_relay_broker_blocked`.
+    pub fn set_broker_blocked(&self, reason: Option<String>) {
+        metrics::gauge!(BROKER_BLOCKED).set(if reason.is_some() { 1.0 } else { 0.0 });
+        *lock(&self.broker_blocked) = reason;
+    }
+
     pub fn set_last_error(&self, error: Option<String>) {
         *lock(&self.last_error) = error;
     }
@@ -283,12 +299,14 @@ impl RelayStatus {
         let streaming = self.streaming.load(Ordering::Relaxed);
         let broker_connected = self.broker_connected.load(Ordering::Relaxed);
         let stalled = lock(&self.stalled).clone();
+        let broker_blocked = lock(&self.broker_blocked).clone();
         HealthReport {
-            ready: streaming && broker_connected && stalled.is_none(),
+            ready: streaming && broker_connected && stalled.is_none() && broker_blocked.is_none(),
             streaming,
             standby: self.standby.load(Ordering::Relaxed),
             broker_connected,
             stalled,
+            broker_blocked,
             last_confirmed_lsn: pgoutput::Lsn(self.confirmed_lsn.load(Ordering::Relaxed))
                 .to_string(),
             lag_bytes: self.lag_bytes(),

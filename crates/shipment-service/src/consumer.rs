@@ -64,6 +64,8 @@ use crate::partitions::PartitionReport;
 #[derive(Debug, Default)]
 pub struct Health {
     pub broker_connected: AtomicBool,
+    /// Why RabbitMQ blocks the connection (a memory or disk alarm), while it does.
+    broker_blocked: std::sync::Mutex<Option<String>>,
     /// With partitions: which ones this instance applies (`None` with a single queue).
     partitions: std::sync::Mutex<Option<PartitionReport>>,
 }
@@ -72,6 +74,33 @@ impl Health {
     pub fn set_broker_connected(&self, connected: bool) {
         self.broker_connected.store(connected, Ordering::Relaxed);
         metrics::gauge!(names::BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+    }
+
+    /// Records RabbitMQ's `connection.blocked` reason (None on `unblocked`), logs the change
+    /// and sets `shipment_broker_blocked`.
+    pub fn set_broker_blocked(&self, reason: Option<String>) {
+        let Ok(mut current) = self.broker_blocked.lock() else {
+            return;
+        };
+        if *current == reason {
+            return;
+        }
+        match &reason {
+            Some(reason) => {
+                tracing::warn!(%reason, "RabbitMQ blocked the connection (a resource alarm): consuming goes on; dead-letter publishes wait until it lifts")
+            }
+            None if current.is_some() => tracing::info!("RabbitMQ unblocked the connection"),
+            None => {}
+        }
+        metrics::gauge!(names::BROKER_BLOCKED).set(if reason.is_some() { 1.0 } else { 0.0 });
+        *current = reason;
+    }
+
+    pub fn broker_blocked(&self) -> Option<String> {
+        self.broker_blocked
+            .lock()
+            .ok()
+            .and_then(|reason| reason.clone())
     }
 
     pub fn set_partitions(&self, report: PartitionReport) {
@@ -179,6 +208,9 @@ impl Consumer {
             backoff.reset();
             let stop = self.consume(&current, &shutdown).await;
             self.set_broker_connected(false);
+            if self.reports_connection {
+                self.health.set_broker_blocked(None);
+            }
             match stop {
                 Stop::Shutdown => {
                     current.close().await;
@@ -206,6 +238,9 @@ impl Consumer {
         // One decoded batch waits while another is applied; more would only hold deliveries
         // the broker counts against the window anyway.
         let (sender, mut batches) = mpsc::channel(1);
+        let _alarms = self
+            .reports_connection
+            .then(|| watch_alarms(&session.connection, &self.health));
         let _reader = AbortOnDrop(tokio::spawn(read_batches(
             session.consumer.clone(),
             usize::from(self.settings.batch_size.max(1)),
@@ -570,7 +605,22 @@ fn received(delivery: Delivery) -> Received {
 }
 
 /// Stops the reader task when the session's consume loop ends, however it ends.
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(JoinHandle<()>);
+
+/// Follows `connection`'s `connection.blocked`/`unblocked` into `health` until dropped.
+pub(crate) fn watch_alarms(connection: &lapin::Connection, health: &Arc<Health>) -> AbortOnDrop {
+    let mut events = connection.events_listener();
+    let health = Arc::clone(health);
+    AbortOnDrop(tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => health.set_broker_blocked(Some(reason)),
+                lapin::Event::ConnectionUnblocked => health.set_broker_blocked(None),
+                _ => {}
+            }
+        }
+    }))
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -186,6 +186,11 @@ struct HealthBody {
     status: &'static str,
     database: &'static str,
     broker: &'static str,
+    /// Why RabbitMQ blocks the connection (a memory or disk alarm), while it does. Consuming
+    /// goes on meanwhile (it frees the broker), so the service stays healthy; only
+    /// dead-letter publishes wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker_blocked: Option<String>,
     /// With `SHIPMENT_PARTITIONS` > 1: this instance's id, the members it sees, the partitions
     /// it applies.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +216,7 @@ async fn health(State(state): State<AppState>) -> Response {
         status: word(database_up && broker_up),
         database: word(database_up),
         broker: word(broker_up),
+        broker_blocked: state.health.broker_blocked(),
         partitions: state.health.partitions(),
     };
     (status, Json(body)).into_response()

@@ -10,6 +10,7 @@
 //! | `shipment_event_delay_seconds` | | from the event's AMQP timestamp (whole seconds) to its commit here |
 //! | `shipment_orphaned_line_updates_total` | | parked updates that did not fit their order |
 //! | `shipment_broker_connected` / `shipment_database_up` | | 1 when reachable |
+//! | `shipment_broker_blocked` | | 1 while RabbitMQ blocks the connection (a memory or disk alarm) |
 //! | `shipment_partitions_owned` | | partitions this instance applies (`SHIPMENT_PARTITIONS` > 1) |
 //! | `shipment_partition_members` | | instances this one sees alive |
 //! | `shipment_partition_handovers_total` | `direction` | partitions taken or released |
@@ -24,6 +25,7 @@ pub const PROCESSING_SECONDS: &str = "shipment_processing_seconds";
 pub const EVENT_DELAY_SECONDS: &str = "shipment_event_delay_seconds";
 pub const ORPHANED_UPDATES: &str = "shipment_orphaned_line_updates_total";
 pub const BROKER_CONNECTED: &str = "shipment_broker_connected";
+pub const BROKER_BLOCKED: &str = "shipment_broker_blocked";
 pub const DATABASE_UP: &str = "shipment_database_up";
 pub const PARTITIONS_OWNED: &str = "shipment_partitions_owned";
 pub const MEMBERS: &str = "shipment_partition_members";
@@ -70,6 +72,12 @@ pub fn describe() {
         "Parked line updates that did not match a line of their order"
     );
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ");
+    metrics::describe_gauge!(
+        BROKER_BLOCKED,
+        "1 while RabbitMQ blocks the connection (a memory or disk alarm)"
+    );
+    // Present from the start, so an alert on it has a series before the first alarm.
+    metrics::gauge!(BROKER_BLOCKED).set(0.0);
     metrics::describe_gauge!(DATABASE_UP, "1 while PostgreSQL answers");
     metrics::describe_gauge!(
         PARTITIONS_OWNED,

@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerError};
 use crate::config::{BrokerSettings, ConsumerSettings};
-use crate::consumer::{Consumer, Health};
+use crate::consumer::{Consumer, Health, watch_alarms};
 use crate::metrics as names;
 
 /// How often an instance announces itself.
@@ -208,8 +208,10 @@ async fn membership(
             Ok(session) => {
                 backoff.reset();
                 health.set_broker_connected(true);
+                let _alarms = watch_alarms(&session.connection, &health);
                 let error = session.run(me, &view, &shutdown).await;
                 health.set_broker_connected(false);
+                health.set_broker_blocked(None);
                 session.close().await;
                 match error {
                     None => return,
@@ -340,6 +342,14 @@ impl MemberSession {
                     // lapin does not always wake a consumer stream when the socket dies.
                     if !self.connection.status().connected() {
                         return Some(BrokerError::ConnectionClosed);
+                    }
+                    // A resource alarm blocks every instance's announcements at once: silence
+                    // then says nothing about who is alive. Keep the view (and so every
+                    // partition's consumer, which frees the broker) until it lifts.
+                    if self.connection.status().blocked() {
+                        let now = Instant::now();
+                        heard.values_mut().for_each(|seen| *seen = now);
+                        continue;
                     }
                     if announced.elapsed() >= HEARTBEAT {
                         announced = Instant::now();

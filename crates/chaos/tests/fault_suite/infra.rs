@@ -219,6 +219,19 @@ impl PrivateInfra {
         Ok((stopped, started.elapsed() - stopped))
     }
 
+    /// Raises RabbitMQ's disk alarm (a free-disk limit far above the free space): the broker
+    /// blocks every publishing connection until [`Self::lower_disk_alarm`].
+    pub async fn raise_disk_alarm(&self) -> Result<()> {
+        self.script(&["rabbitmqctl", "set_disk_free_limit", "1000000GB"])
+            .await
+    }
+
+    /// Puts the disk free limit back to RabbitMQ's default (50 MB): the alarm clears.
+    pub async fn lower_disk_alarm(&self) -> Result<()> {
+        self.script(&["rabbitmqctl", "set_disk_free_limit", "50MB"])
+            .await
+    }
+
     /// Stops both servers and deletes the run folder.
     pub async fn stop(mut self) -> Result<()> {
         let rabbitmq = if self.cluster_ports.is_empty() {

@@ -1,8 +1,12 @@
 //! The fault suite (issue 6): the three real binaries on a private PostgreSQL cluster and a
 //! private RabbitMQ node, under a producer load through the HTTP API, while faults hit them:
 //! the relay SIGKILLed at random moments and restarted, the shipment-service SIGKILLed while
-//! it consumes and restarted, RabbitMQ restarted, PostgreSQL restarted, and `shipment.orders`
-//! unbound from `order.events` for a few seconds. Then the load stops, the system drains, and
+//! it consumes and restarted, RabbitMQ restarted, PostgreSQL restarted, `shipment.orders`
+//! unbound from `order.events` for a few seconds, and RabbitMQ's disk alarm raised (a free-disk
+//! limit above the free space: the broker blocks every publisher) for a few seconds, or 40 s in
+//! the long run (past the relay's confirm timeout, which a blocked connection must not trip:
+//! the relay reports the block in `/health` and `outbox_relay_broker_blocked`, keeps its
+//! connection and resumes). Then the load stops, the system drains, and
 //! the audit ([`audit`]) checks from the databases that nothing was lost and nothing applied
 //! twice, and the run prints its counts.
 //!
@@ -28,7 +32,7 @@ mod services;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -57,6 +61,9 @@ struct Plan {
     postgres_stop: PgStop,
     rabbitmq_restart: RabbitMqRestart,
     unbind_for: Duration,
+    /// How long the disk alarm blocks publishers (the long run: past the relay's 30 s
+    /// confirm timeout, which an alarm must not trip).
+    alarm_for: Duration,
     /// Random pause before each fault, in milliseconds (load keeps running).
     pause_before_fault_ms: (u64, u64),
     /// Load after the last fault, before it stops.
@@ -74,6 +81,7 @@ impl Plan {
             postgres_stop: PgStop::Fast,
             rabbitmq_restart: RabbitMqRestart::Application,
             unbind_for: Duration::from_secs(3),
+            alarm_for: Duration::from_secs(4),
             pause_before_fault_ms: (1_000, 3_000),
             load_after_faults: Duration::from_secs(3),
             load: LoadSettings {
@@ -94,6 +102,7 @@ impl Plan {
             postgres_stop: PgStop::Immediate,
             rabbitmq_restart: RabbitMqRestart::Node,
             unbind_for: Duration::from_secs(5),
+            alarm_for: Duration::from_secs(40),
             pause_before_fault_ms: (3_000, 8_000),
             load_after_faults: Duration::from_secs(5),
             load: LoadSettings {
@@ -112,6 +121,7 @@ impl Plan {
             Fault::RestartRabbitMq,
             Fault::RestartPostgres,
             Fault::UnbindQueue,
+            Fault::BrokerAlarm,
         ];
         faults.extend((0..self.relay_kills).map(|_| Fault::KillRelay));
         faults.shuffle(rng);
@@ -126,6 +136,7 @@ enum Fault {
     RestartRabbitMq,
     RestartPostgres,
     UnbindQueue,
+    BrokerAlarm,
 }
 
 /// Counters of the services' `/metrics`, summed over every process of a service (each is read
@@ -356,6 +367,54 @@ impl System {
                     "PostgreSQL {} and started; everything healthy again after {:.1} s",
                     plan.postgres_stop.describe(),
                     started.elapsed().as_secs_f64()
+                ))
+            }
+            Fault::BrokerAlarm => {
+                let started = Instant::now();
+                infra.raise_disk_alarm().await?;
+                // The relay publishes under load, so RabbitMQ blocks it at its next publish.
+                let (_, blocked) = self
+                    .relay
+                    .wait_health(
+                        "the relay to report the broker's block",
+                        RECOVERY,
+                        |_, body| body["broker_blocked"].is_string(),
+                    )
+                    .await?;
+                let reported_after = started.elapsed();
+                let reason = blocked["broker_blocked"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let metrics = self.relay.metrics().await?;
+                ensure!(
+                    metric_sum(&metrics, "outbox_relay_broker_blocked", None) == 1.0,
+                    "the relay's /health says blocked but outbox_relay_broker_blocked is not 1"
+                );
+                let rabbitmq_reconnects = |text: &str| {
+                    metric_sum(
+                        text,
+                        "outbox_relay_reconnects_total",
+                        Some("server=\"rabbitmq\""),
+                    )
+                };
+                let reconnects_when_blocked = rabbitmq_reconnects(&metrics);
+                tokio::time::sleep(plan.alarm_for).await;
+                // Blocked, not broken: the relay kept its connection (no reconnect, no
+                // publishing everything again) however long the alarm lasted.
+                let reconnects_after = rabbitmq_reconnects(&self.relay.metrics().await?);
+                let lowered = Instant::now();
+                infra.lower_disk_alarm().await?;
+                self.relay.wait_healthy(RECOVERY).await?;
+                ensure!(
+                    reconnects_after == reconnects_when_blocked,
+                    "the relay reconnected to RabbitMQ during the alarm ({reconnects_when_blocked} → {reconnects_after})"
+                );
+                Ok(format!(
+                    "disk alarm for {:.1} s: relay reported blocked ({reason}) {:.1} s after it was raised and kept its connection; healthy again {:.1} s after it was lowered",
+                    lowered.duration_since(started).as_secs_f64(),
+                    reported_after.as_secs_f64(),
+                    lowered.elapsed().as_secs_f64()
                 ))
             }
             Fault::UnbindQueue => {
@@ -700,7 +759,7 @@ fn check(report: &Report) {
         report.plan.relay_kills as usize,
         "every relay kill was survived"
     );
-    assert_eq!(report.faults.len(), report.plan.relay_kills as usize + 4);
+    assert_eq!(report.faults.len(), report.plan.relay_kills as usize + 5);
     // The audit is not blind: the state broken on purpose afterwards fails it.
     let control = &report.control;
     assert_eq!(control.orders_without_shipment, 1, "control: {control}");

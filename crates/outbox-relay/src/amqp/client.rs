@@ -70,6 +70,9 @@ struct Slot {
 struct State {
     /// Why the connection is unusable, once it is.
     failed: Option<String>,
+    /// Why RabbitMQ blocked the connection (`connection.blocked`: a memory or disk alarm),
+    /// until `connection.unblocked`.
+    blocked: Option<String>,
     /// Unfinished publishes in tag order; `slots[i].tag == first_tag + i`.
     slots: VecDeque<Slot>,
     first_tag: u64,
@@ -310,8 +313,6 @@ impl Publisher {
             "AMQP connection open: channel 1 in confirm mode"
         );
 
-        // A new connection starts unblocked.
-        metrics::gauge!(crate::telemetry::BROKER_BLOCKED).set(0.0);
         let shared = Arc::new(Shared::default());
         shared.lock().first_tag = 1;
         let (to_writer, from_publisher) = mpsc::unbounded_channel();
@@ -344,6 +345,11 @@ impl Publisher {
     /// Why the connection is unusable, if it is.
     pub fn failure(&self) -> Option<String> {
         self.shared.lock().failed.clone()
+    }
+
+    /// Why RabbitMQ blocks this connection's publishes (a resource alarm), while it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.shared.lock().blocked.clone()
     }
 
     /// Declares a durable exchange of `kind` and waits for the broker's answer.
@@ -709,12 +715,12 @@ fn handle_method(
         }
         method::CONNECTION_BLOCKED => {
             let reason = reader.short_string()?;
-            metrics::gauge!(crate::telemetry::BROKER_BLOCKED).set(1.0);
             tracing::warn!(%reason, "RabbitMQ blocked the connection: publishing waits until it unblocks (a resource alarm: memory or disk)");
+            shared.lock().blocked = Some(reason);
         }
         method::CONNECTION_UNBLOCKED => {
-            metrics::gauge!(crate::telemetry::BROKER_BLOCKED).set(0.0);
             tracing::info!("RabbitMQ unblocked the connection");
+            shared.lock().blocked = None;
         }
         _ => {}
     }
