@@ -118,7 +118,12 @@ CONF
   fi
   # The port can differ from the one the cluster was created with.
   log "starting PostgreSQL on $PG_HOST:$PG_PORT"
-  as_pg_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgresql.log" -o "-p $PG_PORT" -w -t 60 start >/dev/null \
+  # max_slot_wal_keep_size bounds the WAL an abandoned or stopped relay's slot can hold
+  # (PostgreSQL's default keeps it all, until the disk fills); past it PostgreSQL invalidates
+  # the slot and the relay says how to recover (docs/operations.md). On the command line, so
+  # clusters created before this setting get it too.
+  as_pg_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgresql.log" \
+    -o "-p $PG_PORT -c max_slot_wal_keep_size=${PG_MAX_SLOT_WAL_KEEP_SIZE:-4GB}" -w -t 60 start >/dev/null \
     || { tail -n 20 "$dir/postgresql.log" >&2; die "PostgreSQL did not start (log: $dir/postgresql.log)"; }
 }
 

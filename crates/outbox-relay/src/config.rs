@@ -33,7 +33,7 @@ use service_kit::env::Vars;
 use service_kit::logging::LogFilter;
 use wire_format::WireFormat;
 
-pub use self::cli::Cli;
+pub use self::cli::{Cli, Command, ResyncArgs};
 pub use self::debezium_properties::{DebeziumProperties, EnvLookup, process_env};
 use crate::router::{ExchangeType, RouterConfig};
 pub use crate::sink::MessageProperties;
@@ -206,8 +206,15 @@ impl Config {
     /// Parses the process's flags and environment. A variable that is not UTF-8 fails here,
     /// named (clap would report it without its name).
     pub fn from_env_and_args() -> Result<Self, ConfigError> {
+        Ok(Self::command_line()?.0)
+    }
+
+    /// [`Config::from_env_and_args`], with the command asked for (none: run the relay).
+    pub fn command_line() -> Result<(Self, Option<Command>), ConfigError> {
         service_kit::env::check_unicode(&Vars::process(), ENV_VARS.iter().copied())?;
-        Self::from_cli(Cli::parse())
+        let mut cli = Cli::parse();
+        let command = cli.command.take();
+        Ok((Self::from_cli(cli)?, command))
     }
 
     /// Merges flags/env with the Debezium properties file (if any) and the defaults; the

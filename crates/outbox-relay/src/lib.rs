@@ -31,6 +31,9 @@
 //! - `pipeline`: the one event loop over any source and sink, with its state as enums
 //!   (reading, publishing, lifecycle): retries, reconnects, standby, stalls, shutdown.
 //! - [`http`] and [`telemetry`]: `/health`, `/metrics`, logs.
+//! - [`resync`]: `outbox-relay resync`, re-publishing rows still in the table (a time range,
+//!   or from an event on) through the same pipeline; with `--recreate-slot`, the way back
+//!   from a slot PostgreSQL invalidated.
 //!
 //! # Entry points
 //! [`run`] runs a relay until a shutdown future resolves (the binary passes SIGTERM/SIGINT);
@@ -58,6 +61,7 @@ mod pipeline;
 mod pipeline_tests;
 mod polling;
 mod replication;
+pub mod resync;
 pub mod router;
 mod row;
 pub mod sink;

@@ -98,7 +98,7 @@ use crate::source::{
 use crate::telemetry::{CommitTime, POLLING_BACKLOG_ROWS};
 
 /// The column the polling source orders by when the table has it.
-const TIMESTAMP_COLUMN: &str = "timestamp";
+pub(crate) const TIMESTAMP_COLUMN: &str = "timestamp";
 /// `timestamp` and `timestamptz`: the types whose value becomes the AMQP timestamp.
 const TIMESTAMP_TYPE_OIDS: [u32; 2] = [1114, 1184];
 /// How often the backlog gauges are sampled.
@@ -145,17 +145,17 @@ fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> PollingStartError
 }
 
 /// `"name"`, with embedded quotes doubled.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// What the polling source knows about one outbox table, read from the catalog.
 #[derive(Debug, Clone)]
-struct TableShape {
+pub(crate) struct TableShape {
     /// The table's columns; its id is the table's OID.
-    schema: TableSchema,
+    pub(crate) schema: TableSchema,
     /// Whether the select list ends with the `timestamp` column as Unix microseconds.
-    has_epoch: bool,
+    pub(crate) has_epoch: bool,
     /// Whether an index leads with the first ORDER BY column.
     order_indexed: bool,
     select_sql: String,
@@ -164,7 +164,7 @@ struct TableShape {
 }
 
 /// Reads `table`'s columns and builds its statements.
-async fn describe(
+pub(crate) async fn describe(
     connection: &mut PgConnection,
     table: &TableName,
     id_column: &str,

@@ -168,15 +168,22 @@ async fn ensure_slot(
     slot: &str,
 ) -> Result<Lsn, StartError> {
     for _ in 0..2 {
-        let existing: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT plugin::text, database::text, confirmed_flush_lsn::text \
-             FROM pg_replication_slots WHERE slot_name = $1",
+        // plugin, database, confirmed_flush_lsn, wal_status
+        type SlotRow = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let existing: Option<SlotRow> = sqlx::query_as(
+            "SELECT plugin::text, database::text, confirmed_flush_lsn::text, wal_status \
+                 FROM pg_replication_slots WHERE slot_name = $1",
         )
         .bind(slot)
         .fetch_optional(&mut *connection)
         .await
         .map_err(sql("looking up the replication slot"))?;
-        if let Some((plugin, database, confirmed)) = existing {
+        if let Some((plugin, database, confirmed, wal_status)) = existing {
             let plugin = plugin.unwrap_or_default();
             let database = database.unwrap_or_default();
             if plugin != "pgoutput" || database != settings.database {
@@ -191,6 +198,8 @@ async fn ensure_slot(
                 .as_deref()
                 .and_then(|text| text.parse::<Lsn>().ok())
                 .unwrap_or(Lsn(0));
+            check_wal_status(slot, wal_status.as_deref(), confirmed)
+                .map_err(|invalidated| StartError::SlotInvalidated(Box::new(invalidated)))?;
             return Ok(confirmed);
         }
         match sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
@@ -211,14 +220,66 @@ async fn ensure_slot(
     })
 }
 
-/// Reads the slot's confirmed position (used before each new replication session).
+/// A slot PostgreSQL invalidated: it held more WAL than `max_slot_wal_keep_size` allows, so
+/// the WAL after `confirmed` was removed and cannot be streamed any more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "replication slot {slot:?} was invalidated by PostgreSQL (wal_status = lost): it held more \
+     WAL than max_slot_wal_keep_size allows, and the WAL after its confirmed position {confirmed} \
+     is gone, so events committed since then cannot be streamed. To recover: stop every relay \
+     on this slot, then run `outbox-relay resync --recreate-slot --since <a time before the \
+     relay fell behind>`: it drops and re-creates the slot first, then re-publishes the \
+     outbox rows still in the table from that time with their ids (consumers deduplicate); \
+     start the relay after it and it streams from the new slot with no gap. See \
+     docs/operations.md, \"Invalidated slot\"."
+)]
+pub struct SlotInvalidated {
+    pub slot: String,
+    pub confirmed: Lsn,
+}
+
+/// Gauge `outbox_relay_slot_invalidated`.
+pub const SLOT_INVALIDATED: &str = "outbox_relay_slot_invalidated";
+
+/// Fails for a `lost` slot; warns (once per call) for one PostgreSQL is about to invalidate.
+fn check_wal_status(
+    slot: &str,
+    wal_status: Option<&str>,
+    confirmed: Lsn,
+) -> Result<(), SlotInvalidated> {
+    match wal_status {
+        Some("lost") => {
+            metrics::gauge!(SLOT_INVALIDATED).set(1.0);
+            Err(SlotInvalidated {
+                slot: slot.to_owned(),
+                confirmed,
+            })
+        }
+        Some("unreserved") => {
+            metrics::gauge!(SLOT_INVALIDATED).set(0.0);
+            tracing::warn!(
+                slot,
+                "replication slot holds more WAL than max_slot_wal_keep_size: PostgreSQL \
+                 invalidates it at its next checkpoint unless the relay catches up first"
+            );
+            Ok(())
+        }
+        _ => {
+            metrics::gauge!(SLOT_INVALIDATED).set(0.0);
+            Ok(())
+        }
+    }
+}
+
+/// Reads the slot's confirmed position (used before each new replication session); fails
+/// with [`SourceError::SlotInvalidated`] for a slot PostgreSQL invalidated.
 pub async fn slot_position(
     settings: &PostgresSettings,
     slot: &str,
-) -> Result<Option<SlotPosition>, StartError> {
+) -> Result<Option<SlotPosition>, SourceError> {
     let mut connection = connect(settings, Duration::ZERO).await?;
-    let row: Option<(Option<String>, String)> = sqlx::query_as(
-        "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text \
+    let row: Option<(Option<String>, String, Option<String>)> = sqlx::query_as(
+        "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text, wal_status \
          FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(slot)
@@ -226,9 +287,14 @@ pub async fn slot_position(
     .await
     .map_err(sql("reading the slot position"))?;
     close_bounded(connection).await;
-    Ok(row.and_then(|(confirmed, server_wal)| {
+    let Some((confirmed, server_wal, wal_status)) = row else {
+        return Ok(None);
+    };
+    let confirmed = confirmed.and_then(|text| text.parse::<Lsn>().ok());
+    check_wal_status(slot, wal_status.as_deref(), confirmed.unwrap_or(Lsn(0)))?;
+    Ok(confirmed.and_then(|confirmed| {
         Some(SlotPosition {
-            confirmed: confirmed?.parse().ok()?,
+            confirmed,
             server_wal: server_wal.parse().ok()?,
         })
     }))

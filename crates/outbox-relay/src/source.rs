@@ -70,14 +70,17 @@ pub enum SourceError {
     Decode(#[from] pgoutput::DecodeError),
     #[error("PostgreSQL: {0}")]
     Sql(#[from] sqlx::Error),
-    /// The slot was dropped, or invalidated (`max_slot_wal_keep_size`), while the relay ran.
+    /// The slot was dropped while the relay ran.
     #[error(
-        "replication slot {slot:?} no longer exists (dropped, or invalidated because it held more \
-         WAL than max_slot_wal_keep_size allows): the WAL since the relay's last confirmed \
-         position may be gone; restarting the relay creates the slot anew at the current WAL \
-         position, so events committed in between are not relayed unless re-published"
+        "replication slot {slot:?} no longer exists (dropped while the relay ran): the WAL \
+         since the relay's last confirmed position may be gone. Stop the relays and run \
+         `outbox-relay resync --recreate-slot --since <a time before the slot was dropped>` \
+         (creates the slot, then re-publishes the rows still in the table from then), then \
+         start the relay (docs/operations.md)"
     )]
     SlotMissing { slot: String },
+    #[error(transparent)]
+    SlotInvalidated(#[from] crate::replication::SlotInvalidated),
     #[error(transparent)]
     Start(#[from] StartError),
     #[error(transparent)]
@@ -184,6 +187,8 @@ pub enum StartError {
          sslmode=prefer or disable, or RELAY_SOURCE=polling"
     )]
     ReplicationTls { mode: String },
+    #[error(transparent)]
+    SlotInvalidated(Box<crate::replication::SlotInvalidated>),
     #[error("{what} failed: {source}")]
     Sql {
         what: String,

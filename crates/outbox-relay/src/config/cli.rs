@@ -154,4 +154,45 @@ pub struct Cli {
     /// Polling source: most rows read, published and deleted per transaction [default: 500].
     #[arg(long, env = "RELAY_POLL_BATCH_SIZE")]
     pub poll_batch_size: Option<String>,
+
+    /// Without a command the relay runs until stopped.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands, run with the relay's settings.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Re-publishes the outbox rows still in the table(s) for a time range, or from an event
+    /// on, with their event ids as message ids (consumers deduplicate), then exits. With
+    /// --recreate-slot it first drops a slot PostgreSQL invalidated and creates it anew, so a
+    /// relay started afterwards streams every later event: no gap.
+    Resync(ResyncArgs),
+}
+
+/// Flags of `outbox-relay resync`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResyncArgs {
+    /// Rows whose `timestamp` column is at or after this time (RFC 3339, e.g.
+    /// 2026-12-02T09:30:00Z).
+    #[arg(
+        long,
+        required_unless_present = "from_event",
+        conflicts_with = "from_event"
+    )]
+    pub since: Option<String>,
+    /// From this event on: rows stamped at or after its `timestamp`, the event included.
+    #[arg(long)]
+    pub from_event: Option<String>,
+    /// Only rows stamped before this time (RFC 3339) [default: no end].
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Drop the replication slot first if PostgreSQL invalidated it, and create it (anew)
+    /// before reading the table, so streaming resumes after the resync with no gap. Refused
+    /// while a relay holds the slot, and for a slot that is still valid.
+    #[arg(long)]
+    pub recreate_slot: bool,
+    /// Count the rows in the range and print the first and last; publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
