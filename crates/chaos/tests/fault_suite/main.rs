@@ -400,6 +400,21 @@ impl System {
                 };
                 let reconnects_when_blocked = rabbitmq_reconnects(&metrics);
                 tokio::time::sleep(plan.alarm_for).await;
+                // Bounded meanwhile: the relay holds at most its window (1,024 by default)
+                // and leaves the rest in the WAL.
+                let (_, during) = self
+                    .relay
+                    .wait_health(
+                        "the relay's health during the alarm",
+                        RECOVERY,
+                        |_, body| body["broker_blocked"].is_string(),
+                    )
+                    .await?;
+                let in_flight = during["in_flight_events"].as_u64().unwrap_or(u64::MAX);
+                ensure!(
+                    in_flight <= 1024,
+                    "{in_flight} events in flight while blocked: more than the window"
+                );
                 // Blocked, not broken: the relay kept its connection (no reconnect, no
                 // publishing everything again) however long the alarm lasted.
                 let reconnects_after = rabbitmq_reconnects(&self.relay.metrics().await?);
@@ -411,7 +426,7 @@ impl System {
                     "the relay reconnected to RabbitMQ during the alarm ({reconnects_when_blocked} → {reconnects_after})"
                 );
                 Ok(format!(
-                    "disk alarm for {:.1} s: relay reported blocked ({reason}) {:.1} s after it was raised and kept its connection; healthy again {:.1} s after it was lowered",
+                    "disk alarm for {:.1} s: relay reported blocked ({reason}) {:.1} s after it was raised, kept its connection, {in_flight} events in flight at the end; healthy again {:.1} s after it was lowered",
                     lowered.duration_since(started).as_secs_f64(),
                     reported_after.as_secs_f64(),
                     lowered.elapsed().as_secs_f64()
