@@ -7,7 +7,7 @@ CARGO ?= cargo
 
 .PHONY: up up-detached down test infra infra-down lint fmt clean-test-resources create-order \
 	cancel-order-line order-service-logs shipment-service-logs relay-logs order-db-cli shipment-db-cli \
-	bench chaos chaos-cluster takeover-from-debezium deny cluster-up cluster-down
+	bench chaos chaos-cluster takeover-from-debezium deny cluster-up cluster-down dashboard-picture
 
 ORDER_SERVICE_URL ?= http://localhost:3000
 LOG_DIR := .local/logs
@@ -27,6 +27,11 @@ cluster-up:
 
 cluster-down:
 	scripts/infra.sh cluster-down
+
+## Draw docs/dashboard.png: the Grafana dashboard's panels over a few minutes of the running
+## system (`make up-detached` first) under load, with a RabbitMQ disk alarm half way.
+dashboard-picture:
+	scripts/dashboard-picture.sh
 
 ## Run the whole system in the foreground; Ctrl-C stops it.
 up:
