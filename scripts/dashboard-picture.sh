@@ -6,7 +6,7 @@
 #
 # Starts a private Prometheus (Debian's `prometheus` package, installed by `scripts/infra.sh
 # tools`) that scrapes the three services every 2 s, sends orders (and line cancellations)
-# through order-service's HTTP API at about 40 per second, raises the disk alarm for 30 s half
+# through order-service's HTTP API from 4 clients, raises the disk alarm for 30 s half
 # way (`ALARM=0` skips it), then renders each panel's queries with matplotlib (installed in a
 # virtualenv under .local/). Grafana has no package here, so the picture is the dashboard's
 # content and layout, not Grafana's look.
@@ -90,7 +90,7 @@ fi
 wait "$LOAD_PID"
 sleep 10
 end=$(date +%s)
-note="Load: ~40 orders/s through the HTTP API, 30% with a line cancelled."
+note="Load: 4 clients creating orders through the HTTP API (30% then cancel a line)."
 [ "${ALARM:-1}" = 1 ] && note="$note RabbitMQ disk alarm for 30 s half way."
 "$VENV/bin/python" "$REPO/scripts/render_dashboard.py" --prometheus "http://127.0.0.1:$PROM_PORT" \
   --start "$start" --end "$end" --out "$REPO/docs/dashboard.png" --note "$note"

@@ -55,7 +55,7 @@ def main():
 
     plt.style.use("dark_background")
     figure = plt.figure(figsize=(20, rows * 0.42), dpi=80)
-    grid = GridSpec(rows, 24, figure=figure, hspace=2.2, wspace=1.2)
+    grid = GridSpec(rows, 24, figure=figure, hspace=2.2, wspace=1.2, top=0.95, bottom=0.02)
     title = dashboard.get("title", "dashboard")
     window = datetime.fromtimestamp(args.start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figure.suptitle(f"{title}\n{window}, {int(args.end - args.start)} s. {args.note}", fontsize=13)
@@ -86,7 +86,11 @@ def main():
             axes.legend(fontsize=7, loc="upper left")
         if unit:
             axes.set_ylabel(unit, fontsize=8)
-        axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        axes.set_xlim(
+            datetime.fromtimestamp(args.start, timezone.utc),
+            datetime.fromtimestamp(args.end, timezone.utc),
+        )
+        axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
         axes.tick_params(labelsize=7)
         axes.grid(alpha=0.2)
     figure.savefig(args.out, bbox_inches="tight")
