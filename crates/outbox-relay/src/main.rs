@@ -7,8 +7,13 @@ use anyhow::Context;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let config = outbox_relay::Config::from_env_and_args().context("invalid configuration")?;
-    outbox_relay::telemetry::init_logging(&config.log_filter, config.log_format)
-        .context("cannot set up logging")?;
+    // Kept to the end of `main`: dropping it sends the last spans.
+    let _traces = outbox_relay::telemetry::init_logging(
+        &config.log_filter,
+        config.log_format,
+        &config.traces,
+    )
+    .context("cannot set up logging")?;
     config.log_notes();
     let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     outbox_relay::run(config, shutdown)

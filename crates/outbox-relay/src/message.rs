@@ -1,5 +1,6 @@
 //! One outbox row → the AMQP message to publish, whichever source read it (a row yields the
-//! same message from the WAL and from a poll).
+//! same message from the WAL and from a poll). The row's trace context, if any, becomes the
+//! `traceparent` and `tracestate` headers.
 
 use wire_format::WireFormat;
 
@@ -67,6 +68,17 @@ pub(crate) fn for_row(
         format: encoding.wire_format,
         reason: error.to_string(),
     })?;
+    let mut headers = encoded.headers;
+    if let Some(text) = routed.trace_context {
+        // Bare W3C values in both formats: tracing tools read them so, and a context that
+        // cannot be read costs only the trace headers, never the event.
+        match wire_format::TraceContext::from_properties(text) {
+            Some(context) => headers.extend(context.headers()),
+            None => {
+                tracing::debug!(event_id = %routed.event_id, "trace context column has no valid traceparent: no trace headers");
+            }
+        }
+    }
     if let Some(reason) = &encoded.debezium_fallback {
         tracing::warn!(event_id = %routed.event_id, %reason, "payload published unexpanded, as Debezium would");
     }
@@ -75,7 +87,7 @@ pub(crate) fn for_row(
         routing_key: routed.routing_key.to_owned(),
         message_id: routed.event_id.to_owned(),
         body: encoded.body.into(),
-        headers: encoded.headers,
+        headers,
         timestamp,
         exchange: routed.exchange,
         properties: encoding.properties,

@@ -76,6 +76,7 @@ const OUTBOX_KEYS: &[&str] = &[
     "table.field.event.payload",
     "table.fields.additional.placement",
     "table.expand.json.payload",
+    "tracing.span.context.field",
 ];
 
 /// The settings of a Debezium Server `application.properties` the relay reads, resolved.

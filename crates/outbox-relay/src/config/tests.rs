@@ -448,7 +448,9 @@ fn env_vars_are_the_flags_variables() {
         service_kit::postgres::ENV_VARS,
         service_kit::amqp::ENV_VARS,
         service_kit::logging::ENV_VARS,
+        service_kit::traces::ENV_VARS,
         &[
+            "RELAY_TRACING_SPAN_CONTEXT_FIELD",
             "RELAY_SLOT",
             "RELAY_PUBLICATION",
             "RELAY_TABLES",
