@@ -117,3 +117,88 @@ pub(crate) fn dead_letter(
         ordering_key: crate::sink::ordering_key(table),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::router::{RouterConfig, TableName};
+    use crate::row::{ColumnSchema, TableSchema, Value};
+
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn traced_router() -> Router {
+        let columns = [
+            ("id", 2950),
+            ("aggregate_type", 1043),
+            ("aggregate_id", 1043),
+            ("type", 1043),
+            ("payload", 3802),
+            ("tracingspancontext", 25),
+        ];
+        let mut router = Router::new(RouterConfig::default());
+        router.on_table(&TableSchema {
+            id: 1,
+            name: TableName::parse("orders.outbox_event").unwrap(),
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| ColumnSchema {
+                    name: (*name).to_owned(),
+                    type_oid: *type_oid,
+                })
+                .collect(),
+        });
+        router
+    }
+
+    fn row(context: Option<&'static str>) -> Row {
+        let text = |value: &'static str| Value::Text(Bytes::from_static(value.as_bytes()));
+        Row {
+            table: 1,
+            values: vec![
+                text("4e8b1f0a-6c1d-4f7e-9a52-1d2c3b4a5f60"),
+                text("order"),
+                text("agg-1"),
+                text("OrderCreated"),
+                text(r#"{"id": "agg-1"}"#),
+                context.map_or(Value::Null, text),
+            ],
+        }
+    }
+
+    fn trace_headers(format: WireFormat, context: Option<&'static str>) -> Vec<(String, String)> {
+        let encoding = Encoding {
+            wire_format: format,
+            payload_field: "payload".into(),
+            properties: crate::sink::MessageProperties::Full,
+        };
+        let message = for_row(&traced_router(), &encoding, &row(context), 0)
+            .unwrap()
+            .unwrap();
+        message
+            .headers
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("trace"))
+            .collect()
+    }
+
+    #[test]
+    fn the_trace_context_becomes_bare_headers_in_both_formats() {
+        let stored = "#Wed Dec 02 12:00:00 UTC 2026\ntraceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\ntracestate=a\\=b\n";
+        for format in WireFormat::ALL {
+            assert_eq!(
+                trace_headers(format, Some(stored)),
+                vec![
+                    ("traceparent".to_owned(), PARENT.to_owned()),
+                    ("tracestate".to_owned(), "a=b".to_owned()),
+                ],
+                "{format}"
+            );
+            // NULL or unreadable: the event still goes out, without trace headers.
+            assert!(trace_headers(format, None).is_empty());
+            assert!(trace_headers(format, Some("traceparent=junk")).is_empty());
+        }
+    }
+}

@@ -739,4 +739,61 @@ mod tests {
         assert!(RoutingKeySource::parse("nope").is_err());
         assert!(ExchangeType::parse("nope").is_err());
     }
+
+    #[test]
+    fn the_trace_context_column_is_optional() {
+        const CONTEXT: &str =
+            "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n";
+        let mut columns: Vec<(&str, u32)> = vec![
+            ("id", 2950),
+            ("aggregate_type", 1043),
+            ("aggregate_id", 1043),
+            ("type", 1043),
+            ("payload", 3802),
+            ("timestamp", 1184),
+        ];
+        columns.push(("tracingspancontext", 1043));
+        let mut router = Router::new(RouterConfig::default());
+        router.on_table(&relation(16400, "orders", "outbox_event", &columns));
+        let mut values = order_row().values;
+        values.push(Value::Text(Bytes::from_static(CONTEXT.as_bytes())));
+        let row = Row {
+            table: 16400,
+            values,
+        };
+        assert_eq!(
+            router.route(&row).unwrap().unwrap().trace_context,
+            Some(CONTEXT)
+        );
+        // NULL: no context, still routed.
+        let mut values = order_row().values;
+        values.push(Value::Null);
+        let row = Row {
+            table: 16400,
+            values,
+        };
+        assert_eq!(router.route(&row).unwrap().unwrap().trace_context, None);
+        // The original system's table has no such column: routed, no context.
+        let (.., headers) = route_order_row(RouterConfig::default());
+        assert_eq!(headers.len(), 2);
+        let mut original = Router::new(RouterConfig::default());
+        original.on_table(&outbox_relation());
+        assert_eq!(
+            original.route(&order_row()).unwrap().unwrap().trace_context,
+            None
+        );
+        // Not read at all when switched off.
+        let mut off = Router::new(RouterConfig {
+            tracing_span_context_field: None,
+            ..RouterConfig::default()
+        });
+        off.on_table(&relation(16400, "orders", "outbox_event", &columns));
+        let mut values = order_row().values;
+        values.push(Value::Text(Bytes::from_static(CONTEXT.as_bytes())));
+        let row = Row {
+            table: 16400,
+            values,
+        };
+        assert_eq!(off.route(&row).unwrap().unwrap().trace_context, None);
+    }
 }
