@@ -152,6 +152,31 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_column_is_an_identifier_or_none() {
+        assert_eq!(
+            config(&[]).unwrap().outbox_trace_column.as_deref(),
+            Some("tracingspancontext")
+        );
+        let named = config(&[("OUTBOX_TRACING_SPAN_CONTEXT_FIELD", "span_ctx")]).unwrap();
+        assert_eq!(named.outbox_trace_column.as_deref(), Some("span_ctx"));
+        let off = config(&[("OUTBOX_TRACING_SPAN_CONTEXT_FIELD", "None")]).unwrap();
+        assert_eq!(off.outbox_trace_column, None);
+        for bad in ["1abc", "a b", "x\"y", "a.b"] {
+            let error = error_of(&[("OUTBOX_TRACING_SPAN_CONTEXT_FIELD", bad)]);
+            assert!(
+                error.starts_with("OUTBOX_TRACING_SPAN_CONTEXT_FIELD is invalid"),
+                "{error}"
+            );
+        }
+        let error = error_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318")]);
+        assert!(
+            error.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT is invalid"),
+            "{error}"
+        );
+        assert_eq!(config(&[]).unwrap().traces.service_name, "order-service");
+    }
+
+    #[test]
     fn defaults_are_those_of_the_original() {
         let config = config(&[]).unwrap();
         assert_eq!(config.server.host, "127.0.0.1");

@@ -81,7 +81,9 @@ fn check_url(variable: &str, text: &str) -> Result<String, ConfigError> {
             "https is not supported (the OTLP exporter is built without TLS): use http://",
         ));
     } else {
-        return Err(invalid("expected an http:// URL, e.g. http://127.0.0.1:4318"));
+        return Err(invalid(
+            "expected an http:// URL, e.g. http://127.0.0.1:4318",
+        ));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = match authority.rsplit_once(':') {
@@ -179,12 +181,9 @@ impl<'a, F: Fn(&str) -> Option<&'a str>> Extractor for HeaderLookup<'a, F> {
 pub fn remote_context<'a>(
     lookup: impl Fn(&str) -> Option<&'a str>,
 ) -> Option<opentelemetry::Context> {
-    let context = TraceContextPropagator::new().extract(&HeaderLookup(lookup, std::marker::PhantomData));
-    context
-        .span()
-        .span_context()
-        .is_valid()
-        .then_some(context)
+    let context =
+        TraceContextPropagator::new().extract(&HeaderLookup(lookup, std::marker::PhantomData));
+    context.span().span_context().is_valid().then_some(context)
 }
 
 /// Makes `span` a child of the remote parent in `lookup`'s headers, if there is one: the span
@@ -233,7 +232,9 @@ mod tests {
     use super::*;
 
     fn read(pairs: &[(&str, &str)]) -> Result<TraceSettings, ConfigError> {
-        crate::env::with(pairs, |vars| TraceSettings::from_vars(&vars, "order-service"))
+        crate::env::with(pairs, |vars| {
+            TraceSettings::from_vars(&vars, "order-service")
+        })
     }
 
     #[test]

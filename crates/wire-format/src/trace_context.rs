@@ -183,7 +183,10 @@ fn split_pair(line: &str) -> (String, String) {
             }
             '=' | ':' => break,
             ' ' | '\t' | '\x0c' => {
-                while chars.peek().is_some_and(|c| matches!(c, ' ' | '\t' | '\x0c')) {
+                while chars
+                    .peek()
+                    .is_some_and(|c| matches!(c, ' ' | '\t' | '\x0c'))
+                {
                     chars.next();
                 }
                 if chars.peek().is_some_and(|c| matches!(c, '=' | ':')) {
@@ -194,7 +197,10 @@ fn split_pair(line: &str) -> (String, String) {
             c => key.push(c),
         }
     }
-    while chars.peek().is_some_and(|c| matches!(c, ' ' | '\t' | '\x0c')) {
+    while chars
+        .peek()
+        .is_some_and(|c| matches!(c, ' ' | '\t' | '\x0c'))
+    {
         chars.next();
     }
     let mut value = String::new();
@@ -266,7 +272,10 @@ mod tests {
             "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
         );
         assert_eq!(context.trace_id(), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(TraceContext::from_properties(&context.to_properties()), Some(context));
+        assert_eq!(
+            TraceContext::from_properties(&context.to_properties()),
+            Some(context)
+        );
     }
 
     #[test]
