@@ -10,6 +10,7 @@
 //! `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`/`TIMEOUT` variables.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -27,6 +28,15 @@ pub const ENV_VARS: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_SERVICE_NAME",
 ];
+
+/// Whether [`tracer`] set up an exporter in this process (see [`exporting`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans of this process go anywhere: a span that only a collector would see (one
+/// that propagates nothing further) need not be made when this is false.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// How long the exit waits for the last spans to go out.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -155,6 +165,7 @@ pub fn tracer(settings: &TraceSettings) -> Result<(SdkTracer, TraceGuard), Trace
     }
     let provider = builder.build();
     let tracer = provider.tracer(settings.service_name.clone());
+    EXPORTING.store(settings.endpoint.is_some(), Ordering::Relaxed);
     Ok((
         tracer,
         TraceGuard {

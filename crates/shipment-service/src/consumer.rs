@@ -37,8 +37,8 @@
 //!
 //! Traces: each event's transaction runs in an `apply event` span whose parent is the
 //! message's `traceparent`/`tracestate` (the producer's trace continues); a batch opens one
-//! such span per event for its one transaction. The `event handled` debug line has the
-//! `trace_id`.
+//! such span per event for its one transaction (only when spans are exported: otherwise no
+//! one would see them). The `event handled` debug line has the `trace_id` either way.
 //!
 //! Shutdown finishes the batch in hand (commit and ack) and then closes the connection;
 //! nothing uncommitted is acked, and the deliveries the reader held return to the queue.
@@ -625,8 +625,12 @@ fn consume_error(source: lapin::Error) -> BrokerError {
 
 /// Acks `delivery`, and with `multiple` every outstanding delivery of the channel before it.
 /// The span of one event's consumer transaction: a child of the producer's span when the
-/// message carries a trace context (same trace id), else the root of a new trace.
+/// message carries a trace context (same trace id), else the root of a new trace. None when
+/// spans are not exported: nothing downstream continues it, so it would only cost time.
 fn event_span(event: &IncomingEvent) -> tracing::Span {
+    if !service_kit::traces::exporting() {
+        return tracing::Span::none();
+    }
     let event_type = event.kind.type_name();
     let span = tracing::info_span!(
         "apply event",
