@@ -61,7 +61,7 @@ pub async fn order_transaction_on(connection: &mut PgConnection, outbox: &Outbox
     let order = sample_order();
     let event = order.created_event();
     let event_id =
-        order_service::store::write_new_order(connection, outbox, &order, &event).await?;
+        order_service::store::write_new_order(connection, outbox, &order, &event, None).await?;
     Ok(event_id)
 }
 

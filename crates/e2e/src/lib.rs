@@ -1,6 +1,7 @@
 //! End-to-end tests live in `tests/`: `whole_system.rs` runs the three real binaries as separate
 //! processes against the real servers; `original_system.rs` runs them on the original system's
-//! databases and Debezium configuration; `deployment_files.rs` checks docker-compose.yml and the
+//! databases and Debezium configuration; `tracing.rs` follows one trace id from an HTTP request
+//! to the consumer's transaction; `deployment_files.rs` checks docker-compose.yml and the
 //! Dockerfile without a Docker engine.
 //!
 //! This library holds what those tests share: the repository's files, starting the binaries,

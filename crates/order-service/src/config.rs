@@ -12,6 +12,7 @@ use events::{IdFormat, UnknownIdFormat};
 use service_kit::env::Vars;
 use service_kit::logging::LogFilter;
 use service_kit::postgres::{DatabaseDefaults, DatabaseSettings, PgSettings};
+use service_kit::traces::TraceSettings;
 
 pub use service_kit::{ConfigError, Secret};
 
@@ -43,8 +44,14 @@ pub struct Config {
     /// `ID_FORMAT`: `uuid4` (default, what the original system's consumers accept) or `uuid7`
     /// (time-ordered), for new orders, lines and outbox events.
     pub id_format: IdFormat,
+    /// `OUTBOX_TRACING_SPAN_CONTEXT_FIELD`: the outbox column that receives each event's W3C
+    /// trace context (Debezium's `tracing.span.context.field`), default `tracingspancontext`;
+    /// `none` stores none.
+    pub outbox_trace_column: Option<String>,
     /// `RUST_LOG`: the tracing filter, `info` when unset; checked here.
     pub log_filter: LogFilter,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`.
+    pub traces: TraceSettings,
     /// Settings that are valid but surprising, to log once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -98,10 +105,32 @@ impl Config {
                     ConfigError::new("ID_FORMAT", err.to_string())
                 })?,
             },
+            outbox_trace_column: trace_column(vars)?,
             log_filter: LogFilter::from_vars(vars)?,
+            traces: TraceSettings::from_vars(vars, "order-service")?,
             warnings,
         })
     }
+}
+
+/// `OUTBOX_TRACING_SPAN_CONTEXT_FIELD`, checked as an identifier (it is spliced into SQL).
+fn trace_column(vars: &Vars<'_>) -> Result<Option<String>, ConfigError> {
+    const VARIABLE: &str = "OUTBOX_TRACING_SPAN_CONTEXT_FIELD";
+    let name = vars.string_or(VARIABLE, "tracingspancontext")?;
+    let name = name.trim();
+    if name.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let valid = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(ConfigError::new(
+            VARIABLE,
+            format!("{name:?} is not a column name (letters, digits, _) or none"),
+        ));
+    }
+    Ok(Some(name.to_owned()))
 }
 
 #[cfg(test)]
@@ -120,6 +149,31 @@ mod tests {
 
     fn error_of(vars: &[(&str, &str)]) -> String {
         config(vars).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_trace_column_is_an_identifier_or_none() {
+        assert_eq!(
+            config(&[]).unwrap().outbox_trace_column.as_deref(),
+            Some("tracingspancontext")
+        );
+        let named = config(&[("OUTBOX_TRACING_SPAN_CONTEXT_FIELD", "span_ctx")]).unwrap();
+        assert_eq!(named.outbox_trace_column.as_deref(), Some("span_ctx"));
+        let off = config(&[("OUTBOX_TRACING_SPAN_CONTEXT_FIELD", "None")]).unwrap();
+        assert_eq!(off.outbox_trace_column, None);
+        for bad in ["1abc", "a b", "x\"y", "a.b"] {
+            let error = error_of(&[("OUTBOX_TRACING_SPAN_CONTEXT_FIELD", bad)]);
+            assert!(
+                error.starts_with("OUTBOX_TRACING_SPAN_CONTEXT_FIELD is invalid"),
+                "{error}"
+            );
+        }
+        let error = error_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318")]);
+        assert!(
+            error.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT is invalid"),
+            "{error}"
+        );
+        assert_eq!(config(&[]).unwrap().traces.service_name, "order-service");
     }
 
     #[test]

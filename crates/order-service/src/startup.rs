@@ -23,7 +23,9 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DatabaseError),
-    #[error("invalid outbox table for DB_SCHEMA {schema:?}: {source}")]
+    #[error(
+        "invalid outbox table for DB_SCHEMA {schema:?} or OUTBOX_TRACING_SPAN_CONTEXT_FIELD: {source}"
+    )]
     Outbox {
         schema: String,
         #[source]
@@ -35,8 +37,35 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot look up the outbox trace column (OUTBOX_TRACING_SPAN_CONTEXT_FIELD): {0}")]
+    TraceColumn(#[source] sqlx::Error),
     #[error("cannot set up the metrics registry: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+}
+
+/// `column` if the outbox table has it. A configured column the table lacks (a name other than
+/// the migration's) is warned about once and no context is stored: every insert would fail
+/// otherwise.
+async fn present_trace_column(
+    pool: &PgPool,
+    schema: &str,
+    column: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let present: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = 'outbox_event' AND column_name = $2)",
+    )
+    .bind(schema)
+    .bind(column)
+    .fetch_one(pool)
+    .await?;
+    if !present {
+        tracing::warn!(
+            column,
+            "the outbox table has no such column (OUTBOX_TRACING_SPAN_CONTEXT_FIELD): trace contexts are not stored"
+        );
+    }
+    Ok(present.then(|| column.to_owned()))
 }
 
 /// A ready-to-run order-service: database migrated, port bound.
@@ -53,6 +82,12 @@ impl Application {
     /// picks a free one) and builds the router.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let pool = database::connect_and_migrate(&config.database).await?;
+        let trace_column = match config.outbox_trace_column.as_deref() {
+            Some(column) => present_trace_column(&pool, &config.database.schema, column)
+                .await
+                .map_err(StartupError::TraceColumn)?,
+            None => None,
+        };
         let table = format!("{}.outbox_event", config.database.schema);
         let outbox = outbox::Outbox::new(&table)
             .map_err(|source| StartupError::Outbox {
@@ -60,7 +95,12 @@ impl Application {
                 source,
             })?
             .delete_after_insert(config.outbox_delete_after_insert)
-            .id_format(config.id_format);
+            .id_format(config.id_format)
+            .trace_column(trace_column.as_deref())
+            .map_err(|source| StartupError::Outbox {
+                schema: config.database.schema.clone(),
+                source,
+            })?;
         let address = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&address)
             .await

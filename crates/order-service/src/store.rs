@@ -12,7 +12,7 @@
 
 use chrono::{DateTime, Utc};
 use events::{IdFormat, LineStatus, OrderEvent, OrderLineUpdated};
-use outbox::Outbox;
+use outbox::{Outbox, TraceContext};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -52,7 +52,12 @@ impl OrderStore {
 
     /// Inserts the order, its lines (status `ENTERED`) and its `OrderCreated` event in one
     /// transaction.
-    pub async fn create(&self, new_order: &NewOrder) -> Result<Committed<Order>, ApiError> {
+    /// `trace`: the request's trace context, stored with the event.
+    pub async fn create(
+        &self,
+        new_order: &NewOrder,
+        trace: Option<&TraceContext>,
+    ) -> Result<Committed<Order>, ApiError> {
         let order = Order {
             id: self.id_format.new_id(),
             customer_id: new_order.customer_id.value(),
@@ -72,7 +77,7 @@ impl OrderStore {
         };
         let event = order.created_event();
         let mut conn = self.pool.acquire().await?;
-        write_new_order(&mut conn, &self.outbox, &order, &event).await?;
+        write_new_order(&mut conn, &self.outbox, &order, &event, trace).await?;
         Ok(Committed {
             order,
             event_type: event.event_type(),
@@ -95,6 +100,7 @@ impl OrderStore {
         order_id: Uuid,
         line_id: Uuid,
         new_status: LineStatus,
+        trace: Option<&TraceContext>,
     ) -> Result<Committed<StoredOrder>, ApiError> {
         let mut tx = self.pool.begin().await?;
         // `status` is nullable in the original system's table.
@@ -141,7 +147,7 @@ impl OrderStore {
             new_status,
             old_status: current,
         });
-        self.outbox.enqueue(&mut tx, &event).await?;
+        self.outbox.enqueue_traced(&mut tx, &event, trace).await?;
         let order = find_order(&mut tx, order_id)
             .await?
             .ok_or(ApiError::OrderNotFound(order_id))?;
@@ -154,14 +160,15 @@ impl OrderStore {
 }
 
 /// The order and its lines as data-modifying CTEs of the outbox's statement
-/// ([`Outbox::statement_with`]): parameters from `$6`, `$6` being the order id in both.
+/// ([`Outbox::statement_with`]): parameters from `$7` ([`Outbox::FIRST_CALLER_PARAMETER`]),
+/// `$7` being the order id in both.
 const NEW_ORDER_WRITES: &str = "\
-    new_order AS (INSERT INTO purchase_order (id, customer_id, order_date) VALUES ($6, $7, $8)), \
+    new_order AS (INSERT INTO purchase_order (id, customer_id, order_date) VALUES ($7, $8, $9)), \
     new_lines AS (\
         INSERT INTO order_line (id, order_id, item, quantity, total_price, status, position) \
-        SELECT line.id, $6, line.item, line.quantity, line.total_price, line.status, \
+        SELECT line.id, $7, line.item, line.quantity, line.total_price, line.status, \
                line.ordinality - 1 \
-        FROM UNNEST($9::uuid[], $10::text[], $11::int4[], $12::numeric[], $13::text[]) \
+        FROM UNNEST($10::uuid[], $11::text[], $12::int4[], $13::numeric[], $14::text[]) \
              WITH ORDINALITY AS line(id, item, quantity, total_price, status, ordinality))";
 
 /// Writes a new order, its lines and its `OrderCreated` event atomically; returns the event id.
@@ -171,21 +178,23 @@ const NEW_ORDER_WRITES: &str = "\
 /// on both sides, and those wake-ups were most of the service's CPU per request. An outbox that
 /// deletes its rows after inserting them cannot be written in one statement: then a
 /// transaction as before.
+/// `trace`: the request's trace context, stored with the event (when the outbox has a column).
 pub async fn write_new_order(
     conn: &mut PgConnection,
     outbox: &Outbox,
     order: &Order,
     event: &OrderEvent,
+    trace: Option<&TraceContext>,
 ) -> Result<Uuid, outbox::OutboxError> {
     let Some(statement) = outbox.statement_with(NEW_ORDER_WRITES) else {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         insert_order(&mut tx, order).await?;
-        let event_id = outbox.enqueue(&mut tx, event).await?;
+        let event_id = outbox.enqueue_traced(&mut tx, event, trace).await?;
         tx.commit().await?;
         return Ok(event_id);
     };
     let lines = LineColumns::of(order);
-    let (query, event_id) = outbox.bind_event(sqlx::query(&statement), event)?;
+    let (query, event_id) = outbox.bind_event(sqlx::query(&statement), event, trace)?;
     let query = query
         .bind(order.id)
         .bind(order.customer_id)

@@ -1,7 +1,9 @@
-//! Logs and metrics.
+//! Logs, traces and metrics.
 //!
 //! Logs go through `tracing` (filter from `RUST_LOG`; `DB_DEBUG=true` adds every SQL statement
-//! with its duration at INFO). Metrics use the `metrics` crate's recorder API with a Prometheus
+//! with its duration at INFO). Each request runs in a span that continues the caller's W3C
+//! trace (`traceparent`/`tracestate`) or starts one; its context is stored with the outbox
+//! event ([`current_trace_context`]). Metrics use the `metrics` crate's recorder API with a Prometheus
 //! recorder owned by each [`Application`](crate::Application), not the process-global one: several
 //! apps in one test process each count only their own traffic. `GET /metrics` renders:
 //!
@@ -19,20 +21,55 @@ use axum::response::Response;
 use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 use service_kit::logging::{LogFilter, LogFormat};
+use service_kit::traces::{TraceGuard, TraceSettings};
 use sqlx::PgPool;
 
 /// Installs the global tracing subscriber (for the binary; tests use `test_support::init_tracing`):
-/// the checked `RUST_LOG` filter, plus every SQL statement at INFO with `DB_DEBUG`.
+/// the checked `RUST_LOG` filter, plus every SQL statement at INFO with `DB_DEBUG`, and the
+/// OpenTelemetry layer (`traces`). Keep the guard until exit.
 pub fn init_tracing(
     filter: &LogFilter,
     sql_debug: bool,
-) -> Result<(), service_kit::logging::LogInitError> {
+    traces: &TraceSettings,
+) -> Result<TraceGuard, service_kit::logging::LogInitError> {
     let extra: &[&str] = if sql_debug {
         &["sqlx::query=info"]
     } else {
         &[]
     };
-    service_kit::logging::init(filter, extra, LogFormat::Text)
+    service_kit::logging::init_with_traces(filter, extra, LogFormat::Text, traces)
+}
+
+/// The span of one HTTP request, at INFO so the OpenTelemetry layer sees it under the default
+/// filter. It continues the caller's trace when the request has a valid `traceparent`
+/// (and `tracestate`); otherwise it starts a new trace.
+pub fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(request.method());
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = %route,
+        uri = %request.uri(),
+    );
+    let headers = request.headers();
+    service_kit::traces::continue_remote(&span, |name| {
+        headers.get(name).and_then(|value| value.to_str().ok())
+    });
+    span
+}
+
+/// The W3C context of the current span (the request's), for the outbox row; `None` without
+/// the OpenTelemetry layer (in-process tests).
+pub fn current_trace_context() -> Option<outbox::TraceContext> {
+    let (traceparent, tracestate) = service_kit::traces::w3c_context(&tracing::Span::current())?;
+    outbox::TraceContext::new(&traceparent, &tracestate).ok()
 }
 
 /// Latency buckets in seconds: 0.5 ms to 10 s, as the other binaries'.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use service_kit::env::Vars;
 use service_kit::logging::LogFilter;
+use service_kit::traces::TraceSettings;
 use wire_format::WireFormat;
 
 pub use self::cli::{Cli, Command, ResyncArgs};
@@ -45,12 +46,14 @@ pub use service_kit::logging::LogFormat;
 pub use service_kit::postgres::PgSettings as PostgresSettings;
 
 /// Every environment variable the binary reads (the docker-compose contract test checks it):
-/// the `env` of each [`Cli`] argument, so there is no second list to keep in step.
+/// the `env` of each [`Cli`] argument, so there is no second list to keep in step, and the
+/// OpenTelemetry variables (`service_kit::traces`).
 pub static ENV_VARS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     static COMMAND: LazyLock<clap::Command> = LazyLock::new(Cli::command);
     COMMAND
         .get_arguments()
         .filter_map(|argument| argument.get_env()?.to_str())
+        .chain(service_kit::traces::ENV_VARS.iter().copied())
         .collect()
 });
 
@@ -195,6 +198,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`, checked at start; `info` when unset.
     pub log_filter: LogFilter,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`
+    /// (not flags: the OpenTelemetry variables).
+    pub traces: TraceSettings,
     /// Where events come from.
     pub source: SourceKind,
     pub polling: PollingSettings,
@@ -233,7 +239,9 @@ impl Config {
             Some(path) => Some(DebeziumProperties::read(path, env)?),
             None => None,
         };
-        build::build(cli, properties.as_ref())
+        let mut config = build::build(cli, properties.as_ref())?;
+        config.traces = TraceSettings::from_vars(&Vars::new(env), "outbox-relay")?;
+        Ok(config)
     }
 
     /// Logs the [`Config::notes`], one line each (call once logging is set up).

@@ -10,8 +10,13 @@ use outbox_relay::config::Command;
 async fn main() -> anyhow::Result<()> {
     let (config, command) =
         outbox_relay::Config::command_line().context("invalid configuration")?;
-    outbox_relay::telemetry::init_logging(&config.log_filter, config.log_format)
-        .context("cannot set up logging")?;
+    // Kept to the end of `main`: dropping it sends the last spans.
+    let _traces = outbox_relay::telemetry::init_logging(
+        &config.log_filter,
+        config.log_format,
+        &config.traces,
+    )
+    .context("cannot set up logging")?;
     config.log_notes();
     let shutdown = service_kit::shutdown_signal().context("cannot install the signal handlers")?;
     match command {

@@ -1,5 +1,6 @@
 //! One outbox row → the AMQP message to publish, whichever source read it (a row yields the
-//! same message from the WAL and from a poll).
+//! same message from the WAL and from a poll). The row's trace context, if any, becomes the
+//! `traceparent` and `tracestate` headers.
 
 use wire_format::WireFormat;
 
@@ -67,6 +68,17 @@ pub(crate) fn for_row(
         format: encoding.wire_format,
         reason: error.to_string(),
     })?;
+    let mut headers = encoded.headers;
+    if let Some(text) = routed.trace_context {
+        // Bare W3C values in both formats: tracing tools read them so, and a context that
+        // cannot be read costs only the trace headers, never the event.
+        match wire_format::TraceContext::from_properties(text) {
+            Some(context) => headers.extend(context.headers()),
+            None => {
+                tracing::debug!(event_id = %routed.event_id, "trace context column has no valid traceparent: no trace headers");
+            }
+        }
+    }
     if let Some(reason) = &encoded.debezium_fallback {
         tracing::warn!(event_id = %routed.event_id, %reason, "payload published unexpanded, as Debezium would");
     }
@@ -75,7 +87,7 @@ pub(crate) fn for_row(
         routing_key: routed.routing_key.to_owned(),
         message_id: routed.event_id.to_owned(),
         body: encoded.body.into(),
-        headers: encoded.headers,
+        headers,
         timestamp,
         exchange: routed.exchange,
         properties: encoding.properties,
@@ -103,5 +115,90 @@ pub(crate) fn dead_letter(
         timestamp: 0,
         properties: MessageProperties::Full,
         ordering_key: crate::sink::ordering_key(table),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::router::{RouterConfig, TableName};
+    use crate::row::{ColumnSchema, TableSchema, Value};
+
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn traced_router() -> Router {
+        let columns = [
+            ("id", 2950),
+            ("aggregate_type", 1043),
+            ("aggregate_id", 1043),
+            ("type", 1043),
+            ("payload", 3802),
+            ("tracingspancontext", 25),
+        ];
+        let mut router = Router::new(RouterConfig::default());
+        router.on_table(&TableSchema {
+            id: 1,
+            name: TableName::parse("orders.outbox_event").unwrap(),
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| ColumnSchema {
+                    name: (*name).to_owned(),
+                    type_oid: *type_oid,
+                })
+                .collect(),
+        });
+        router
+    }
+
+    fn row(context: Option<&'static str>) -> Row {
+        let text = |value: &'static str| Value::Text(Bytes::from_static(value.as_bytes()));
+        Row {
+            table: 1,
+            values: vec![
+                text("4e8b1f0a-6c1d-4f7e-9a52-1d2c3b4a5f60"),
+                text("order"),
+                text("agg-1"),
+                text("OrderCreated"),
+                text(r#"{"id": "agg-1"}"#),
+                context.map_or(Value::Null, text),
+            ],
+        }
+    }
+
+    fn trace_headers(format: WireFormat, context: Option<&'static str>) -> Vec<(String, String)> {
+        let encoding = Encoding {
+            wire_format: format,
+            payload_field: "payload".into(),
+            properties: crate::sink::MessageProperties::Full,
+        };
+        let message = for_row(&traced_router(), &encoding, &row(context), 0)
+            .unwrap()
+            .unwrap();
+        message
+            .headers
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("trace"))
+            .collect()
+    }
+
+    #[test]
+    fn the_trace_context_becomes_bare_headers_in_both_formats() {
+        let stored = "#Wed Dec 02 12:00:00 UTC 2026\ntraceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\ntracestate=a\\=b\n";
+        for format in WireFormat::ALL {
+            assert_eq!(
+                trace_headers(format, Some(stored)),
+                vec![
+                    ("traceparent".to_owned(), PARENT.to_owned()),
+                    ("tracestate".to_owned(), "a=b".to_owned()),
+                ],
+                "{format}"
+            );
+            // NULL or unreadable: the event still goes out, without trace headers.
+            assert!(trace_headers(format, None).is_empty());
+            assert!(trace_headers(format, Some("traceparent=junk")).is_empty());
+        }
     }
 }

@@ -175,6 +175,10 @@ pub struct RouterConfig {
     pub additional_placement: Vec<Placement>,
     /// Routing key source.
     pub routing_key: RoutingKeySource,
+    /// `tracing.span.context.field`: the column with the event's W3C trace context (Java
+    /// Properties text); `None`: not read. Optional in the table: the original system's has
+    /// no such column, and its events go out without trace headers.
+    pub tracing_span_context_field: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -195,6 +199,7 @@ impl Default for RouterConfig {
                 header: "eventType".into(),
             }],
             routing_key: RoutingKeySource::Empty,
+            tracing_span_context_field: Some("tracingspancontext".into()),
         }
     }
 }
@@ -235,6 +240,8 @@ pub struct RoutedEvent<'a> {
     pub payload: &'a str,
     /// The event key (`table.field.event.key`, the aggregate id) when the table has it.
     pub event_key: Option<&'a str>,
+    /// The trace context column's text, when the table has the column and the row a value.
+    pub trace_context: Option<&'a str>,
 }
 
 /// Column positions of a routed table, resolved once per table schema.
@@ -249,6 +256,8 @@ struct RoutePlan {
     routing_key: Option<Result<usize, Unroutable>>,
     /// `table.field.event.key`, if the table has it (for the relay's per-aggregate order).
     event_key: Option<usize>,
+    /// `tracing.span.context.field`, if configured and the table has it.
+    trace_context: Option<usize>,
     headers: Vec<(String, Result<usize, Unroutable>, HeaderKind)>,
 }
 
@@ -346,6 +355,11 @@ impl Router {
             ),
             routing_key,
             event_key: relation.column_index(&self.config.field_event_key),
+            trace_context: self
+                .config
+                .tracing_span_context_field
+                .as_deref()
+                .and_then(|column| relation.column_index(column)),
             headers,
             columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
             table,
@@ -446,6 +460,12 @@ impl Router {
         let event_key = plan
             .event_key
             .and_then(|index| text(&Ok(index), "table.field.event.key").ok().flatten());
+        // Not required either: a non-text value only loses the trace headers.
+        let trace_context = plan.trace_context.and_then(|index| {
+            text(&Ok(index), "tracing.span.context.field")
+                .ok()
+                .flatten()
+        });
         Ok(Some(RoutedEvent {
             exchange: self.exchange_for(routed_by),
             routing_key,
@@ -453,6 +473,7 @@ impl Router {
             headers,
             payload,
             event_key,
+            trace_context,
         }))
     }
 
@@ -717,5 +738,62 @@ mod tests {
         assert!(TableName::parse("x;drop").is_err());
         assert!(RoutingKeySource::parse("nope").is_err());
         assert!(ExchangeType::parse("nope").is_err());
+    }
+
+    #[test]
+    fn the_trace_context_column_is_optional() {
+        const CONTEXT: &str =
+            "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n";
+        let mut columns: Vec<(&str, u32)> = vec![
+            ("id", 2950),
+            ("aggregate_type", 1043),
+            ("aggregate_id", 1043),
+            ("type", 1043),
+            ("payload", 3802),
+            ("timestamp", 1184),
+        ];
+        columns.push(("tracingspancontext", 1043));
+        let mut router = Router::new(RouterConfig::default());
+        router.on_table(&relation(16400, "orders", "outbox_event", &columns));
+        let mut values = order_row().values;
+        values.push(Value::Text(Bytes::from_static(CONTEXT.as_bytes())));
+        let row = Row {
+            table: 16400,
+            values,
+        };
+        assert_eq!(
+            router.route(&row).unwrap().unwrap().trace_context,
+            Some(CONTEXT)
+        );
+        // NULL: no context, still routed.
+        let mut values = order_row().values;
+        values.push(Value::Null);
+        let row = Row {
+            table: 16400,
+            values,
+        };
+        assert_eq!(router.route(&row).unwrap().unwrap().trace_context, None);
+        // The original system's table has no such column: routed, no context.
+        let (.., headers) = route_order_row(RouterConfig::default());
+        assert_eq!(headers.len(), 2);
+        let mut original = Router::new(RouterConfig::default());
+        original.on_table(&outbox_relation());
+        assert_eq!(
+            original.route(&order_row()).unwrap().unwrap().trace_context,
+            None
+        );
+        // Not read at all when switched off.
+        let mut off = Router::new(RouterConfig {
+            tracing_span_context_field: None,
+            ..RouterConfig::default()
+        });
+        off.on_table(&relation(16400, "orders", "outbox_event", &columns));
+        let mut values = order_row().values;
+        values.push(Value::Text(Bytes::from_static(CONTEXT.as_bytes())));
+        let row = Row {
+            table: 16400,
+            values,
+        };
+        assert_eq!(off.route(&row).unwrap().unwrap().trace_context, None);
     }
 }

@@ -35,6 +35,7 @@ use pgoutput::Lsn;
 use serde::Serialize;
 
 use service_kit::logging::{LogFilter, LogFormat, LogInitError};
+use service_kit::traces::{TraceGuard, TraceSettings};
 
 pub const EVENTS_RECEIVED: &str = "outbox_relay_events_received_total";
 pub const EVENTS_PUBLISHED: &str = "outbox_relay_events_published_total";
@@ -320,9 +321,14 @@ impl RelayStatus {
 }
 
 /// Installs the global tracing subscriber (`service_kit::logging`): the `RUST_LOG` filter,
-/// checked with the configuration.
-pub fn init_logging(filter: &LogFilter, format: LogFormat) -> Result<(), LogInitError> {
-    service_kit::logging::init(filter, &[], format)
+/// checked with the configuration, and the OpenTelemetry layer of `traces`. Keep the guard
+/// until exit.
+pub fn init_logging(
+    filter: &LogFilter,
+    format: LogFormat,
+    traces: &TraceSettings,
+) -> Result<TraceGuard, LogInitError> {
+    service_kit::logging::init_with_traces(filter, &[], format, traces)
 }
 
 #[cfg(test)]

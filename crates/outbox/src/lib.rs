@@ -28,6 +28,11 @@
 //! Event ids are UUID version 4 by default, as the original's consumers require;
 //! [`Outbox::id_format`] picks version 7 instead.
 //!
+//! With [`Outbox::trace_column`] the W3C trace context of the change (its `traceparent` and
+//! `tracestate`) is stored in that column as Java Properties text, Debezium's
+//! `tracingspancontext` format ([`TraceContext`]), for the relay to send as message headers.
+//! The column is nullable and optional: see the order-service migration that adds it.
+//!
 //! With [`Outbox::delete_after_insert`] the row is deleted in the same transaction right after
 //! it is inserted: the insert is still in the WAL for the relay, and the table stays empty, so
 //! nothing needs to clean it up.
@@ -59,6 +64,7 @@ use events::DomainEvent;
 pub use events::IdFormat;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
+pub use wire_format::TraceContext;
 
 /// Why an event could not be written to the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,10 @@ pub enum OutboxError {
         "invalid outbox table name {0:?}: expected [schema.]table made of letters, digits and underscores"
     )]
     InvalidTableName(String),
+    #[error(
+        "invalid trace context column name {0:?}: expected letters, digits and underscores, not starting with a digit"
+    )]
+    InvalidColumnName(String),
     #[error("could not serialize the {event_type} event: {source}")]
     Serialize {
         event_type: String,
@@ -82,6 +92,8 @@ pub enum OutboxError {
 pub struct Outbox {
     quoted_table: String,
     insert_sql: String,
+    /// The trace context column, quoted, if there is one.
+    trace_column: Option<String>,
     delete_sql: Option<String>,
     id_format: IdFormat,
 }
@@ -90,14 +102,8 @@ impl Outbox {
     /// An outbox writing to `table` (`schema.table` or `table`). The name is checked here, once,
     /// because it is spliced into SQL (identifiers cannot be bound as parameters).
     pub fn new(table: &str) -> Result<Self, OutboxError> {
-        let valid_part = |part: &str| {
-            !part.is_empty()
-                && part.len() <= 63
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !part.starts_with(|c: char| c.is_ascii_digit())
-        };
         let parts: Vec<&str> = table.split('.').collect();
-        if parts.len() > 2 || !parts.iter().all(|part| valid_part(part)) {
+        if parts.len() > 2 || !parts.iter().all(|part| valid_identifier(part)) {
             return Err(OutboxError::InvalidTableName(table.to_owned()));
         }
         let quoted = parts
@@ -106,14 +112,25 @@ impl Outbox {
             .collect::<Vec<_>>()
             .join(".");
         Ok(Self {
-            insert_sql: format!(
-                "INSERT INTO {quoted} (id, aggregate_type, aggregate_id, type, payload, \"timestamp\") \
-                 VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
-            ),
+            insert_sql: insert_sql(&quoted, None),
+            trace_column: None,
             delete_sql: None,
             id_format: IdFormat::default(),
             quoted_table: quoted,
         })
+    }
+
+    /// Stores each event's trace context (see [`Outbox::enqueue_traced`]) in `column`; `None`
+    /// (the default) stores none. The name is checked here, as the table's.
+    pub fn trace_column(mut self, column: Option<&str>) -> Result<Self, OutboxError> {
+        let quoted = match column {
+            None => None,
+            Some(name) if valid_identifier(name) => Some(format!("\"{name}\"")),
+            Some(name) => return Err(OutboxError::InvalidColumnName(name.to_owned())),
+        };
+        self.insert_sql = insert_sql(&self.quoted_table, quoted.as_deref());
+        self.trace_column = quoted;
+        Ok(self)
     }
 
     /// Deletes each row in the same transaction right after inserting it. The relay still sees
@@ -137,12 +154,24 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         event: &E,
     ) -> Result<Uuid, OutboxError> {
-        self.enqueue_on(tx, event).await
+        self.enqueue_traced_on(tx, event, None).await
+    }
+
+    /// [`Outbox::enqueue`] with the trace context of the change, stored when the outbox has a
+    /// [`Outbox::trace_column`].
+    pub async fn enqueue_traced<E: DomainEvent>(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &E,
+        trace: Option<&TraceContext>,
+    ) -> Result<Uuid, OutboxError> {
+        self.enqueue_traced_on(tx, event, trace).await
     }
 
     /// The SQL of one statement that runs the caller's `writes` (data-modifying CTEs, e.g.
-    /// `new_order AS (INSERT INTO … VALUES ($6, $7))`, comma-separated, whose parameters start
-    /// at `$6`) and inserts the event (parameters `$1`–`$5`, bound by [`Outbox::bind_event`]).
+    /// `new_order AS (INSERT INTO … VALUES ($7, $8))`, comma-separated, whose parameters start
+    /// at [`Outbox::FIRST_CALLER_PARAMETER`]) and inserts the event (parameters `$1`–`$6`,
+    /// bound by [`Outbox::bind_event`]).
     ///
     /// A statement is atomic on its own: the business rows and the event commit together
     /// without `BEGIN`/`COMMIT`, in one round trip instead of one per statement plus two.
@@ -157,12 +186,14 @@ impl Outbox {
         Some(format!("WITH {writes} {}", self.insert_sql))
     }
 
-    /// Binds `event` as parameters `$1`–`$5` of a [`Outbox::statement_with`] query, before the
-    /// caller binds its own (`$6` on); returns the query and the new event id.
+    /// Binds `event` and its trace context as parameters `$1`–`$6` of a
+    /// [`Outbox::statement_with`] query, before the caller binds its own (`$7` on); returns the
+    /// query and the new event id.
     pub fn bind_event<'q, E: DomainEvent>(
         &self,
         query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
         event: &'q E,
+        trace: Option<&TraceContext>,
     ) -> Result<
         (
             sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
@@ -180,7 +211,8 @@ impl Outbox {
             .bind(event.aggregate_type())
             .bind(event.aggregate_id())
             .bind(event.event_type())
-            .bind(payload);
+            .bind(payload)
+            .bind(self.trace_text(trace));
         Ok((query, id))
     }
 
@@ -189,6 +221,16 @@ impl Outbox {
         &self,
         conn: &mut PgConnection,
         event: &E,
+    ) -> Result<Uuid, OutboxError> {
+        self.enqueue_traced_on(conn, event, None).await
+    }
+
+    /// [`Outbox::enqueue_traced`] on a connection the caller has already put in a transaction.
+    pub async fn enqueue_traced_on<E: DomainEvent>(
+        &self,
+        conn: &mut PgConnection,
+        event: &E,
+        trace: Option<&TraceContext>,
     ) -> Result<Uuid, OutboxError> {
         let payload = serde_json::to_value(event).map_err(|source| OutboxError::Serialize {
             event_type: event.event_type().to_owned(),
@@ -201,12 +243,45 @@ impl Outbox {
             .bind(event.aggregate_id())
             .bind(event.event_type())
             .bind(payload)
+            .bind(self.trace_text(trace))
             .execute(&mut *conn)
             .await?;
         if let Some(delete_sql) = &self.delete_sql {
             sqlx::query(delete_sql).bind(id).execute(&mut *conn).await?;
         }
         Ok(id)
+    }
+
+    /// The first parameter number of the caller's writes in [`Outbox::statement_with`].
+    pub const FIRST_CALLER_PARAMETER: usize = 7;
+
+    /// Parameter `$6`: the Properties text, or NULL without a context or a column. Always
+    /// bound (as text), so the caller's parameters start at `$7` either way.
+    fn trace_text(&self, trace: Option<&TraceContext>) -> Option<String> {
+        self.trace_column.as_ref()?;
+        trace.map(TraceContext::to_properties)
+    }
+}
+
+fn valid_identifier(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 63
+        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !part.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// The insert of one event; `$6` is the trace context, unused without a column (PostgreSQL
+/// takes the declared type of an unreferenced parameter).
+fn insert_sql(quoted_table: &str, trace_column: Option<&str>) -> String {
+    match trace_column {
+        Some(column) => format!(
+            "INSERT INTO {quoted_table} (id, aggregate_type, aggregate_id, type, payload, \"timestamp\", {column}) \
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6)"
+        ),
+        None => format!(
+            "INSERT INTO {quoted_table} (id, aggregate_type, aggregate_id, type, payload, \"timestamp\") \
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp())"
+        ),
     }
 }
 

@@ -293,7 +293,7 @@ async fn the_original_outbox_table_gets_utc_wall_time() {
     db.drop_database().await.unwrap();
 }
 
-/// One statement: the business rows (CTEs, parameters from `$6`) and the event commit together,
+/// One statement: the business rows (CTEs, parameters from `$7`) and the event commit together,
 /// and a failing business write leaves no event behind.
 #[tokio::test]
 async fn one_statement_writes_the_rows_and_the_event_or_nothing() {
@@ -306,14 +306,16 @@ async fn one_statement_writes_the_rows_and_the_event_or_nothing() {
     .await
     .unwrap();
     let outbox = Outbox::new("orders.outbox_event").unwrap();
-    let writes = "parent AS (INSERT INTO orders.business_row (id) VALUES ($6)), \
-                  child AS (INSERT INTO orders.business_child (id, parent) VALUES ($7, $8))";
+    let writes = "parent AS (INSERT INTO orders.business_row (id) VALUES ($7)), \
+                  child AS (INSERT INTO orders.business_child (id, parent) VALUES ($8, $9))";
     let statement = outbox.statement_with(writes).unwrap();
 
     // A child referencing the parent of the same statement: the foreign key holds.
     let parent = Uuid::new_v4();
     let event = line_updated();
-    let (query, event_id) = outbox.bind_event(sqlx::query(&statement), &event).unwrap();
+    let (query, event_id) = outbox
+        .bind_event(sqlx::query(&statement), &event, None)
+        .unwrap();
     query
         .bind(parent)
         .bind(Uuid::new_v4())
@@ -332,7 +334,9 @@ async fn one_statement_writes_the_rows_and_the_event_or_nothing() {
     // A child whose parent does not exist: the statement fails, and neither the parent it
     // inserted nor the event remain.
     let event = line_updated();
-    let (query, _) = outbox.bind_event(sqlx::query(&statement), &event).unwrap();
+    let (query, _) = outbox
+        .bind_event(sqlx::query(&statement), &event, None)
+        .unwrap();
     let error = query
         .bind(Uuid::new_v4())
         .bind(Uuid::new_v4())
@@ -349,5 +353,81 @@ async fn one_statement_writes_the_rows_and_the_event_or_nothing() {
         .unwrap()
         .delete_after_insert(true);
     assert!(deleting.statement_with(writes).is_none());
+    db.drop_database().await.unwrap();
+}
+
+/// With a trace column the context is stored as Properties text, by both ways of writing; a
+/// change without one stores NULL; the column name is checked.
+#[tokio::test]
+async fn the_trace_context_is_stored_in_its_column() {
+    let db = database_with_outbox().await;
+    sqlx::query("ALTER TABLE orders.outbox_event ADD COLUMN tracingspancontext varchar(255)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let outbox = Outbox::new("orders.outbox_event")
+        .unwrap()
+        .trace_column(Some("tracingspancontext"))
+        .unwrap();
+    let trace = outbox::TraceContext::new(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "vendor=x",
+    )
+    .unwrap();
+    let mut tx = begin_with_a_business_row(&db.pool).await;
+    let traced = outbox
+        .enqueue_traced(&mut tx, &line_updated(), Some(&trace))
+        .await
+        .unwrap();
+    let untraced = outbox.enqueue(&mut tx, &line_updated()).await.unwrap();
+    tx.commit().await.unwrap();
+    let statement = outbox
+        .statement_with("parent AS (INSERT INTO orders.business_row (id) VALUES ($7))")
+        .unwrap();
+    let event = line_updated();
+    let (query, in_statement) = outbox
+        .bind_event(sqlx::query(&statement), &event, Some(&trace))
+        .unwrap();
+    query.bind(Uuid::new_v4()).execute(&db.pool).await.unwrap();
+    let stored = |id: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT tracingspancontext FROM orders.outbox_event WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let expected = "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n\
+                    tracestate=vendor\\=x\n";
+    assert_eq!(stored(traced).await.as_deref(), Some(expected));
+    assert_eq!(stored(in_statement).await.as_deref(), Some(expected));
+    assert_eq!(stored(untraced).await, None);
+
+    // Without a column the context is not written, and the table needs none.
+    let plain = Outbox::new("orders.outbox_event").unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let id = plain
+        .enqueue_traced(&mut tx, &line_updated(), Some(&trace))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored(id).await, None);
+    let (query, _) = plain
+        .bind_event(sqlx::query(&statement), &event, Some(&trace))
+        .unwrap();
+    query.bind(Uuid::new_v4()).execute(&db.pool).await.unwrap();
+
+    for bad in ["", "a b", "x\"; drop", "1col"] {
+        assert!(matches!(
+            Outbox::new("orders.outbox_event")
+                .unwrap()
+                .trace_column(Some(bad)),
+            Err(OutboxError::InvalidColumnName(_))
+        ));
+    }
     db.drop_database().await.unwrap();
 }

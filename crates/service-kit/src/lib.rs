@@ -10,6 +10,8 @@
 //!   unavailable" rule ([`postgres::is_unavailable`]).
 //! - [`amqp`]: `AMQP_URL` or `RABBITMQ_*` → [`amqp::AmqpSettings`], printed without password.
 //! - [`logging`]: `RUST_LOG` checked at start, text or JSON output.
+//! - [`traces`]: OpenTelemetry: `OTEL_*` settings, the OTLP exporter (only with an endpoint),
+//!   W3C `traceparent`/`tracestate` propagation.
 //! - [`prometheus`]: the Prometheus recorder and its buckets.
 //! - [`backoff`]: [`Backoff`] and [`backoff::retry_until`] for start-up waits.
 //! - [`migrate`]: migrations that adopt a database the original system created.
@@ -23,6 +25,7 @@ pub mod logging;
 pub mod migrate;
 pub mod postgres;
 pub mod prometheus;
+pub mod traces;
 
 pub use backoff::Backoff;
 pub use env::{ConfigError, Vars};

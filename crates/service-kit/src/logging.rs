@@ -1,13 +1,14 @@
 //! Log set-up for the three binaries: the `RUST_LOG` filter (default `info`), checked when the
 //! configuration is read so that a bad one stops the binary naming `RUST_LOG`, and the output
 //! format, text or JSON. Colour codes only on a terminal: `make up` and compose send the logs to
-//! files.
+//! files. With [`init_with_traces`], also the OpenTelemetry layer (`crate::traces`).
 
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::env::{ConfigError, Vars};
+use crate::traces::{TraceGuard, TraceSettings};
 
 /// The variable [`LogFilter::from_vars`] reads.
 pub const ENV_VARS: &[&str] = &["RUST_LOG"];
@@ -74,8 +75,50 @@ pub enum LogInitError {
 }
 
 /// Installs the global subscriber: `filter`, then `extra` directives (each a binary's own, e.g.
-/// `sqlx::query=info` for `DB_DEBUG`), in `format`.
+/// `sqlx::query=info` for `DB_DEBUG`), in `format`. No OpenTelemetry layer: spans have no
+/// W3C ids (see [`init_with_traces`]).
 pub fn init(filter: &LogFilter, extra: &[&str], format: LogFormat) -> Result<(), LogInitError> {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter(filter, extra)?)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|error| LogInitError::Install(error.to_string()))
+}
+
+/// [`init`] plus the OpenTelemetry layer of `traces` (`crate::traces`): every span that
+/// passes the filter gets W3C ids and, with an endpoint, is exported. Keep the guard until
+/// exit: dropping it sends the last spans.
+pub fn init_with_traces(
+    filter: &LogFilter,
+    extra: &[&str],
+    format: LogFormat,
+    traces: &TraceSettings,
+) -> Result<TraceGuard, LogInitError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let (tracer, guard) =
+        crate::traces::tracer(traces).map_err(|error| LogInitError::Install(error.to_string()))?;
+    let registry = tracing_subscriber::registry()
+        .with(env_filter(filter, extra)?)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_ansi(ansi))
+            .try_init(),
+    }
+    .map_err(|error| LogInitError::Install(error.to_string()))?;
+    Ok(guard)
+}
+
+fn env_filter(filter: &LogFilter, extra: &[&str]) -> Result<EnvFilter, LogInitError> {
     let mut env_filter = EnvFilter::try_new(filter.as_str())
         .map_err(|error| LogInitError::Directive(filter.0.clone(), error.to_string()))?;
     for directive in extra {
@@ -85,14 +128,7 @@ pub fn init(filter: &LogFilter, extra: &[&str], format: LogFormat) -> Result<(),
             },
         )?);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    }
-    .map_err(|error| LogInitError::Install(error.to_string()))
+    Ok(env_filter)
 }
 
 #[cfg(test)]

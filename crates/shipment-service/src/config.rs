@@ -46,6 +46,8 @@ pub struct Config {
     pub startup_patience: Duration,
     /// `RUST_LOG`, `info` when unset; checked here.
     pub log_filter: LogFilter,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`.
+    pub traces: service_kit::traces::TraceSettings,
 }
 
 /// Where the HTTP API listens.
@@ -320,6 +322,7 @@ impl Config {
             },
             startup_patience: Duration::from_secs(60),
             log_filter: LogFilter::from_vars(vars)?,
+            traces: service_kit::traces::TraceSettings::from_vars(vars, "shipment-service")?,
         })
     }
 }

@@ -35,6 +35,11 @@
 //! - the broker connection is lost → unacked deliveries return to the queue; reconnect with
 //!   backoff, redeclare, resume. A redelivered event that was committed is a duplicate.
 //!
+//! Traces: each event's transaction runs in an `apply event` span whose parent is the
+//! message's `traceparent`/`tracestate` (the producer's trace continues); a batch opens one
+//! such span per event for its one transaction (only when spans are exported: otherwise no
+//! one would see them). The `event handled` debug line has the `trace_id` either way.
+//!
 //! Shutdown finishes the batch in hand (commit and ack) and then closes the connection;
 //! nothing uncommitted is acked, and the deliveries the reader held return to the queue.
 
@@ -52,6 +57,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apply::{self, ApplyError, Outcome};
 use crate::broker::{BrokerError, BrokerSession, string_headers};
@@ -348,7 +354,17 @@ impl Consumer {
                 continue;
             }
             let started = Instant::now();
-            match apply::apply_batch(&self.pool, &events[start..end]).await {
+            // Open for the whole transaction, closed after the ack or the rollback.
+            let spans: Vec<tracing::Span> = events[start..end].iter().map(event_span).collect();
+            let applied = apply::apply_batch(&self.pool, &events[start..end]).await;
+            for (index, span) in spans.iter().enumerate() {
+                let outcome = match &applied {
+                    Ok(outcomes) => outcomes.get(index).map_or("applied", |o| o.as_str()),
+                    Err(_) => "rolled back",
+                };
+                span.record("outcome", outcome);
+            }
+            match applied {
                 Ok(outcomes) => {
                     self.finish_batch(
                         session,
@@ -413,6 +429,7 @@ impl Consumer {
             if outcome != Outcome::Duplicate {
                 record_event_delay(delivery);
             }
+            tracing::debug!(event_id = %event.id, event_type = event.kind.type_name(), outcome = outcome.as_str(), trace_id = trace_id(event), "event handled");
             self.count_handled(event.kind.type_name(), outcome, elapsed);
         }
         Ok(())
@@ -441,7 +458,17 @@ impl Consumer {
         let mut backoff =
             Backoff::starting_at(self.settings.retry_backoff, self.settings.max_retry_backoff);
         loop {
-            let error = match apply::apply(&self.pool, event).await {
+            let span = event_span(event);
+            let applied = apply::apply(&self.pool, event)
+                .instrument(span.clone())
+                .await;
+            span.record(
+                "outcome",
+                applied
+                    .as_ref()
+                    .map_or("rolled back", |outcome| outcome.as_str()),
+            );
+            let error = match applied {
                 Ok(outcome) => {
                     metrics::gauge!(names::DATABASE_UP).set(1.0);
                     if outcome != Outcome::Duplicate {
@@ -450,7 +477,7 @@ impl Consumer {
                     self.maybe_crash_after_commit(session, event.id).await?;
                     ack(delivery, false).await?;
                     self.count_handled(event_type, outcome, started.elapsed().as_secs_f64());
-                    tracing::debug!(event_id = %event.id, event_type, outcome = outcome.as_str(), "event handled");
+                    tracing::debug!(event_id = %event.id, event_type, outcome = outcome.as_str(), trace_id = trace_id(event), "event handled");
                     return Ok(());
                 }
                 Err(ApplyError::Rejected(reason) | ApplyError::RejectedAt { reason, .. }) => {
@@ -647,6 +674,41 @@ fn consume_error(source: lapin::Error) -> BrokerError {
 }
 
 /// Acks `delivery`, and with `multiple` every outstanding delivery of the channel before it.
+/// The span of one event's consumer transaction: a child of the producer's span when the
+/// message carries a trace context (same trace id), else the root of a new trace. None when
+/// spans are not exported: nothing downstream continues it, so it would only cost time.
+fn event_span(event: &IncomingEvent) -> tracing::Span {
+    if !service_kit::traces::exporting() {
+        return tracing::Span::none();
+    }
+    let event_type = event.kind.type_name();
+    let span = tracing::info_span!(
+        "apply event",
+        otel.name = format!("{event_type} process"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        event_id = %event.id,
+        event_type,
+        outcome = tracing::field::Empty,
+    );
+    if let Some(trace) = &event.trace {
+        service_kit::traces::continue_remote(&span, |name| match name {
+            "traceparent" => Some(trace.traceparent()),
+            "tracestate" => Some(trace.tracestate()).filter(|state| !state.is_empty()),
+            _ => None,
+        });
+    }
+    span
+}
+
+/// The producer's trace id, for the log line of an applied event ("" without one).
+fn trace_id(event: &IncomingEvent) -> &str {
+    event
+        .trace
+        .as_ref()
+        .map_or("", wire_format::TraceContext::trace_id)
+}
+
 async fn ack(delivery: &Delivery, multiple: bool) -> Result<(), Stop> {
     delivery
         .ack(BasicAckOptions { multiple })

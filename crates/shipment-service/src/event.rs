@@ -13,7 +13,7 @@ use std::fmt;
 
 use events::{OrderCreated, OrderLineUpdated};
 use uuid::Uuid;
-use wire_format::WireFormat;
+use wire_format::{TraceContext, WireFormat};
 
 /// An order event ready to apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,8 @@ pub struct IncomingEvent {
     pub id: Uuid,
     pub kind: EventKind,
     pub format: WireFormat,
+    /// The producer's W3C trace context (`traceparent`/`tracestate` headers), if valid.
+    pub trace: Option<TraceContext>,
 }
 
 impl IncomingEvent {
@@ -211,7 +213,25 @@ pub fn parse(
         id,
         kind,
         format: received.format,
+        trace: trace_context(headers),
     })
+}
+
+/// The `traceparent`/`tracestate` headers. Bare W3C values (our relay, both formats); a value
+/// in Debezium's JSON header envelope (`{"schema":…,"payload":"00-…"}`) is unwrapped. A missing
+/// or invalid one is no context, never a poison message.
+fn trace_context(headers: &[(String, String)]) -> Option<TraceContext> {
+    let header = |name: &str| {
+        let value = headers.iter().find(|(key, _)| key == name)?.1.trim();
+        if value.starts_with('{') {
+            let envelope: serde_json::Value = serde_json::from_str(value).ok()?;
+            return envelope.get("payload")?.as_str().map(str::to_owned);
+        }
+        Some(value.to_owned())
+    };
+    let traceparent = header(wire_format::trace_context::TRACEPARENT)?;
+    let tracestate = header(wire_format::trace_context::TRACESTATE).unwrap_or_default();
+    TraceContext::new(&traceparent, &tracestate).ok()
 }
 
 fn validate_created(created: &OrderCreated) -> Result<(), String> {
@@ -381,5 +401,25 @@ mod tests {
         fn never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300), id in proptest::option::of(".{0,40}")) {
             let _ = parse(&body, id.as_deref(), &[]);
         }
+    }
+
+    #[test]
+    fn the_trace_context_comes_from_bare_or_debezium_wrapped_headers() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let bare = vec![
+            ("traceparent".to_owned(), parent.to_owned()),
+            ("tracestate".to_owned(), "a=b".to_owned()),
+        ];
+        let context = trace_context(&bare).unwrap();
+        assert_eq!(context.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(context.tracestate(), "a=b");
+        let wrapped = vec![(
+            "traceparent".to_owned(),
+            format!(r#"{{"schema":{{"type":"string","optional":false}},"payload":"{parent}"}}"#),
+        )];
+        assert_eq!(trace_context(&wrapped).unwrap().traceparent(), parent);
+        assert_eq!(trace_context(&[]), None);
+        let bad = vec![("traceparent".to_owned(), "00-nope".to_owned())];
+        assert_eq!(trace_context(&bad), None);
     }
 }

@@ -80,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config =
         Config::from_vars(&service_kit::Vars::process()).context("invalid configuration")?;
-    logging::init(&config.log_filter, &[], LogFormat::Text).context("cannot set up logging")?;
+    // Kept to the end of `main`: dropping it sends the last spans.
+    let _traces =
+        logging::init_with_traces(&config.log_filter, &[], LogFormat::Text, &config.traces)
+            .context("cannot set up logging")?;
     if let Some(Command::Dlq(command)) = cli.command {
         return dead_letters(&config, command).await;
     }

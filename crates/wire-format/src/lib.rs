@@ -11,6 +11,8 @@
 //! - [`encode`] / [`encode_with`] (producer side, used by the relay);
 //! - [`decode`] (consumer side, used by the shipment-service): detects the format and extracts
 //!   event id, event type and payload;
+//! - [`trace_context`]: the W3C trace context of an event, in the outbox column (Java
+//!   Properties text, as Debezium) and in the `traceparent`/`tracestate` headers;
 //! - `json`: an order-preserving JSON reader and compactor; `debezium`: schema inference and
 //!   Jackson-exact number and string output, checked against Debezium's own classes
 //!   (`tests/fixtures/debezium-oracle.txt`).
@@ -18,11 +20,13 @@
 mod debezium;
 mod json;
 mod receive;
+pub mod trace_context;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use receive::{ReceiveError, ReceivedEvent, decode};
+pub use trace_context::TraceContext;
 
 /// How events are laid out on the broker.
 #[derive(

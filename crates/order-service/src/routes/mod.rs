@@ -45,7 +45,7 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             telemetry::track_requests,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
         .with_state(state)
 }
 

@@ -8,6 +8,7 @@ use crate::domain::{NewOrder, Order, StatusChange, StoredOrder};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OrderLinePath, OrderPath};
 use crate::routes::AppState;
+use crate::telemetry;
 
 /// `POST /orders`: 201 with the new order; its `OrderCreated` event is committed with it.
 pub async fn create_order(
@@ -15,7 +16,8 @@ pub async fn create_order(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     let new_order = NewOrder::parse(&body)?;
-    let committed = state.store.create(&new_order).await?;
+    let trace = telemetry::current_trace_context();
+    let committed = state.store.create(&new_order, trace.as_ref()).await?;
     state.metrics.record_event_written(committed.event_type);
     tracing::info!(order_id = %committed.order.id, lines = committed.order.line_items.len(), "order created");
     Ok((StatusCode::CREATED, Json(committed.order)))
@@ -42,9 +44,15 @@ pub async fn update_order_line(
     JsonBody(body): JsonBody,
 ) -> Result<Json<StoredOrder>, ApiError> {
     let change = StatusChange::parse(&body)?;
+    let trace = telemetry::current_trace_context();
     let committed = state
         .store
-        .change_line_status(path.order_id, path.line_id, change.new_status)
+        .change_line_status(
+            path.order_id,
+            path.line_id,
+            change.new_status,
+            trace.as_ref(),
+        )
         .await?;
     state.metrics.record_event_written(committed.event_type);
     tracing::info!(order_id = %path.order_id, line_id = %path.line_id, new_status = %change.new_status, "order line updated");

@@ -123,11 +123,12 @@ async fn the_original_database_is_adopted_with_every_row_kept() {
 
     let app = spawn_app_on(db, &[]).await;
 
-    // Started: nothing of the original changed, one nullable column and an index added.
+    // Started: nothing of the original changed, two nullable columns and an index added.
     assert_eq!(original_rows(&app.db.pool).await, rows_before);
     assert_eq!(app.counts().await, Counts::new(1, 2, 2));
     let mut expected_columns = columns_before.clone();
     expected_columns.push("order_line.position integer YES".to_owned());
+    expected_columns.push("outbox_event.tracingspancontext text YES".to_owned());
     expected_columns.sort();
     assert_eq!(columns(&app.db.pool).await, expected_columns);
     assert_eq!(applied_migrations(&app.db.pool).await, later_migrations());

@@ -10,6 +10,7 @@ use service_kit::amqp::{self, AmqpParts};
 use service_kit::env::parse_in;
 use service_kit::logging::LogFilter;
 use service_kit::postgres::{self, PgParts};
+use service_kit::traces::TraceSettings;
 use wire_format::WireFormat;
 
 use super::{
@@ -35,6 +36,7 @@ pub(super) mod defaults {
     pub const FIELD_EVENT_TYPE: &str = "type";
     pub const FIELD_EVENT_PAYLOAD: &str = "payload";
     pub const FIELDS_ADDITIONAL_PLACEMENT: &str = "type:header:eventType";
+    pub const TRACING_SPAN_CONTEXT_FIELD: &str = "tracingspancontext";
     pub const WINDOW_EVENTS: usize = 1024;
     pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
     pub const HTTP_HOST: &str = "127.0.0.1";
@@ -259,6 +261,16 @@ pub(super) fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Confi
             defaults::FIELDS_ADDITIONAL_PLACEMENT,
         )
         .parse_with(Placement::parse_list)?,
+        tracing_span_context_field: {
+            let setting = pick(
+                cli.tracing_span_context_field.as_ref(),
+                "RELAY_TRACING_SPAN_CONTEXT_FIELD",
+                file_outbox("tracing.span.context.field"),
+                defaults::TRACING_SPAN_CONTEXT_FIELD,
+            );
+            let name = setting.value.trim();
+            (!name.is_empty() && !name.eq_ignore_ascii_case("none")).then(|| name.to_owned())
+        },
         routing_key,
     };
 
@@ -353,6 +365,7 @@ pub(super) fn build(cli: Cli, file: Option<&DebeziumProperties>) -> Result<Confi
         status_interval: Duration::from_millis(status_interval_ms),
         log_format,
         log_filter,
+        traces: TraceSettings::disabled("outbox-relay"),
         source,
         polling: PollingSettings {
             interval: Duration::from_millis(poll_interval_ms),

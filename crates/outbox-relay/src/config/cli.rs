@@ -97,6 +97,11 @@ pub struct Cli {
     /// (table.fields.additional.placement) [default: type:header:eventType].
     #[arg(long, env = "RELAY_FIELDS_ADDITIONAL_PLACEMENT")]
     pub fields_additional_placement: Option<String>,
+    /// Column holding each event's W3C trace context, sent as the traceparent and tracestate
+    /// headers (tracing.span.context.field); a table without it sends none; none: never read
+    /// [default: tracingspancontext].
+    #[arg(long, env = "RELAY_TRACING_SPAN_CONTEXT_FIELD")]
+    pub tracing_span_context_field: Option<String>,
     /// Type of the exchanges the relay declares: fanout | direct | topic | headers
     /// [default: fanout].
     #[arg(long, env = "RELAY_EXCHANGE_TYPE")]

@@ -76,6 +76,7 @@ const OUTBOX_KEYS: &[&str] = &[
     "table.field.event.payload",
     "table.fields.additional.placement",
     "table.expand.json.payload",
+    "tracing.span.context.field",
 ];
 
 /// The settings of a Debezium Server `application.properties` the relay reads, resolved.
@@ -300,6 +301,13 @@ fn ignore_reason(key: &str) -> Option<&'static str> {
         _ if key.starts_with("debezium.format.") => {
             "the message encoding is RELAY_WIRE_FORMAT (debezium by default with a properties \
              file: Debezium's JSON with schemas)"
+        }
+        _ if key.starts_with("debezium.transforms.")
+            && (key.ends_with(".tracing.operation.name")
+                || key.ends_with(".tracing.with.context.field.only")) =>
+        {
+            "the relay creates no span of its own: the trace context column goes out as the \
+             traceparent and tracestate headers unchanged, and an event without one without them"
         }
         _ if key == "debezium.sink.type" => "outbox-relay publishes to RabbitMQ only",
         _ if key == "debezium.sink.rabbitmq.ackTimeout" => {

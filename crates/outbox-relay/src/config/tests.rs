@@ -448,7 +448,9 @@ fn env_vars_are_the_flags_variables() {
         service_kit::postgres::ENV_VARS,
         service_kit::amqp::ENV_VARS,
         service_kit::logging::ENV_VARS,
+        service_kit::traces::ENV_VARS,
         &[
+            "RELAY_TRACING_SPAN_CONTEXT_FIELD",
             "RELAY_SLOT",
             "RELAY_PUBLICATION",
             "RELAY_TABLES",
@@ -535,4 +537,34 @@ fn the_database_url_keeps_its_query_string() {
     ));
     let options = config.postgres.connect_options("outbox-relay");
     assert_eq!(options.get_application_name(), Some("relay-a"));
+}
+
+#[test]
+fn the_trace_context_column_comes_from_flag_file_or_default() {
+    let default = build(cli(), None).unwrap();
+    assert_eq!(
+        default.router.tracing_span_context_field.as_deref(),
+        Some("tracingspancontext")
+    );
+    let properties = DebeziumProperties::parse(
+        "debezium.transforms=outbox\n\
+         debezium.transforms.outbox.type=io.debezium.transforms.outbox.EventRouter\n\
+         debezium.transforms.outbox.tracing.span.context.field=span_ctx\n",
+        &no_env,
+    )
+    .unwrap();
+    let from_file = build(cli(), Some(&properties)).unwrap();
+    assert_eq!(
+        from_file.router.tracing_span_context_field.as_deref(),
+        Some("span_ctx")
+    );
+    let flag = build(
+        Cli {
+            tracing_span_context_field: Some("none".into()),
+            ..cli()
+        },
+        Some(&properties),
+    )
+    .unwrap();
+    assert_eq!(flag.router.tracing_span_context_field, None);
 }
