@@ -120,7 +120,6 @@ impl Relay {
         // The replication source's starting position; none for the polling source.
         let start = match config.source {
             SourceKind::Replication => {
-                replication::check_tls(&config.postgres)?;
                 let mut connection =
                     source::connect(&config.postgres, config.connect_timeout).await?;
                 let start = replication::prepare(

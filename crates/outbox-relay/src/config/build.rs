@@ -413,8 +413,19 @@ fn postgres_settings(
             .value,
         ),
         database: database.non_empty()?,
+        ssl_mode: given(cli.db_sslmode.as_ref())
+            .map(|mode| postgres::parse_ssl_mode("DB_SSLMODE", mode))
+            .transpose()?,
+        ssl_root_cert: cli.db_sslrootcert.clone(),
     };
-    PostgresSettings::from_parts(parts).map_err(|error| invalid(&database.name, error.reason))
+    PostgresSettings::from_parts(parts).map_err(|error| {
+        // The kit names the `DB_*` variable at fault; the database name's may come from the file.
+        if error.variable == "DB_NAME" {
+            invalid(&database.name, error.reason)
+        } else {
+            error.into()
+        }
+    })
 }
 
 /// `AMQP_URL`, else each `RABBITMQ_*` from flag/env, file or default.
