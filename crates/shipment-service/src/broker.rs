@@ -38,6 +38,9 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
+    /// The `amqps://` settings lapin cannot use (also checked when the configuration is read).
+    #[error("AMQP_URL is invalid: {0}")]
+    TlsSettings(String),
     #[error("connecting to RabbitMQ at {url} timed out after {after:?}")]
     ConnectTimeout {
         url: String,
@@ -241,12 +244,23 @@ pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerErro
         Some(partition) => format!("shipment-service partition {partition}"),
         None => "shipment-service".to_owned(),
     };
+    // For `amqps://`: the `cacertfile` CA and client certificate (empty for `amqp://`).
+    let tls = settings
+        .connection
+        .lapin_tls()
+        .map_err(|error| BrokerError::TlsSettings(error.reason))?;
+    let runtime = lapin::runtime::default_runtime().map_err(|source| BrokerError::Connect {
+        url: settings.connection.display.clone(),
+        source,
+    })?;
     settings
         .connection
         .connect_any(|uri| {
-            Connection::connect_uri(
+            Connection::connect_uri_with_config(
                 uri,
                 ConnectionProperties::default().with_connection_name(name.as_str().into()),
+                tls.clone(),
+                runtime.clone(),
             )
         })
         .await
