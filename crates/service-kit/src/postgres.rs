@@ -412,12 +412,24 @@ fn query_value(url: &str, key: &str) -> Result<Option<String>, &'static str> {
 /// The hint a failed connection's message ends with when TLS was the cause.
 pub fn tls_hint(error: &sqlx::Error) -> &'static str {
     match error {
-        sqlx::Error::Tls(_) => {
+        error if is_tls_failure(error) => {
             " (TLS failed: check sslmode and sslrootcert in DATABASE_URL, or DB_SSLMODE and \
              DB_SSLROOTCERT; verify-ca/verify-full need the CA that signed the server's \
              certificate, and verify-full a host name the certificate names)"
         }
         _ => "",
+    }
+}
+
+/// Whether the TLS session failed: sqlx says so itself (a server without TLS under `require`), or
+/// passes rustls's error on inside an I/O error (a certificate that does not verify).
+pub fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
     }
 }
 
@@ -493,6 +505,9 @@ fn redact(message: &str, url: &str, password: &str) -> String {
 /// (admin shutdown, crash shutdown, cannot connect now). A TLS error is not: a certificate that
 /// does not verify, or a server without TLS under `sslmode=require`, will not change by waiting.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    if is_tls_failure(error) {
+        return false;
+    }
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
@@ -779,6 +794,22 @@ mod tests {
             settings(&[("DATABASE_URL", "postgres://u:Pw-91x@h/db")]).unwrap()
         );
         assert!(!printed.contains("Pw-91x"), "{printed}");
+    }
+
+    #[test]
+    fn a_tls_failure_is_not_waited_for_and_gets_a_hint() {
+        let bad_certificate = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert!(is_tls_failure(&bad_certificate));
+        assert!(!is_unavailable(&bad_certificate));
+        assert!(tls_hint(&bad_certificate).contains("sslrootcert"));
+        let no_tls = sqlx::Error::Tls("server does not support TLS".into());
+        assert!(!is_unavailable(&no_tls));
+        let refused = sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(is_unavailable(&refused));
+        assert_eq!(tls_hint(&refused), "");
     }
 
     #[test]
