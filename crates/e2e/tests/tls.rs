@@ -343,7 +343,35 @@ async fn run(infra: &TlsInfra, logs: &Path) -> Result<()> {
             )
             .await?,
         );
-        flows_over_tls(infra, order_port).await
+        flows_over_tls(infra, order_port).await?;
+        // Now that the database, publication and slot exist, the relay gets as far as the
+        // broker: an amqps certificate from the unrelated CA stops it there.
+        fails_at_start(
+            "outbox-relay",
+            vec![
+                ("DATABASE_URL", orders_url.clone()),
+                ("AMQP_URL", infra.amqps_url(&infra.other_ca())),
+                ("RELAY_SLOT", SLOT.to_owned()),
+                ("RELAY_PUBLICATION", "tls_publication".to_owned()),
+            ],
+            logs,
+            &[
+                "TLS handshake with the broker failed",
+                "UnknownIssuer",
+                "cacertfile",
+            ],
+        )
+        .await?;
+        fails_at_start(
+            "shipment-service",
+            vec![
+                ("DATABASE_URL", shipments_url.clone()),
+                ("AMQP_URL", infra.amqps_url(&infra.other_ca())),
+            ],
+            logs,
+            &["TLS with RabbitMQ", "UnknownIssuer", "cacertfile"],
+        )
+        .await
     }
     .await;
     stop_all(&mut services, result.is_err()).await;

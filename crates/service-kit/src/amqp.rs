@@ -513,6 +513,15 @@ impl AmqpSettings {
     }
 }
 
+/// Whether an I/O error from a TLS client carries rustls's own error: the certificate did not
+/// verify or the peers could not agree, which retrying will not change (a reset during the
+/// handshake is an ordinary I/O error).
+pub fn is_tls_rejection(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
 fn redacted(uri: &AMQPUri) -> String {
     let scheme = match uri.scheme {
         AMQPScheme::AMQP => "amqp",

@@ -38,6 +38,16 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker's certificate did not verify (or the TLS peers could not agree).
+    #[error(
+        "TLS with RabbitMQ at {url} failed: {source} (check amqps:// and its cacertfile: the \
+         server's certificate must chain to it and name the URL's host)"
+    )]
+    Tls {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
     /// The `amqps://` settings lapin cannot use (also checked when the configuration is read).
     #[error("AMQP_URL is invalid: {0}")]
     TlsSettings(String),
@@ -81,7 +91,9 @@ impl BrokerError {
     /// that exists with other arguments) or our credentials.
     pub fn is_permanent(&self) -> bool {
         match self {
-            BrokerError::PluginMissing(_) => true,
+            BrokerError::PluginMissing(_)
+            | BrokerError::Tls { .. }
+            | BrokerError::TlsSettings(_) => true,
             BrokerError::Declare { source, .. } => matches!(
                 source.kind(),
                 lapin::ErrorKind::ProtocolError(error)
@@ -266,9 +278,17 @@ pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerErro
         .await
         .map(|(connection, _)| connection)
         .map_err(|failed| match failed.failure {
-            NodeFailure::Refused(source) => BrokerError::Connect {
-                url: failed.address,
-                source,
+            NodeFailure::Refused(source) => match source.kind() {
+                lapin::ErrorKind::IOError(io) if service_kit::amqp::is_tls_rejection(io) => {
+                    BrokerError::Tls {
+                        url: failed.address,
+                        source,
+                    }
+                }
+                _ => BrokerError::Connect {
+                    url: failed.address,
+                    source,
+                },
             },
             NodeFailure::TimedOut(after) => BrokerError::ConnectTimeout {
                 url: failed.address,

@@ -44,6 +44,17 @@ pub enum TlsError {
     Handshake(io::Error),
 }
 
+impl TlsError {
+    /// Whether retrying cannot help: a setting is wrong or the certificate does not verify (as
+    /// opposed to the connection dropping during the handshake).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            TlsError::File { .. } | TlsError::ServerName(_) | TlsError::Config(_) => true,
+            TlsError::Handshake(error) => service_kit::amqp::is_tls_rejection(error),
+        }
+    }
+}
+
 /// Connects to the URI's host and port, with TLS for `amqps://`.
 pub async fn connect(
     uri: &AMQPUri,
