@@ -43,8 +43,9 @@ struct TlsInfra {
 
 impl TlsInfra {
     async fn start() -> Result<Self> {
+        remove_abandoned_runs();
         // Under /var/tmp: the PostgreSQL server runs as `postgres` and must reach the folder.
-        let dir = Path::new("/var/tmp").join(format!("outbox-tls-{}", unique_suffix()));
+        let dir = Path::new(RUNS_BASE).join(format!("{RUN_PREFIX}{}", unique_suffix()));
         std::fs::create_dir_all(dir.join("certs"))?;
         set_mode(&dir, 0o755)?;
         set_mode(&dir.join("certs"), 0o755)?;
@@ -55,6 +56,18 @@ impl TlsInfra {
             management_port: free_port(),
             dir,
         };
+        // What a later run needs to stop these servers if this process dies without its drop
+        // (the servers run in sessions of their own and outlive it).
+        std::fs::write(
+            infra.dir.join("owner"),
+            format!(
+                "{} {} {} {}",
+                std::process::id(),
+                infra.pg_port,
+                infra.amqp_port,
+                infra.management_port
+            ),
+        )?;
         make_certificates(&infra.certs()).await?;
         infra.script("pg-up").await?;
         infra.script("rabbitmq-up").await?;
@@ -127,19 +140,65 @@ impl TlsInfra {
 
 impl Drop for TlsInfra {
     fn drop(&mut self) {
-        let mut command = std::process::Command::new("bash");
-        command
-            .arg(e2e::repo_root().join("scripts/infra.sh"))
-            .arg("down")
-            .env("OUTBOX_LOCAL_DIR", &self.dir)
-            .env("PG_PORT", self.pg_port.to_string())
-            .env("RABBITMQ_PORT", self.amqp_port.to_string())
-            .env("RABBITMQ_MANAGEMENT_PORT", self.management_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let _ = command.status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_servers(
+            &self.dir,
+            self.pg_port,
+            self.amqp_port,
+            self.management_port,
+        );
+    }
+}
+
+const RUNS_BASE: &str = "/var/tmp";
+const RUN_PREFIX: &str = "outbox-tls-";
+
+/// `infra.sh down` for a run's folder (blocking: also from `drop`), then removes the folder.
+fn stop_servers(dir: &Path, pg_port: u16, amqp_port: u16, management_port: u16) {
+    let _ = std::process::Command::new("bash")
+        .arg(e2e::repo_root().join("scripts/infra.sh"))
+        .arg("down")
+        .env("OUTBOX_LOCAL_DIR", dir)
+        .env("PG_PORT", pg_port.to_string())
+        .env("RABBITMQ_PORT", amqp_port.to_string())
+        .env("RABBITMQ_MANAGEMENT_PORT", management_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Stops the servers of runs whose test process is gone (killed, or interrupted with Ctrl-C).
+fn remove_abandoned_runs() {
+    let Ok(entries) = std::fs::read_dir(RUNS_BASE) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_run = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(RUN_PREFIX));
+        if !is_run {
+            continue;
+        }
+        let dir = entry.path();
+        let owner: Vec<u32> = std::fs::read_to_string(dir.join("owner"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        let [pid, pg, amqp, management] = owner[..] else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let port = |value: u32| u16::try_from(value).unwrap_or_default();
+        eprintln!(
+            "[tls] stopping the servers of an abandoned run in {}",
+            dir.display()
+        );
+        stop_servers(&dir, port(pg), port(amqp), port(management));
     }
 }
 
