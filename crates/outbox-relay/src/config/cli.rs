@@ -40,7 +40,7 @@ pub struct Cli {
     /// CA certificate(s), PEM, the server's certificate must chain to (verify-ca,
     /// verify-full) [default: the WebPKI roots].
     #[arg(long, env = "DB_SSLROOTCERT")]
-    pub db_sslrootcert: Option<PathBuf>,
+    pub db_sslrootcert: Option<String>,
 
     /// AMQP URL (amqp://user:password@host:port/vhost, or amqps:// with RabbitMQ's TLS query
     /// parameters cacertfile, certfile, keyfile, server_name_indication); replaces the
