@@ -12,6 +12,10 @@
 #
 # Each server is started only if nothing answers at its configured address. Data lives in a
 # git-ignored folder of the repository (.local/), servers listen on loopback only.
+#
+# Opt-in TLS (the TLS tests use it; off unless set): PG_TLS_DIR, a folder with ca.crt,
+# server.crt and server.key, starts PostgreSQL with ssl=on; RABBITMQ_TLS_DIR (the same three
+# files) with RABBITMQ_TLS_PORT adds an amqps listener to the single node (pg-up, rabbitmq-up).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -122,9 +126,26 @@ CONF
   # (PostgreSQL's default keeps it all, until the disk fills); past it PostgreSQL invalidates
   # the slot and the relay says how to recover (docs/operations.md). On the command line, so
   # clusters created before this setting get it too.
-  as_pg_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgresql.log" \
-    -o "-p $PG_PORT -c max_slot_wal_keep_size=${PG_MAX_SLOT_WAL_KEEP_SIZE:-4GB}" -w -t 60 start >/dev/null \
+  local options="-p $PG_PORT -c max_slot_wal_keep_size=${PG_MAX_SLOT_WAL_KEEP_SIZE:-4GB}"
+  if [ -n "${PG_TLS_DIR:-}" ]; then
+    options="$options $(pg_tls_options "$dir")" || die "PostgreSQL TLS setup failed"
+  fi
+  as_pg_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgresql.log" -o "$options" -w -t 60 start >/dev/null \
     || { tail -n 20 "$dir/postgresql.log" >&2; die "PostgreSQL did not start (log: $dir/postgresql.log)"; }
+}
+
+# With PG_TLS_DIR: copies its certificate and key next to the cluster, where the server's user
+# owns them (PostgreSQL refuses a key that others can read), and prints the server options.
+pg_tls_options() {
+  local dir=$1 file
+  for file in ca.crt server.crt server.key; do
+    [ -r "$PG_TLS_DIR/$file" ] || die "PG_TLS_DIR=$PG_TLS_DIR has no readable $file"
+  done
+  mkdir -p "$dir/tls"
+  cp "$PG_TLS_DIR/ca.crt" "$PG_TLS_DIR/server.crt" "$PG_TLS_DIR/server.key" "$dir/tls/"
+  chmod 600 "$dir/tls/server.key"
+  is_root && chown -R postgres: "$dir/tls"
+  echo "-c ssl=on -c ssl_ca_file=$dir/tls/ca.crt -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key"
 }
 
 pg_down() {
@@ -182,6 +203,24 @@ CONF
 rabbitmq_env() {
   RABBITMQ_DIR=$LOCAL_DIR/rabbitmq
   rabbitmq_node_env "$RABBITMQ_PORT" "$RABBITMQ_MANAGEMENT_PORT" "$RABBITMQ_DIR" "$RABBITMQ_DIR"
+  if [ -n "${RABBITMQ_TLS_DIR:-}" ]; then
+    rabbitmq_tls_config "$RABBITMQ_DIR"
+  fi
+}
+
+# With RABBITMQ_TLS_DIR and RABBITMQ_TLS_PORT: an amqps listener besides the plain one, with the
+# folder's certificate and key; client certificates are asked for but not required.
+rabbitmq_tls_config() {
+  local dir=$1
+  [ -n "${RABBITMQ_TLS_PORT:-}" ] || die "RABBITMQ_TLS_DIR needs RABBITMQ_TLS_PORT"
+  cat >>"$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$RABBITMQ_TLS_PORT
+ssl_options.cacertfile = $RABBITMQ_TLS_DIR/ca.crt
+ssl_options.certfile = $RABBITMQ_TLS_DIR/server.crt
+ssl_options.keyfile = $RABBITMQ_TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+CONF
 }
 
 rabbitmq_bin() {

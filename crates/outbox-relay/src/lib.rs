@@ -124,7 +124,6 @@ impl Relay {
         // The replication source's starting position; none for the polling source.
         let start = match config.source {
             SourceKind::Replication => {
-                replication::check_tls(&config.postgres)?;
                 let mut connection =
                     source::connect(&config.postgres, config.connect_timeout).await?;
                 let start = replication::prepare(
@@ -230,6 +229,10 @@ async fn connect_broker(
         let attempt = tokio::time::timeout(Duration::from_secs(10), connector.connect()).await;
         let error = match attempt {
             Ok(Ok(sink)) => return Ok(sink),
+            // A certificate that does not verify will not verify on the next attempt either.
+            Ok(Err(error)) if is_permanent_tls_failure(&error) => {
+                return Err(RelayError::Broker(error));
+            }
             Ok(Err(error)) => error,
             Err(_) => SinkError::Timeout {
                 address: config.amqp.display.clone(),
@@ -241,6 +244,16 @@ async fn connect_broker(
         tracing::warn!(%error, "RabbitMQ not reachable yet; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn is_permanent_tls_failure(error: &SinkError) -> bool {
+    matches!(
+        error,
+        SinkError::Connect {
+            source: amqp::ConnectError::Tls(tls),
+            ..
+        } if tls.is_permanent()
+    )
 }
 
 /// A relay running in the background.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use pgoutput::{LogicalReplicationMessage, Lsn};
 use pgwire_replication::{
-    PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+    PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
 };
 use sqlx::PgConnection;
 
@@ -43,20 +43,38 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `object_in_use`: the slot is active for another session.
 const OBJECT_IN_USE: &str = "55006";
 
-/// Refuses settings that ask for TLS: the replication connection of this build has none, and
-/// connecting in clear text where `sslmode` requires TLS would silently break the promise.
-/// (`prefer` falls back to clear text, as libpq does.)
-pub fn check_tls(settings: &PostgresSettings) -> Result<(), StartError> {
+/// The replication connection's TLS, from the same settings as the relay's SQL connections
+/// (`sslmode`, `sslrootcert`, `sslcert`/`sslkey`), with libpq's meaning: `prefer` tries TLS and
+/// falls back to clear text when the server has none, `require` insists on TLS without
+/// checking the certificate, `verify-ca` checks that it chains to the root certificate,
+/// `verify-full` also that it names the host. `allow` (clear text first, TLS if the server
+/// insists) is taken as `prefer`: pgwire-replication cannot fall forward, and trying TLS first
+/// reaches every server `allow` reaches, with no more checking.
+pub fn tls_config(settings: &PostgresSettings) -> TlsConfig {
     use sqlx::postgres::PgSslMode;
-    let mode = match settings.ssl_mode {
-        PgSslMode::Require => "require",
-        PgSslMode::VerifyCa => "verify-ca",
-        PgSslMode::VerifyFull => "verify-full",
-        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => return Ok(()),
+    let root = settings.ssl_root_cert.clone();
+    let config = match settings.ssl_mode {
+        PgSslMode::Disable => TlsConfig::disabled(),
+        PgSslMode::Allow | PgSslMode::Prefer => TlsConfig {
+            mode: SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        PgSslMode::Require => TlsConfig::require(),
+        PgSslMode::VerifyCa => TlsConfig::verify_ca(root),
+        // pgwire-replication refuses verify-full to an IP address unless the name to verify is
+        // given: the address is that name (rustls then checks the certificate's IP SANs, as
+        // libpq does).
+        PgSslMode::VerifyFull if settings.host.parse::<std::net::IpAddr>().is_ok() => {
+            TlsConfig::verify_full(root).with_sni_hostname(settings.host.clone())
+        }
+        PgSslMode::VerifyFull => TlsConfig::verify_full(root),
     };
-    Err(StartError::ReplicationTls {
-        mode: mode.to_owned(),
-    })
+    match &settings.ssl_client_cert {
+        Some((cert, key)) if config.mode != SslMode::Disable => {
+            config.with_client_cert(cert.clone(), key.clone())
+        }
+        _ => config,
+    }
 }
 
 /// Checks the server and creates publication and slot; returns the slot's confirmed position.
@@ -339,7 +357,7 @@ impl ReplicationStream {
             publication.to_owned(),
         )
         .with_port(settings.port)
-        .with_tls(TlsConfig::disabled())
+        .with_tls(tls_config(settings))
         .with_start_lsn(start)
         .with_status_interval(status_interval)
         .with_wakeup_interval(Duration::from_secs(10))
@@ -537,26 +555,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_that_require_tls_are_refused_not_downgraded() {
-        let settings = |query: &str| {
+    fn the_replication_connection_takes_the_sql_connections_tls_settings() {
+        // Any readable file stands for the certificates: the settings check only that.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let settings = |host: &str, query: &str| {
             PostgresSettings::from_url(
                 "DATABASE_URL",
-                &format!("postgres://relay:secret@db.example:5432/orderdb{query}"),
+                &format!("postgres://relay:secret@{host}:5432/orderdb{query}"),
                 "orderdb",
             )
             .unwrap()
         };
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let error = check_tls(&settings(&format!("?sslmode={mode}"))).unwrap_err();
-            assert!(matches!(error, StartError::ReplicationTls { .. }), "{mode}");
-            assert!(
-                error.to_string().contains(&format!("sslmode {mode}")),
-                "{error}"
-            );
-        }
-        for query in ["", "?sslmode=prefer", "?sslmode=disable"] {
-            assert!(check_tls(&settings(query)).is_ok(), "{query}");
-        }
+        let mode = |query: &str| tls_config(&settings("db.example", query)).mode;
+        // libpq's default is prefer: TLS when the server offers it, else clear text.
+        assert_eq!(mode(""), SslMode::Prefer);
+        assert_eq!(mode("?sslmode=allow"), SslMode::Prefer);
+        assert_eq!(mode("?sslmode=disable"), SslMode::Disable);
+        assert_eq!(mode("?sslmode=require"), SslMode::Require);
+
+        let verify_ca = tls_config(&settings(
+            "db.example",
+            &format!("?sslmode=verify-ca&sslrootcert={file}"),
+        ));
+        assert_eq!(verify_ca, TlsConfig::verify_ca(Some(file.into())));
+        let by_name = tls_config(&settings(
+            "db.example",
+            &format!("?sslmode=verify-full&sslrootcert={file}&sslcert={file}&sslkey={file}"),
+        ));
+        assert_eq!(
+            by_name,
+            TlsConfig::verify_full(Some(file.into())).with_client_cert(file, file)
+        );
+        // By address, the address is what the certificate must name.
+        let by_address = tls_config(&settings("127.0.0.1", "?sslmode=verify-full"));
+        assert_eq!(by_address.mode, SslMode::VerifyFull);
+        assert_eq!(by_address.sni_hostname.as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

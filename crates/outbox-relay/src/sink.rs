@@ -250,8 +250,9 @@ impl AmqpSink {
         exchange_type: ExchangeType,
     ) -> Result<Self, SinkError> {
         // With several nodes (a cluster), the first that accepts.
+        let tls = settings.tls();
         let (publisher, address) = settings
-            .connect_any(|uri| async move { Publisher::connect(&uri, "outbox-relay").await })
+            .connect_any(|uri| async move { Publisher::connect(&uri, tls, "outbox-relay").await })
             .await
             .map_err(|failed| match failed.failure {
                 NodeFailure::Refused(source) => SinkError::Connect {

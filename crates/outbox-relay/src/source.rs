@@ -181,12 +181,6 @@ pub enum StartError {
         database: String,
         expected_database: String,
     },
-    #[error(
-        "the PostgreSQL settings ask for TLS (sslmode {mode}), but this build's replication \
-         connection has none (pgwire-replication without its tls-rustls feature): use \
-         sslmode=prefer or disable, or RELAY_SOURCE=polling"
-    )]
-    ReplicationTls { mode: String },
     #[error(transparent)]
     SlotInvalidated(Box<crate::replication::SlotInvalidated>),
     #[error("{what} failed: {source}")]
@@ -223,10 +217,11 @@ pub async fn connect(
             Ok(Err(error)) if service_kit::postgres::is_unavailable(&error) => error.to_string(),
             // A server that answered otherwise (wrong password, no such database) will not
             // change its mind: fail at once.
+            // A certificate that does not verify is such an answer too.
             Ok(Err(error)) => {
                 return Err(StartError::Refused {
                     address: settings.display(),
-                    reason: error.to_string(),
+                    reason: format!("{error}{}", service_kit::postgres::tls_hint(&error)),
                 });
             }
             Err(_) => "connection attempt timed out".to_owned(),

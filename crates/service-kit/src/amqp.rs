@@ -7,9 +7,17 @@
 //! turn, starting with the one that last worked, so a client fails over to another node when
 //! its node goes away. Each process starts at a different node (by process id), which spreads
 //! a fleet's connections over the cluster.
+//!
+//! TLS is `amqps://` with RabbitMQ's URI query parameters
+//! (<https://www.rabbitmq.com/docs/uri-query-parameters>): `cacertfile` (PEM CA certificates
+//! trusted besides the WebPKI roots), `certfile` and `keyfile` (a client certificate),
+//! `server_name_indication` (the name the server's certificate must carry, when not the URL's
+//! host). The files are read once at start ([`AmqpTls`]), so a wrong path fails naming
+//! `AMQP_URL`; the AMQP URI parser itself ignores these parameters.
 
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -53,6 +61,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`AmqpSettings::display`].
 #[derive(Clone)]
 pub struct AmqpSettings {
+    /// The TLS parameters of `amqps://` URLs (the same for every node); shared, as the files'
+    /// contents need not be copied with every clone of the settings.
+    tls: Arc<AmqpTls>,
     /// The first node's full URL, with the password.
     pub url: Secret,
     /// The URLs without their password, comma-separated, safe to log.
@@ -60,6 +71,143 @@ pub struct AmqpSettings {
     nodes: Vec<Node>,
     /// Index of the node the next connection tries first: the one that last worked.
     preferred: Arc<AtomicUsize>,
+}
+
+/// The TLS parameters of an `amqps://` URL, files read. `Debug` shows paths, never contents.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AmqpTls {
+    /// `cacertfile`: CA certificates (PEM) trusted besides the WebPKI roots.
+    pub ca_certs: Option<PemFile>,
+    /// `certfile` and `keyfile`: a client certificate chain and its key (PEM).
+    pub client_cert: Option<(PemFile, PemFile)>,
+    /// `server_name_indication`: the name to ask for and verify instead of the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for AmqpTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTls")
+            .field("cacertfile", &self.ca_certs.as_ref().map(|file| &file.path))
+            .field(
+                "certfile",
+                &self.client_cert.as_ref().map(|(cert, _)| &cert.path),
+            )
+            .field("server_name_indication", &self.server_name)
+            .finish()
+    }
+}
+
+/// A PEM file's path and contents, read at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl AmqpTls {
+    /// The parameters of `url`'s query string; errors name `variable`. `tls` says whether the
+    /// scheme is `amqps`: the parameters are refused on `amqp://`, where they would be ignored.
+    fn from_query(variable: &str, url: &str, tls: bool) -> Result<Self, ConfigError> {
+        let param = |key: &str| -> Result<Option<String>, ConfigError> {
+            query_value(url, key)
+                .map_err(|reason| ConfigError::new(variable, format!("{key} {reason}")))
+        };
+        let file = |key: &str| -> Result<Option<PemFile>, ConfigError> {
+            param(key)?
+                .map(|path| PemFile::read(variable, key, Path::new(&path)))
+                .transpose()
+        };
+        let ca_certs = file("cacertfile")?;
+        if let Some(ca) = &ca_certs
+            && !contains(&ca.pem, b"-----BEGIN CERTIFICATE-----")
+        {
+            return Err(ConfigError::new(
+                variable,
+                format!(
+                    "cacertfile {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    ca.path.display()
+                ),
+            ));
+        }
+        let client_cert = match (file("certfile")?, file("keyfile")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    variable,
+                    "certfile and keyfile go together: give both or neither",
+                ));
+            }
+        };
+        let server_name = param("server_name_indication")?.filter(|name| !name.is_empty());
+        if let Some(verify) = param("verify")?
+            && verify != "verify_peer"
+        {
+            return Err(ConfigError::new(
+                variable,
+                format!(
+                    "verify={verify} is not supported: the server's certificate is always verified (verify_peer)"
+                ),
+            ));
+        }
+        let parsed = Self {
+            ca_certs,
+            client_cert,
+            server_name,
+        };
+        if !tls && parsed != Self::default() {
+            return Err(ConfigError::new(
+                variable,
+                "has TLS parameters (cacertfile, certfile, keyfile, server_name_indication) on an \
+                 amqp:// URL: use amqps:// for TLS",
+            ));
+        }
+        Ok(parsed)
+    }
+}
+
+impl fmt::Debug for PemFile {
+    /// The path only: a key file's contents are a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PemFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PemFile {
+    fn read(variable: &str, key: &str, path: &Path) -> Result<Self, ConfigError> {
+        let pem = std::fs::read(path).map_err(|error| {
+            ConfigError::new(
+                variable,
+                format!("{key} {} cannot be read: {error}", path.display()),
+            )
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            pem,
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// The percent-decoded value of `key` in the URL's query string.
+fn query_value(url: &str, key: &str) -> Result<Option<String>, &'static str> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == key {
+            return crate::postgres::percent_decode(value).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Clone)]
@@ -154,6 +302,10 @@ impl AmqpSettings {
 
     /// One setting for several nodes, tried in turn.
     fn cluster(settings: Vec<Self>) -> Self {
+        let tls = settings
+            .first()
+            .map(|first| Arc::clone(&first.tls))
+            .unwrap_or_default();
         let nodes: Vec<Node> = settings.iter().flat_map(|one| one.nodes.clone()).collect();
         let display = nodes
             .iter()
@@ -168,6 +320,7 @@ impl AmqpSettings {
         // Different processes start at different nodes: a fleet spreads over the cluster.
         let start = std::process::id() as usize % nodes.len().max(1);
         Self {
+            tls,
             url,
             display,
             nodes,
@@ -175,9 +328,10 @@ impl AmqpSettings {
         }
     }
 
-    fn single(url: Secret, uri: AMQPUri) -> Self {
+    fn single(url: Secret, uri: AMQPUri, tls: AmqpTls) -> Self {
         let display = redacted(&uri);
         Self {
+            tls: Arc::new(tls),
             url,
             display: display.clone(),
             nodes: vec![Node { uri, display }],
@@ -207,7 +361,7 @@ impl AmqpSettings {
             uri.authority.port,
             percent_encode(&uri.vhost)
         );
-        Self::single(Secret::new(url), uri)
+        Self::single(Secret::new(url), uri, AmqpTls::default())
     }
 
     /// Parses `amqp[s]://user:password@host:port/vhost?query`, or several of them separated by
@@ -220,6 +374,14 @@ impl AmqpSettings {
             .split(',')
             .map(|one| Self::parse_one(variable, one))
             .collect::<Result<Vec<_>, _>>()?;
+        // One TLS configuration serves every connection attempt, whichever node it goes to.
+        if nodes.windows(2).any(|pair| pair[0].tls != pair[1].tls) {
+            return Err(ConfigError::new(
+                variable,
+                "the nodes' URLs differ in TLS (scheme or cacertfile, certfile, keyfile, \
+                 server_name_indication): give every node the same",
+            ));
+        }
         Ok(Self::cluster(nodes))
     }
 
@@ -246,7 +408,48 @@ impl AmqpSettings {
                 "not a valid AMQP URL (expected amqp://user:password@host:port/vhost)",
             )
         })?;
-        Ok(Self::single(Secret::new(url), uri))
+        let tls = AmqpTls::from_query(variable, url, matches!(uri.scheme, AMQPScheme::AMQPS))?;
+        Ok(Self::single(Secret::new(url), uri, tls))
+    }
+
+    /// The TLS parameters (meaningful for `amqps://`; the same for every node).
+    pub fn tls(&self) -> &AmqpTls {
+        &self.tls
+    }
+
+    /// Whether the connections use TLS (`amqps://`).
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.nodes[0].uri.scheme, AMQPScheme::AMQPS)
+    }
+
+    /// What lapin needs for `amqps://`: the `cacertfile` certificates and the client
+    /// certificate. Refuses `server_name_indication`, which lapin cannot honour (it always
+    /// verifies the URL's host), rather than ignore it.
+    pub fn lapin_tls(&self) -> Result<lapin::tcp::OwnedTLSConfig, ConfigError> {
+        if self.tls.server_name.is_some() {
+            return Err(ConfigError::new(
+                "AMQP_URL",
+                "server_name_indication is not supported by this service's AMQP client (lapin): \
+                 use a host name in the URL that the server's certificate names",
+            ));
+        }
+        let text = |file: &PemFile| {
+            String::from_utf8(file.pem.clone()).map_err(|_| {
+                ConfigError::new(
+                    "AMQP_URL",
+                    format!("{} is not a PEM (text) file", file.path.display()),
+                )
+            })
+        };
+        Ok(lapin::tcp::OwnedTLSConfig {
+            cert_chain: self.tls.ca_certs.as_ref().map(text).transpose()?,
+            identity: self.tls.client_cert.as_ref().map(|(cert, key)| {
+                lapin::tcp::OwnedIdentity::PKCS8 {
+                    pem: cert.pem.clone(),
+                    key: key.pem.clone(),
+                }
+            }),
+        })
     }
 
     /// The first node's parsed URI, password included: pass it to a client only.
@@ -308,6 +511,15 @@ impl AmqpSettings {
             failure: NodeFailure::TimedOut(Duration::ZERO),
         }))
     }
+}
+
+/// Whether an I/O error from a TLS client carries rustls's own error: the certificate did not
+/// verify or the peers could not agree, which retrying will not change (a reset during the
+/// handshake is an ordinary I/O error).
+pub fn is_tls_rejection(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
 fn redacted(uri: &AMQPUri) -> String {
@@ -439,6 +651,73 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(failed.failure.to_string(), "refused");
+    }
+
+    #[test]
+    fn amqps_reads_rabbitmq_tls_parameters_and_refuses_unreadable_files() {
+        let dir = std::env::temp_dir().join(format!("kit-amqp-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca = ca.display().to_string();
+        let url =
+            format!("amqps://u:hunter2@h:5671/v?cacertfile={ca}&server_name_indication=rabbit");
+        let tls = settings(&[("AMQP_URL", &url)]).unwrap();
+        assert!(tls.uses_tls());
+        assert_eq!(
+            tls.tls()
+                .ca_certs
+                .as_ref()
+                .unwrap()
+                .path
+                .display()
+                .to_string(),
+            ca
+        );
+        assert_eq!(tls.tls().server_name.as_deref(), Some("rabbit"));
+        assert!(
+            tls.lapin_tls().is_err(),
+            "lapin cannot honour server_name_indication"
+        );
+        let plain_name = format!("amqps://u:p@h:5671/v?cacertfile={ca}");
+        let lapin = settings(&[("AMQP_URL", &plain_name)])
+            .unwrap()
+            .lapin_tls()
+            .unwrap();
+        assert!(lapin.cert_chain.unwrap().contains("BEGIN CERTIFICATE"));
+
+        for (bad, says) in [
+            (
+                "amqps://u:hunter2@h/v?cacertfile=/nonexistent/ca.pem",
+                "cacertfile /nonexistent/ca.pem cannot be read",
+            ),
+            (
+                &format!("amqp://u:hunter2@h/v?cacertfile={ca}"),
+                "use amqps://",
+            ),
+            (
+                &format!("amqps://u:hunter2@h/v?certfile={ca}"),
+                "certfile and keyfile",
+            ),
+            (
+                "amqps://u:hunter2@h/v?verify=verify_none",
+                "verify=verify_none",
+            ),
+            (
+                &format!("amqps://u:hunter2@a/v?cacertfile={ca},amqps://u:hunter2@b/v"),
+                "differ in TLS",
+            ),
+        ] {
+            let error = settings(&[("AMQP_URL", bad)]).unwrap_err();
+            assert_eq!(error.variable, "AMQP_URL");
+            assert!(error.to_string().contains(says), "{bad}: {error}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

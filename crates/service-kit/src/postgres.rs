@@ -3,8 +3,16 @@
 //! one rule for "the database is unavailable" (as opposed to "this statement failed").
 //!
 //! Settings are printed as `host:port/database as user name`, never with the password.
+//!
+//! TLS: `sslmode` (`disable`, `prefer` the default, `require`, `verify-ca`, `verify-full`, as
+//! libpq) and `sslrootcert`/`sslcert`/`sslkey` come from the URL's query string, or from
+//! `DB_SSLMODE`/`DB_SSLROOTCERT` with the parts. They are kept as fields (not only inside the
+//! driver's options) because the relay's replication connection is not made by sqlx and must
+//! honour the same settings. Certificate files are read once at start, so a missing or
+//! unreadable one fails with the setting's name instead of at the first connection.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,7 +32,15 @@ pub const DEFAULT_USER: &str = "postgres";
 pub const DEFAULT_PASSWORD: &str = "postgres";
 
 /// The variables `DATABASE_URL` replaces.
-pub const PART_VARS: &[&str] = &["DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME"];
+pub const PART_VARS: &[&str] = &[
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+    "DB_SSLMODE",
+    "DB_SSLROOTCERT",
+];
 /// Every variable [`PgSettings::from_vars`] reads.
 pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
@@ -33,6 +49,8 @@ pub const ENV_VARS: &[&str] = &[
     "DB_USER",
     "DB_PASSWORD",
     "DB_NAME",
+    "DB_SSLMODE",
+    "DB_SSLROOTCERT",
 ];
 
 /// SQLSTATE `invalid_catalog_name`: the database does not exist.
@@ -50,6 +68,11 @@ pub struct PgParts {
     pub user: String,
     pub password: Secret,
     pub database: String,
+    /// `None`: `prefer`, as libpq.
+    pub ssl_mode: Option<PgSslMode>,
+    /// CA certificate(s) (PEM) the server's certificate must chain to (`verify-ca`,
+    /// `verify-full`); `None`: the WebPKI (Mozilla) roots.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 /// Where PostgreSQL is and who we are there. `Debug` and [`PgSettings::display`] never show the
@@ -64,6 +87,10 @@ pub struct PgSettings {
     /// `sslmode` of the URL (or `PGSSLMODE`, else `prefer`): every connection honours it,
     /// the replication one included.
     pub ssl_mode: PgSslMode,
+    /// `sslrootcert` of the URL or `DB_SSLROOTCERT`: checked readable at start.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `sslcert` and `sslkey` of the URL: a client certificate, both or neither.
+    pub ssl_client_cert: Option<(PathBuf, PathBuf)>,
     /// What else the URL said (`options`, `application_name`, `sslrootcert`...), as sqlx reads it.
     base: PgConnectOptions,
 }
@@ -74,6 +101,7 @@ impl fmt::Debug for PgSettings {
             .field("target", &self.display())
             .field("password", &self.password)
             .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish_non_exhaustive()
     }
 }
@@ -91,8 +119,12 @@ impl PgSettings {
             user: vars.string_or("DB_USER", DEFAULT_USER)?,
             password: Secret::new(vars.string_or("DB_PASSWORD", DEFAULT_PASSWORD)?),
             database: vars.string_or("DB_NAME", default_database)?,
+            ssl_mode: vars
+                .get("DB_SSLMODE")?
+                .map(|mode| parse_ssl_mode("DB_SSLMODE", &mode))
+                .transpose()?,
+            ssl_root_cert: vars.get("DB_SSLROOTCERT")?.map(PathBuf::from),
         })
-        .map_err(|error| ConfigError::new("DB_NAME", error.reason))
     }
 
     /// The `DB_*` parts that a set `DATABASE_URL` makes ignored, for a warning.
@@ -109,11 +141,17 @@ impl PgSettings {
         Ok(ignored)
     }
 
+    /// Errors name the `DB_*` variable at fault.
     pub fn from_parts(parts: PgParts) -> Result<Self, ConfigError> {
         check_database_name("DB_NAME", &parts.database)?;
+        if let Some(path) = &parts.ssl_root_cert {
+            check_readable("DB_SSLROOTCERT", "the root certificate file", path)?;
+        }
         let base = PgConnectOptions::new();
         Ok(Self {
-            ssl_mode: base.get_ssl_mode(),
+            ssl_mode: parts.ssl_mode.unwrap_or(PgSslMode::Prefer),
+            ssl_root_cert: parts.ssl_root_cert,
+            ssl_client_cert: None,
             host: parts.host,
             port: parts.port,
             user: parts.user,
@@ -152,6 +190,27 @@ impl PgSettings {
         })?;
         let database = base.get_database().unwrap_or(default_database).to_owned();
         check_database_name(variable, &database)?;
+        let tls_file = |key: &str| -> Result<Option<PathBuf>, ConfigError> {
+            let Some(path) = query_value(url, key)
+                .map_err(|reason| ConfigError::new(variable, format!("{key} {reason}")))?
+            else {
+                return Ok(None);
+            };
+            let path = PathBuf::from(path);
+            check_readable(variable, key, &path)?;
+            Ok(Some(path))
+        };
+        let ssl_root_cert = tls_file("sslrootcert")?;
+        let ssl_client_cert = match (tls_file("sslcert")?, tls_file("sslkey")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    variable,
+                    "sslcert and sslkey go together: give both or neither",
+                ));
+            }
+        };
         Ok(Self {
             host: base.get_host().to_owned(),
             port: base.get_port(),
@@ -159,6 +218,8 @@ impl PgSettings {
             password: Secret::new(password),
             database,
             ssl_mode: base.get_ssl_mode(),
+            ssl_root_cert,
+            ssl_client_cert,
             base,
         })
     }
@@ -179,6 +240,15 @@ impl PgSettings {
             .password(self.password.expose())
             .database(database)
             .ssl_mode(self.ssl_mode);
+        // Set again from the fields: with the `DB_*` parts the base has none of them.
+        let options = match &self.ssl_root_cert {
+            Some(path) => options.ssl_root_cert(path),
+            None => options,
+        };
+        let options = match &self.ssl_client_cert {
+            Some((cert, key)) => options.ssl_client_cert(cert).ssl_client_key(key),
+            None => options,
+        };
         if self.base.get_application_name().is_some() {
             options
         } else {
@@ -301,6 +371,68 @@ pub fn check_schema(variable: &str, schema: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `sslmode` as libpq spells it (`allow` is taken too, as sqlx does).
+pub fn parse_ssl_mode(variable: &str, text: &str) -> Result<PgSslMode, ConfigError> {
+    PgSslMode::from_str(text.trim()).map_err(|_| {
+        ConfigError::new(
+            variable,
+            format!(
+                "{text:?} is not an sslmode: expected disable, prefer, require, verify-ca or \
+                 verify-full"
+            ),
+        )
+    })
+}
+
+/// A certificate or key file must be readable now: a typo fails at start, naming the setting,
+/// rather than as a TLS error at every connection attempt.
+fn check_readable(variable: &str, what: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path).map(drop).map_err(|error| {
+        ConfigError::new(
+            variable,
+            format!("{what} {} cannot be read: {error}", path.display()),
+        )
+    })
+}
+
+/// The percent-decoded value of `key` in the URL's query string (`+` is a space, as in forms).
+fn query_value(url: &str, key: &str) -> Result<Option<String>, &'static str> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == key {
+            return percent_decode(&value.replace('+', " ")).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The hint a failed connection's message ends with when TLS was the cause.
+pub fn tls_hint(error: &sqlx::Error) -> &'static str {
+    match error {
+        error if is_tls_failure(error) => {
+            " (TLS failed: check sslmode and sslrootcert in DATABASE_URL, or DB_SSLMODE and \
+             DB_SSLROOTCERT; verify-ca/verify-full need the CA that signed the server's \
+             certificate, and verify-full a host name the certificate names)"
+        }
+        _ => "",
+    }
+}
+
+/// Whether the TLS session failed: sqlx says so itself (a server without TLS under `require`), or
+/// passes rustls's error on inside an I/O error (a certificate that does not verify).
+pub fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
+}
+
 /// A database name as PostgreSQL takes it: 1 to 63 bytes, no NUL.
 fn check_database_name(variable: &str, name: &str) -> Result<(), ConfigError> {
     if name.len() > 63 || name.contains('\0') || name.trim().is_empty() {
@@ -368,13 +500,16 @@ fn redact(message: &str, url: &str, password: &str) -> String {
 }
 
 /// Whether `error` says the database cannot be reached right now (so waiting and retrying is
-/// right), as opposed to this statement or these credentials failing: I/O errors, TLS and pool
+/// right), as opposed to this statement or these credentials failing: I/O errors, pool
 /// timeouts, a closed pool, SQLSTATE class 08 (connection exception) and 57P01/57P02/57P03
-/// (admin shutdown, crash shutdown, cannot connect now).
+/// (admin shutdown, crash shutdown, cannot connect now). A TLS error is not: a certificate that
+/// does not verify, or a server without TLS under `sslmode=require`, will not change by waiting.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    if is_tls_failure(error) {
+        return false;
+    }
     match error {
         sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
@@ -399,7 +534,7 @@ pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
 /// Why the database could not be prepared at start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}: {source}{hint}", hint = tls_hint(.source))]
     Connect {
         target: String,
         #[source]
@@ -603,6 +738,47 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_come_from_the_url_or_the_parts_and_files_must_be_readable() {
+        // Any readable file stands for a certificate here: only readability is checked.
+        let readable = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let url = settings(&[(
+            "DATABASE_URL",
+            &format!("postgres://u:pw@h/d?sslmode=verify-full&sslrootcert={readable}"),
+        )])
+        .unwrap();
+        assert!(matches!(url.ssl_mode, PgSslMode::VerifyFull));
+        assert_eq!(url.ssl_root_cert.as_deref(), Some(Path::new(readable)));
+        let parts = settings(&[("DB_SSLMODE", "verify-ca"), ("DB_SSLROOTCERT", readable)]).unwrap();
+        assert!(matches!(parts.ssl_mode, PgSslMode::VerifyCa));
+        assert_eq!(parts.ssl_root_cert.as_deref(), Some(Path::new(readable)));
+        assert!(matches!(
+            parts.connect_options("svc").get_ssl_mode(),
+            PgSslMode::VerifyCa
+        ));
+        assert!(matches!(settings(&[]).unwrap().ssl_mode, PgSslMode::Prefer));
+
+        let missing = "/nonexistent/ca.pem";
+        let error = settings(&[(
+            "DATABASE_URL",
+            &format!("postgres://u:pw@h/d?sslmode=verify-full&sslrootcert={missing}"),
+        )])
+        .unwrap_err();
+        assert_eq!(error.variable, "DATABASE_URL");
+        assert!(error.to_string().contains("sslrootcert"), "{error}");
+        assert!(error.to_string().contains(missing), "{error}");
+        let error = settings(&[("DB_SSLROOTCERT", missing)]).unwrap_err();
+        assert_eq!(error.variable, "DB_SSLROOTCERT");
+        let error = settings(&[("DB_SSLMODE", "verify_full")]).unwrap_err();
+        assert_eq!(error.variable, "DB_SSLMODE");
+        let error = settings(&[(
+            "DATABASE_URL",
+            &format!("postgres://u:pw@h/d?sslcert={readable}"),
+        )])
+        .unwrap_err();
+        assert!(error.to_string().contains("sslkey"), "{error}");
+    }
+
+    #[test]
     fn bad_urls_name_the_variable_and_never_the_password() {
         for url in [
             "mysql://u:Pw-91x@h/db",
@@ -618,6 +794,22 @@ mod tests {
             settings(&[("DATABASE_URL", "postgres://u:Pw-91x@h/db")]).unwrap()
         );
         assert!(!printed.contains("Pw-91x"), "{printed}");
+    }
+
+    #[test]
+    fn a_tls_failure_is_not_waited_for_and_gets_a_hint() {
+        let bad_certificate = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert!(is_tls_failure(&bad_certificate));
+        assert!(!is_unavailable(&bad_certificate));
+        assert!(tls_hint(&bad_certificate).contains("sslrootcert"));
+        let no_tls = sqlx::Error::Tls("server does not support TLS".into());
+        assert!(!is_unavailable(&no_tls));
+        let refused = sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(is_unavailable(&refused));
+        assert_eq!(tls_hint(&refused), "");
     }
 
     #[test]

@@ -38,6 +38,19 @@ pub enum BrokerError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker's certificate did not verify (or the TLS peers could not agree).
+    #[error(
+        "TLS with RabbitMQ at {url} failed: {source} (check amqps:// and its cacertfile: the \
+         server's certificate must chain to it and name the URL's host)"
+    )]
+    Tls {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// The `amqps://` settings lapin cannot use (also checked when the configuration is read).
+    #[error("AMQP_URL is invalid: {0}")]
+    TlsSettings(String),
     #[error("connecting to RabbitMQ at {url} timed out after {after:?}")]
     ConnectTimeout {
         url: String,
@@ -78,7 +91,9 @@ impl BrokerError {
     /// that exists with other arguments) or our credentials.
     pub fn is_permanent(&self) -> bool {
         match self {
-            BrokerError::PluginMissing(_) => true,
+            BrokerError::PluginMissing(_)
+            | BrokerError::Tls { .. }
+            | BrokerError::TlsSettings(_) => true,
             BrokerError::Declare { source, .. } => matches!(
                 source.kind(),
                 lapin::ErrorKind::ProtocolError(error)
@@ -241,20 +256,39 @@ pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerErro
         Some(partition) => format!("shipment-service partition {partition}"),
         None => "shipment-service".to_owned(),
     };
+    // For `amqps://`: the `cacertfile` CA and client certificate (empty for `amqp://`).
+    let tls = settings
+        .connection
+        .lapin_tls()
+        .map_err(|error| BrokerError::TlsSettings(error.reason))?;
+    let runtime = lapin::runtime::default_runtime().map_err(|source| BrokerError::Connect {
+        url: settings.connection.display.clone(),
+        source,
+    })?;
     settings
         .connection
         .connect_any(|uri| {
-            Connection::connect_uri(
+            Connection::connect_uri_with_config(
                 uri,
                 ConnectionProperties::default().with_connection_name(name.as_str().into()),
+                tls.clone(),
+                runtime.clone(),
             )
         })
         .await
         .map(|(connection, _)| connection)
         .map_err(|failed| match failed.failure {
-            NodeFailure::Refused(source) => BrokerError::Connect {
-                url: failed.address,
-                source,
+            NodeFailure::Refused(source) => match source.kind() {
+                lapin::ErrorKind::IOError(io) if service_kit::amqp::is_tls_rejection(io) => {
+                    BrokerError::Tls {
+                        url: failed.address,
+                        source,
+                    }
+                }
+                _ => BrokerError::Connect {
+                    url: failed.address,
+                    source,
+                },
             },
             NodeFailure::TimedOut(after) => BrokerError::ConnectTimeout {
                 url: failed.address,

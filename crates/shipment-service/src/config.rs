@@ -273,8 +273,11 @@ impl Config {
             port: vars.listen_port_or("SERVER_PORT", 3001)?,
         };
         let database = DatabaseSettings::from_vars(vars, DATABASE_DEFAULTS)?;
+        let connection = AmqpSettings::from_vars(vars)?;
+        // Settings lapin cannot honour fail now, naming AMQP_URL, not at the first connection.
+        connection.lapin_tls()?;
         let broker = BrokerSettings {
-            connection: AmqpSettings::from_vars(vars)?,
+            connection,
             exchange: amqp_name(
                 "RABBITMQ_EXCHANGE",
                 vars.string_or("RABBITMQ_EXCHANGE", "order.events")?,

@@ -9,16 +9,16 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::uri::AMQPUri;
+use service_kit::amqp::AmqpTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{
     self, DecodeError, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame, Properties,
     Publish, Reader, Writer, method,
 };
+use super::stream::{self, StreamReader as OwnedReadHalf, StreamWriter as OwnedWriteHalf};
 use crate::sink::Outcome;
 
 /// The one channel the publisher uses.
@@ -37,10 +37,8 @@ const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ConnectError {
     #[error("cannot reach the broker: {0}")]
     Io(#[from] std::io::Error),
-    #[error(
-        "amqps:// (TLS) is not supported by the relay's publisher yet; use amqp:// (a TLS-terminating proxy in front of RabbitMQ works)"
-    )]
-    TlsUnsupported,
+    #[error(transparent)]
+    Tls(#[from] stream::TlsError),
     #[error("the broker refused: {code} {text}")]
     Refused { code: u16, text: String },
     #[error("the broker offers no PLAIN authentication (it offers {offered})")]
@@ -231,14 +229,14 @@ impl Drop for Publisher {
 }
 
 impl Publisher {
-    /// Connects, authenticates, opens the vhost and one channel, and selects confirm mode.
-    pub async fn connect(uri: &AMQPUri, connection_name: &str) -> Result<Self, ConnectError> {
-        if matches!(uri.scheme, AMQPScheme::AMQPS) {
-            return Err(ConnectError::TlsUnsupported);
-        }
-        let stream = TcpStream::connect((uri.authority.host.as_str(), uri.authority.port)).await?;
-        stream.set_nodelay(true)?;
-        let (mut read, mut write) = stream.into_split();
+    /// Connects (over TLS for `amqps://`, with `tls`), authenticates, opens the vhost and one
+    /// channel, and selects confirm mode.
+    pub async fn connect(
+        uri: &AMQPUri,
+        tls: &AmqpTls,
+        connection_name: &str,
+    ) -> Result<Self, ConnectError> {
+        let (mut read, mut write) = stream::connect(uri, tls).await?;
         let mut input = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(4096);
 

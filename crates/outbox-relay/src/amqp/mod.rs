@@ -14,10 +14,13 @@
 //! properties the relay sets, publisher confirms (`basic.ack`/`basic.nack`, `multiple`),
 //! `basic.return` (attributed to its publish by exchange, routing key and body), heartbeats
 //! both ways, `connection.blocked`/`unblocked`, and the broker closing the channel or the
-//! connection. No consuming, no TLS (`amqps://` is refused with a clear error).
+//! connection. No consuming. `amqps://` is TLS through rustls ([`stream`]), with RabbitMQ's URI
+//! query parameters for the CA, client certificate and server name.
 
 mod client;
 mod codec;
+mod stream;
 
 pub use client::{ConfirmFuture, ConnectError, Publisher};
 pub use codec::{DecodeError, Properties};
+pub use stream::TlsError;

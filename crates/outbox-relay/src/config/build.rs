@@ -394,6 +394,21 @@ fn postgres_settings(
         file_source("database.dbname"),
         defaults::DATABASE,
     );
+    // TLS: the flags/variables, else Debezium's `database.sslmode` and `database.sslrootcert`
+    // (a relay taking over Debezium's configuration must not connect in clear text where
+    // Debezium used TLS).
+    let ssl_mode = pick(
+        cli.db_sslmode.as_ref(),
+        "DB_SSLMODE",
+        file_source("database.sslmode"),
+        "",
+    );
+    let ssl_root_cert = pick(
+        cli.db_sslrootcert.as_ref(),
+        "DB_SSLROOTCERT",
+        file_source("database.sslrootcert"),
+        "",
+    );
     let parts = PgParts {
         host: pick(
             cli.db_host.as_ref(),
@@ -426,8 +441,21 @@ fn postgres_settings(
             .value,
         ),
         database: database.non_empty()?,
+        ssl_mode: match ssl_mode.value.as_str() {
+            "" => None,
+            mode => Some(postgres::parse_ssl_mode(&ssl_mode.name, mode)?),
+        },
+        ssl_root_cert: (!ssl_root_cert.value.is_empty())
+            .then(|| std::path::PathBuf::from(&ssl_root_cert.value)),
     };
-    PostgresSettings::from_parts(parts).map_err(|error| invalid(&database.name, error.reason))
+    PostgresSettings::from_parts(parts).map_err(|error| {
+        // The kit names the `DB_*` variable at fault; the value may come from the file.
+        match error.variable.as_str() {
+            "DB_NAME" => invalid(&database.name, error.reason),
+            "DB_SSLROOTCERT" => invalid(&ssl_root_cert.name, error.reason),
+            _ => error.into(),
+        }
+    })
 }
 
 /// `AMQP_URL`, else each `RABBITMQ_*` from flag/env, file or default.

@@ -33,8 +33,18 @@ pub struct Cli {
     /// Database holding the outbox table [default: orderdb].
     #[arg(long, env = "DB_NAME")]
     pub db_name: Option<String>,
+    /// TLS with PostgreSQL, every connection (replication included): disable | prefer |
+    /// require | verify-ca | verify-full, as libpq's sslmode [default: prefer].
+    #[arg(long, env = "DB_SSLMODE")]
+    pub db_sslmode: Option<String>,
+    /// CA certificate(s), PEM, the server's certificate must chain to (verify-ca,
+    /// verify-full) [default: the WebPKI roots].
+    #[arg(long, env = "DB_SSLROOTCERT")]
+    pub db_sslrootcert: Option<String>,
 
-    /// AMQP URL (amqp://user:password@host:port/vhost); replaces the RABBITMQ_* settings.
+    /// AMQP URL (amqp://user:password@host:port/vhost, or amqps:// with RabbitMQ's TLS query
+    /// parameters cacertfile, certfile, keyfile, server_name_indication); replaces the
+    /// RABBITMQ_* settings.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// RabbitMQ host [default: 127.0.0.1].

@@ -49,6 +49,8 @@ const SOURCE_KEYS: &[&str] = &[
     "database.user",
     "database.password",
     "database.dbname",
+    "database.sslmode",
+    "database.sslrootcert",
     "slot.name",
     "publication.name",
     "table.include.list",

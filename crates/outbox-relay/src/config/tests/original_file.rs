@@ -115,7 +115,7 @@ fn every_ignored_key_gets_one_note_with_its_reason_and_no_value() {
 
     // Unknown keys and other transforms are named too, without expanding their values.
     let properties = DebeziumProperties::parse(
-        "debezium.source.database.sslmode=${UNSET_SSL}\n\
+        "debezium.source.database.tcpKeepAlive=${UNSET_KEEPALIVE}\n\
          debezium.transforms=unwrap,outbox\n\
          debezium.transforms.unwrap.type=io.debezium.transforms.ExtractNewRecordState\n\
          debezium.transforms.unwrap.drop.tombstones=false\n\
@@ -132,7 +132,7 @@ fn every_ignored_key_gets_one_note_with_its_reason_and_no_value() {
         .collect();
     assert!(
         notes.contains(&(
-            "debezium.source.database.sslmode",
+            "debezium.source.database.tcpKeepAlive",
             "ignored: not used by outbox-relay"
         )),
         "{notes:?}"
@@ -154,4 +154,73 @@ fn every_ignored_key_gets_one_note_with_its_reason_and_no_value() {
             "{key}: {notes:?}"
         );
     }
+}
+
+#[test]
+fn debeziums_tls_settings_are_the_relays() {
+    let readable = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let with = |extra: &[(&str, &str)]| {
+        let mut env = ORIGINAL_ENV.to_vec();
+        env.extend_from_slice(extra);
+        Config::from_cli_with_env(
+            Cli {
+                debezium_properties: Some(the_originals_file()),
+                ..cli()
+            },
+            &env_of(&env),
+        )
+    };
+    // Debezium's own keys (here through their environment names): a relay taking over its
+    // configuration keeps its TLS.
+    let config = with(&[
+        ("DEBEZIUM_SOURCE_DATABASE_SSLMODE", "verify-full"),
+        ("DEBEZIUM_SOURCE_DATABASE_SSLROOTCERT", readable),
+    ])
+    .unwrap();
+    assert!(matches!(
+        config.postgres.ssl_mode,
+        sqlx::postgres::PgSslMode::VerifyFull
+    ));
+    assert_eq!(
+        config.postgres.ssl_root_cert.as_deref(),
+        Some(std::path::Path::new(readable))
+    );
+    let error = with(&[(
+        "DEBEZIUM_SOURCE_DATABASE_SSLROOTCERT",
+        "/nonexistent/root.crt",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("debezium.source.database.sslrootcert")
+            && error.contains("/nonexistent/root.crt"),
+        "{error}"
+    );
+    let error = with(&[("DEBEZIUM_SOURCE_DATABASE_SSLMODE", "verify")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("debezium.source.database.sslmode"),
+        "{error}"
+    );
+    // The relay's own flag (or `DB_SSLMODE`) wins over the file.
+    let config = Config::from_cli_with_env(
+        Cli {
+            debezium_properties: Some(the_originals_file()),
+            db_sslmode: Some("disable".into()),
+            ..cli()
+        },
+        &env_of(
+            &[
+                ORIGINAL_ENV,
+                &[("DEBEZIUM_SOURCE_DATABASE_SSLMODE", "verify-full")],
+            ]
+            .concat(),
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        config.postgres.ssl_mode,
+        sqlx::postgres::PgSslMode::Disable
+    ));
 }
