@@ -55,7 +55,7 @@ def main():
 
     plt.style.use("dark_background")
     figure = plt.figure(figsize=(20, rows * 0.42), dpi=80)
-    grid = GridSpec(rows, 24, figure=figure, hspace=2.2, wspace=1.2, top=0.95, bottom=0.02)
+    grid = GridSpec(rows, 24, figure=figure, hspace=2.2, wspace=1.2, top=0.94, bottom=0.02)
     title = dashboard.get("title", "dashboard")
     window = datetime.fromtimestamp(args.start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figure.suptitle(f"{title}\n{window}, {int(args.end - args.start)} s. {args.note}", fontsize=13)
