@@ -107,7 +107,10 @@ async fn a_dropped_slot_is_reported_with_what_it_means() {
     .unwrap();
     assert!(error.contains(&fixture.slot), "{error}");
     // It says what recovers: re-create the slot and re-publish from the table.
-    assert!(error.contains("outbox-relay resync --recreate-slot"), "{error}");
+    assert!(
+        error.contains("outbox-relay resync --recreate-slot"),
+        "{error}"
+    );
     assert!(!relay.status().report().streaming);
     // Nothing was created behind the operator's back.
     let slots: i64 =
