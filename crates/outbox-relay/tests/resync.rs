@@ -396,6 +396,80 @@ async fn an_invalidated_slot_is_named_and_resync_recreates_it_with_no_gap() {
     postgres.stop().await;
 }
 
+/// A relay that cannot deliver (nothing bound to the exchange: the broker returns the event, the
+/// relay holds its position) keeps the slot behind until PostgreSQL invalidates it under the relay
+/// and ends its session. Once the event can be delivered and the relay reads again, it reports the
+/// invalidation and what to run, instead of retrying blindly.
+#[tokio::test]
+async fn a_slot_invalidated_under_a_running_relay_is_reported() {
+    test_support::init_tracing();
+    let postgres = PrivatePostgres::start().await;
+    let admin = PgPool::connect(&postgres.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE outbox")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let pool = PgPool::connect(&postgres.url("outbox")).await.unwrap();
+    for statement in common::OUTBOX_DDL {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let vhost = TestVhost::create("resync_running").await.unwrap();
+    let slot = format!("slot_{}", unique_suffix());
+    let env: HashMap<String, String> = HashMap::from([
+        ("DATABASE_URL".into(), postgres.url("outbox")),
+        ("AMQP_URL".into(), vhost.amqp_url.clone()),
+        ("RELAY_SLOT".into(), slot.clone()),
+        ("RELAY_PUBLICATION".into(), "outbox_pub".into()),
+        ("RELAY_CONNECT_TIMEOUT_SECS".into(), "10".into()),
+        ("RELAY_STATUS_INTERVAL_MS".into(), "100".into()),
+        ("RELAY_HTTP_PORT".into(), free_port().to_string()),
+    ]);
+    let mut relay = common::spawn_relay(&env);
+    relay.wait_healthy(EVENTUALLY).await.unwrap();
+    insert_each(&pool, &Row::orders("order-1", "OrderCreated", 0..1)).await;
+    relay
+        .wait_health(
+            "the relay to stall on the returned event",
+            EVENTUALLY,
+            |_, body| body["stalled"].is_string(),
+        )
+        .await
+        .unwrap();
+
+    invalidate_slot(&pool, &slot).await;
+    // The cause fixed: the stalled event is delivered, and the relay, reading again, finds its
+    // session gone and the slot invalidated.
+    let queue = bind_queue(&vhost.amqp_url, "order.events").await;
+    take_exactly(&queue, 1).await;
+
+    let (status, body) = relay
+        .wait_health("the invalidation reported", EVENTUALLY, |_, body| {
+            body["last_error"]
+                .as_str()
+                .is_some_and(|error| error.contains("was invalidated by PostgreSQL"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    let error = body["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("outbox-relay resync --recreate-slot"),
+        "{error}"
+    );
+    let metrics = relay.metrics().await.unwrap();
+    assert!(
+        metrics.contains("outbox_relay_slot_invalidated 1"),
+        "{metrics}"
+    );
+
+    relay.terminate(Duration::from_secs(10)).await.unwrap();
+    queue.close().await;
+    vhost.delete().await.unwrap();
+    pool.close().await;
+    admin.close().await;
+    postgres.stop().await;
+}
+
 #[tokio::test]
 async fn an_empty_range_publishes_nothing_and_succeeds() {
     let fixture = Fixture::new("resync_empty").await;
