@@ -160,7 +160,9 @@ impl Relay {
             settings: config.amqp.clone(),
             exchange_type: config.exchange_type,
         };
-        let sink = connect_broker(&config, &mut connector).await?;
+        let sink = connect_broker(&config, &mut connector)
+            .await
+            .map_err(RelayError::Broker)?;
         tracing::info!(broker = %config.amqp.display, "RabbitMQ connected");
 
         let address = format!("{}:{}", config.http_host, config.http_port);
@@ -220,10 +222,12 @@ impl Relay {
     }
 }
 
-async fn connect_broker(
+/// Connects to the broker, retrying until the configuration's connect timeout (start-up of the
+/// relay and of a resync).
+pub(crate) async fn connect_broker(
     config: &Config,
     connector: &mut AmqpConnector,
-) -> Result<AmqpSink, RelayError> {
+) -> Result<AmqpSink, SinkError> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(10), connector.connect()).await;
@@ -231,7 +235,7 @@ async fn connect_broker(
             Ok(Ok(sink)) => return Ok(sink),
             // A certificate that does not verify will not verify on the next attempt either.
             Ok(Err(error)) if is_permanent_tls_failure(&error) => {
-                return Err(RelayError::Broker(error));
+                return Err(error);
             }
             Ok(Err(error)) => error,
             Err(_) => SinkError::Timeout {
@@ -239,7 +243,7 @@ async fn connect_broker(
             },
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(RelayError::Broker(error));
+            return Err(error);
         }
         tracing::warn!(%error, "RabbitMQ not reachable yet; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -25,7 +25,7 @@
 //! without one the resync stops with the row's reason instead of waiting for a fix.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ use crate::config::{Config, ResyncArgs, SourceKind};
 use crate::pipeline::{Pipeline, Settings};
 use crate::polling::{self, PollingStartError, TIMESTAMP_COLUMN, TableShape, quote_ident};
 use crate::row::{Row, Value};
-use crate::sink::{AmqpConnector, Connector, SinkError};
+use crate::sink::{AmqpConnector, SinkError};
 use crate::source::{self, Opened, Position, Source, SourceError, SourceEvent, StartError};
 use crate::telemetry::{CommitTime, RelayStatus};
 
@@ -180,12 +180,7 @@ pub async fn run(
         .as_deref()
         .map(|text| parse_time("--until", text))
         .transpose()?;
-    let mut connection = source::connect(&config.postgres, config.connect_timeout).await?;
-    // A `timestamp` column without time zone holds UTC wall time (as the producers write it).
-    sqlx::query("SET TimeZone = 'UTC'")
-        .execute(&mut connection)
-        .await
-        .map_err(sql("setting the session's time zone"))?;
+    let mut connection = connect_utc(&config.postgres, config.connect_timeout).await?;
 
     // The slot first: every row the table read below misses is then in the slot.
     let recreated_slot = if args.recreate_slot {
@@ -254,6 +249,20 @@ pub async fn run(
     }
     report.published = publish(config, queries, shutdown).await?;
     Ok(report)
+}
+
+/// An ordinary session (retrying until `timeout`) in UTC: a `timestamp` column without time zone
+/// holds UTC wall time, as the producers write it, and the range is compared in UTC.
+async fn connect_utc(
+    settings: &crate::config::PostgresSettings,
+    timeout: Duration,
+) -> Result<PgConnection, StartError> {
+    let mut connection = source::connect(settings, timeout).await?;
+    sqlx::query("SET TimeZone = 'UTC'")
+        .execute(&mut connection)
+        .await
+        .map_err(source::sql("setting the session's time zone"))?;
+    Ok(connection)
 }
 
 /// Drops the slot if PostgreSQL invalidated it, refuses if it is valid or held, then creates
@@ -456,16 +465,10 @@ async fn publish(
         settings: config.amqp.clone(),
         exchange_type: config.exchange_type,
     };
-    let sink = tokio::time::timeout(
-        Duration::from_secs(10).max(config.connect_timeout),
-        connector.connect(),
-    )
-    .await
-    .map_err(|_| SinkError::Timeout {
-        address: config.amqp.display.clone(),
-    })??;
+    let sink = crate::connect_broker(&config, &mut connector).await?;
     let progress = Arc::new(Progress::default());
     let (read_all, mut read_all_seen) = watch::channel(false);
+    let finished = read_all_seen.clone();
     let source = ResyncSource {
         postgres: config.postgres.clone(),
         queries: Arc::new(queries),
@@ -517,7 +520,7 @@ async fn publish(
     {
         return Err(ResyncError::Stalled { reason });
     }
-    if !progress.finished.load(Ordering::Relaxed) || flushed < read {
+    if !*finished.borrow() || flushed < read {
         return Err(ResyncError::Incomplete { confirmed, read });
     }
     Ok(confirmed)
@@ -546,8 +549,6 @@ struct Progress {
     read: AtomicU64,
     /// The last row number every row up to which RabbitMQ confirmed.
     flushed: AtomicU64,
-    /// Every row of the range was read (in the session that read them).
-    finished: AtomicBool,
 }
 
 type Item = Result<SourceEvent<ResyncPosition>, SourceError>;
@@ -558,6 +559,7 @@ struct ResyncSource {
     queries: Arc<Vec<TableQuery>>,
     session: Option<(mpsc::Receiver<Item>, JoinHandle<()>)>,
     progress: Arc<Progress>,
+    /// Set once every row of the range was read (in the session that read them).
     read_all: watch::Sender<bool>,
 }
 
@@ -575,10 +577,7 @@ impl Source for ResyncSource {
 
     async fn open(&mut self, from: ResyncPosition) -> Result<Opened<ResyncPosition>, SourceError> {
         self.disconnect();
-        let mut connection = source::connect(&self.postgres, Duration::ZERO).await?;
-        sqlx::query("SET TimeZone = 'UTC'")
-            .execute(&mut connection)
-            .await?;
+        let connection = connect_utc(&self.postgres, Duration::ZERO).await?;
         if from.0 > 0 {
             tracing::warn!(confirmed_up_to = %from, "reading the range again from its beginning (duplicates follow)");
         }
@@ -601,7 +600,6 @@ impl Source for ResyncSource {
             Some(item) => item,
             None => {
                 // Everything was read: the driver stops the pipeline, which drains the window.
-                self.progress.finished.store(true, Ordering::Relaxed);
                 self.read_all.send_replace(true);
                 std::future::pending().await
             }

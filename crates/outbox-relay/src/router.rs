@@ -744,17 +744,14 @@ mod tests {
     fn the_trace_context_column_is_optional() {
         const CONTEXT: &str =
             "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n";
-        let mut columns: Vec<(&str, u32)> = vec![
-            ("id", 2950),
-            ("aggregate_type", 1043),
-            ("aggregate_id", 1043),
-            ("type", 1043),
-            ("payload", 3802),
-            ("timestamp", 1184),
-        ];
-        columns.push(("tracingspancontext", 1043));
+        // The outbox table with the column added last, as the migration adds it.
+        let mut traced_table = outbox_relation();
+        traced_table.columns.push(ColumnSchema {
+            name: "tracingspancontext".into(),
+            type_oid: 1043,
+        });
         let mut router = Router::new(RouterConfig::default());
-        router.on_table(&relation(16400, "orders", "outbox_event", &columns));
+        router.on_table(&traced_table);
         let mut values = order_row().values;
         values.push(Value::Text(Bytes::from_static(CONTEXT.as_bytes())));
         let row = Row {
@@ -787,7 +784,7 @@ mod tests {
             tracing_span_context_field: None,
             ..RouterConfig::default()
         });
-        off.on_table(&relation(16400, "orders", "outbox_event", &columns));
+        off.on_table(&traced_table);
         let mut values = order_row().values;
         values.push(Value::Text(Bytes::from_static(CONTEXT.as_bytes())));
         let row = Row {

@@ -300,30 +300,65 @@ async fn invalidate_slot(pool: &PgPool, slot: &str) {
     panic!("PostgreSQL did not invalidate slot {slot}");
 }
 
+/// A private PostgreSQL with an outbox database, a vhost, and the environment of a relay on a slot
+/// of its own there (no HTTP port: each relay gets its own).
+struct SlotScene {
+    postgres: PrivatePostgres,
+    admin: PgPool,
+    pool: PgPool,
+    vhost: TestVhost,
+    slot: String,
+    env: HashMap<String, String>,
+}
+
+impl SlotScene {
+    async fn new(prefix: &str) -> Self {
+        test_support::init_tracing();
+        let postgres = PrivatePostgres::start().await;
+        let admin = PgPool::connect(&postgres.url("postgres")).await.unwrap();
+        sqlx::query("CREATE DATABASE outbox")
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pool = PgPool::connect(&postgres.url("outbox")).await.unwrap();
+        for statement in common::OUTBOX_DDL {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        let vhost = TestVhost::create(prefix).await.unwrap();
+        let slot = format!("slot_{}", unique_suffix());
+        let env = HashMap::from([
+            ("DATABASE_URL".into(), postgres.url("outbox")),
+            ("AMQP_URL".into(), vhost.amqp_url.clone()),
+            ("RELAY_SLOT".into(), slot.clone()),
+            ("RELAY_PUBLICATION".into(), "outbox_pub".into()),
+            ("RELAY_CONNECT_TIMEOUT_SECS".into(), "10".into()),
+            ("RELAY_STATUS_INTERVAL_MS".into(), "100".into()),
+        ]);
+        Self {
+            postgres,
+            admin,
+            pool,
+            vhost,
+            slot,
+            env,
+        }
+    }
+
+    /// Deletes the vhost and stops the private server (its slots go with its folder).
+    async fn stop(self) {
+        self.vhost.delete().await.unwrap();
+        self.pool.close().await;
+        self.admin.close().await;
+        self.postgres.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn an_invalidated_slot_is_named_and_resync_recreates_it_with_no_gap() {
-    test_support::init_tracing();
-    let postgres = PrivatePostgres::start().await;
-    let admin = PgPool::connect(&postgres.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE outbox")
-        .execute(&admin)
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&postgres.url("outbox")).await.unwrap();
-    for statement in common::OUTBOX_DDL {
-        sqlx::query(statement).execute(&pool).await.unwrap();
-    }
-    let vhost = TestVhost::create("resync_slot").await.unwrap();
-    let queue = bind_queue(&vhost.amqp_url, "order.events").await;
-    let slot = format!("slot_{}", unique_suffix());
-    let env: HashMap<String, String> = HashMap::from([
-        ("DATABASE_URL".into(), postgres.url("outbox")),
-        ("AMQP_URL".into(), vhost.amqp_url.clone()),
-        ("RELAY_SLOT".into(), slot.clone()),
-        ("RELAY_PUBLICATION".into(), "outbox_pub".into()),
-        ("RELAY_CONNECT_TIMEOUT_SECS".into(), "10".into()),
-        ("RELAY_STATUS_INTERVAL_MS".into(), "100".into()),
-    ]);
+    let scene = SlotScene::new("resync_slot").await;
+    let (pool, slot) = (&scene.pool, &scene.slot);
+    let queue = bind_queue(&scene.vhost.amqp_url, "order.events").await;
+    let env = scene.env.clone();
     let spawn_relay = || {
         let mut env = env.clone();
         env.insert("RELAY_HTTP_PORT".into(), free_port().to_string());
@@ -334,15 +369,15 @@ async fn an_invalidated_slot_is_named_and_resync_recreates_it_with_no_gap() {
     let mut relay = spawn_relay();
     relay.wait_healthy(EVENTUALLY).await.unwrap();
     let before = Row::orders("order-1", "OrderCreated", 0..3);
-    insert_each(&pool, &before).await;
+    insert_each(pool, &before).await;
     take_exactly(&queue, 3).await;
     relay.terminate(Duration::from_secs(10)).await.unwrap();
-    let stopped_at = database_now(&pool).await;
+    let stopped_at = database_now(pool).await;
     let missed = Row::orders("order-2", "OrderCreated", 0..5);
-    insert_each(&pool, &missed).await;
+    insert_each(pool, &missed).await;
 
     // The slot falls too far behind: PostgreSQL invalidates it.
-    invalidate_slot(&pool, &slot).await;
+    invalidate_slot(pool, slot).await;
 
     // The relay refuses to start and says what happened and what to run.
     let mut start_env = env.clone();
@@ -377,7 +412,7 @@ async fn an_invalidated_slot_is_named_and_resync_recreates_it_with_no_gap() {
 
     // Written after the new slot: streamed by the relay started after the resync.
     let after = Row::orders("order-3", "OrderCreated", 0..4);
-    insert_each(&pool, &after).await;
+    insert_each(pool, &after).await;
     let mut relay = spawn_relay();
     relay.wait_healthy(EVENTUALLY).await.unwrap();
     let ids: Vec<String> = take_exactly(&queue, 4)
@@ -390,10 +425,7 @@ async fn an_invalidated_slot_is_named_and_resync_recreates_it_with_no_gap() {
 
     relay.terminate(Duration::from_secs(10)).await.unwrap();
     queue.close().await;
-    vhost.delete().await.unwrap();
-    pool.close().await;
-    admin.close().await;
-    postgres.stop().await;
+    scene.stop().await;
 }
 
 /// A relay that cannot deliver (nothing bound to the exchange: the broker returns the event, the
@@ -402,31 +434,13 @@ async fn an_invalidated_slot_is_named_and_resync_recreates_it_with_no_gap() {
 /// invalidation and what to run, instead of retrying blindly.
 #[tokio::test]
 async fn a_slot_invalidated_under_a_running_relay_is_reported() {
-    test_support::init_tracing();
-    let postgres = PrivatePostgres::start().await;
-    let admin = PgPool::connect(&postgres.url("postgres")).await.unwrap();
-    sqlx::query("CREATE DATABASE outbox")
-        .execute(&admin)
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&postgres.url("outbox")).await.unwrap();
-    for statement in common::OUTBOX_DDL {
-        sqlx::query(statement).execute(&pool).await.unwrap();
-    }
-    let vhost = TestVhost::create("resync_running").await.unwrap();
-    let slot = format!("slot_{}", unique_suffix());
-    let env: HashMap<String, String> = HashMap::from([
-        ("DATABASE_URL".into(), postgres.url("outbox")),
-        ("AMQP_URL".into(), vhost.amqp_url.clone()),
-        ("RELAY_SLOT".into(), slot.clone()),
-        ("RELAY_PUBLICATION".into(), "outbox_pub".into()),
-        ("RELAY_CONNECT_TIMEOUT_SECS".into(), "10".into()),
-        ("RELAY_STATUS_INTERVAL_MS".into(), "100".into()),
-        ("RELAY_HTTP_PORT".into(), free_port().to_string()),
-    ]);
+    let scene = SlotScene::new("resync_running").await;
+    let (pool, slot) = (&scene.pool, &scene.slot);
+    let mut env = scene.env.clone();
+    env.insert("RELAY_HTTP_PORT".into(), free_port().to_string());
     let mut relay = common::spawn_relay(&env);
     relay.wait_healthy(EVENTUALLY).await.unwrap();
-    insert_each(&pool, &Row::orders("order-1", "OrderCreated", 0..1)).await;
+    insert_each(pool, &Row::orders("order-1", "OrderCreated", 0..1)).await;
     relay
         .wait_health(
             "the relay to stall on the returned event",
@@ -436,10 +450,10 @@ async fn a_slot_invalidated_under_a_running_relay_is_reported() {
         .await
         .unwrap();
 
-    invalidate_slot(&pool, &slot).await;
+    invalidate_slot(pool, slot).await;
     // The cause fixed: the stalled event is delivered, and the relay, reading again, finds its
     // session gone and the slot invalidated.
-    let queue = bind_queue(&vhost.amqp_url, "order.events").await;
+    let queue = bind_queue(&scene.vhost.amqp_url, "order.events").await;
     take_exactly(&queue, 1).await;
 
     let (status, body) = relay
@@ -464,10 +478,7 @@ async fn a_slot_invalidated_under_a_running_relay_is_reported() {
 
     relay.terminate(Duration::from_secs(10)).await.unwrap();
     queue.close().await;
-    vhost.delete().await.unwrap();
-    pool.close().await;
-    admin.close().await;
-    postgres.stop().await;
+    scene.stop().await;
 }
 
 #[tokio::test]

@@ -129,16 +129,11 @@ impl AmqpTls {
                 ),
             ));
         }
-        let client_cert = match (file("certfile")?, file("keyfile")?) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    variable,
-                    "certfile and keyfile go together: give both or neither",
-                ));
-            }
-        };
+        let client_cert = crate::env::both_or_neither(
+            variable,
+            ("certfile", file("certfile")?),
+            ("keyfile", file("keyfile")?),
+        )?;
         let server_name = param("server_name_indication")?.filter(|name| !name.is_empty());
         if let Some(verify) = param("verify")?
             && verify != "verify_peer"

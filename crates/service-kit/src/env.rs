@@ -35,6 +35,23 @@ impl ConfigError {
     }
 }
 
+/// A client certificate and its key, which come as a pair: both (`Some`), neither (`None`), or
+/// an error in `variable` naming the two parameters.
+pub fn both_or_neither<T>(
+    variable: &str,
+    (first_name, first): (&str, Option<T>),
+    (second_name, second): (&str, Option<T>),
+) -> Result<Option<(T, T)>, ConfigError> {
+    match (first, second) {
+        (Some(first), Some(second)) => Ok(Some((first, second))),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::new(
+            variable,
+            format!("{first_name} and {second_name} go together: give both or neither"),
+        )),
+    }
+}
+
 /// How a variable is looked up: `std::env::var`'s signature, so a test can pass a map.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Result<String, VarError>;
 

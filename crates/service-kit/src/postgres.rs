@@ -31,16 +31,6 @@ pub const DEFAULT_PORT: u16 = 5432;
 pub const DEFAULT_USER: &str = "postgres";
 pub const DEFAULT_PASSWORD: &str = "postgres";
 
-/// The variables `DATABASE_URL` replaces.
-pub const PART_VARS: &[&str] = &[
-    "DB_HOST",
-    "DB_PORT",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_NAME",
-    "DB_SSLMODE",
-    "DB_SSLROOTCERT",
-];
 /// Every variable [`PgSettings::from_vars`] reads.
 pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
@@ -52,6 +42,8 @@ pub const ENV_VARS: &[&str] = &[
     "DB_SSLMODE",
     "DB_SSLROOTCERT",
 ];
+/// The variables `DATABASE_URL` replaces: all the others.
+pub const PART_VARS: &[&str] = ENV_VARS.split_at(1).1;
 
 /// SQLSTATE `invalid_catalog_name`: the database does not exist.
 const UNDEFINED_DATABASE: &str = "3D000";
@@ -201,16 +193,11 @@ impl PgSettings {
             Ok(Some(path))
         };
         let ssl_root_cert = tls_file("sslrootcert")?;
-        let ssl_client_cert = match (tls_file("sslcert")?, tls_file("sslkey")?) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    variable,
-                    "sslcert and sslkey go together: give both or neither",
-                ));
-            }
-        };
+        let ssl_client_cert = crate::env::both_or_neither(
+            variable,
+            ("sslcert", tls_file("sslcert")?),
+            ("sslkey", tls_file("sslkey")?),
+        )?;
         Ok(Self {
             host: base.get_host().to_owned(),
             port: base.get_port(),

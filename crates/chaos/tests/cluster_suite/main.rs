@@ -179,7 +179,6 @@ async fn wait_spread(instances: &[&ServiceProcess]) -> Result<Vec<usize>> {
     .await
 }
 
-/// The management API of the node on `port`: the node leading each partition queue.
 /// GET `path` of the management API of the node on `port` (its port + 10000), as JSON.
 async fn management_get(http: &reqwest::Client, port: u16, path: &str) -> Option<Value> {
     http.get(format!("http://127.0.0.1:{}/api/{path}", port + 10_000))
