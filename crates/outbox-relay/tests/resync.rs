@@ -214,6 +214,7 @@ async fn resync_republishes_a_range_with_the_same_messages_while_the_relay_strea
 
 /// A private PostgreSQL (scripts/infra.sh on its own folder and port) with a small
 /// `max_slot_wal_keep_size`, so a slot can be invalidated without touching the shared server.
+/// Dropping it stops the server and deletes its folder, also when a test fails half-way.
 struct PrivatePostgres {
     dir: PathBuf,
     port: u16,
@@ -236,26 +237,25 @@ impl PrivatePostgres {
             dir,
             port: free_port(),
         };
-        postgres.script("pg-up").await;
+        let output = tokio::process::Command::from(postgres.infra("pg-up"))
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "infra.sh pg-up: {}", text(&output));
         postgres
     }
 
-    async fn script(&self, command: &str) {
+    /// `scripts/infra.sh <command>` on this server's folder and port.
+    fn infra(&self, command: &str) -> std::process::Command {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/infra.sh");
-        let output = tokio::process::Command::new("bash")
+        let mut infra = std::process::Command::new("bash");
+        infra
             .arg(script)
             .arg(command)
             .env("OUTBOX_LOCAL_DIR", &self.dir)
             .env("PG_PORT", self.port.to_string())
-            .env("PG_MAX_SLOT_WAL_KEEP_SIZE", "32MB")
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "infra.sh {command}: {}",
-            text(&output)
-        );
+            .env("PG_MAX_SLOT_WAL_KEEP_SIZE", "32MB");
+        infra
     }
 
     fn url(&self, database: &str) -> String {
@@ -264,9 +264,12 @@ impl PrivatePostgres {
             self.port
         )
     }
+}
 
-    async fn stop(self) {
-        self.script("pg-down").await;
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // Blocking, and errors ignored: a drop during a panic must not panic again.
+        let _ = self.infra("pg-down").output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -349,7 +352,7 @@ impl SlotScene {
         self.vhost.delete().await.unwrap();
         self.pool.close().await;
         self.admin.close().await;
-        self.postgres.stop().await;
+        drop(self.postgres);
     }
 }
 
